@@ -1,0 +1,42 @@
+"""ml_persistence: an experiment tracker whose log calls never stall training; everything lands in SQLite."""
+
+from .aio import AsyncDatasetManager, AsyncExperimentTracker, AsyncMetricsLogger, AsyncModelRegistry
+from .backend import shutdown
+from .datasets import DatasetManager
+from .errors import (
+    ClosedError,
+    EventsDroppedError,
+    FlushTimeoutError,
+    InvalidTypeError,
+    InvalidValueError,
+    MLPersistenceError,
+    NoActiveExperimentError,
+    WriterError,
+)
+from .metrics import MetricsLogger
+from .registry import ModelRegistry
+from .schema import SchemaError
+from .tracker import ExperimentTracker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncDatasetManager",
+    "AsyncExperimentTracker",
+    "AsyncMetricsLogger",
+    "AsyncModelRegistry",
+    "ClosedError",
+    "DatasetManager",
+    "EventsDroppedError",
+    "ExperimentTracker",
+    "FlushTimeoutError",
+    "InvalidTypeError",
+    "InvalidValueError",
+    "MLPersistenceError",
+    "MetricsLogger",
+    "ModelRegistry",
+    "NoActiveExperimentError",
+    "SchemaError",
+    "WriterError",
+    "shutdown",
+]

@@ -1,0 +1,237 @@
+"""One Backend per database file per process: the buffer, its writer, and a read connection."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Optional, TypeVar
+
+from . import schema
+from .buffer import EventBuffer
+from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, InvalidValueError, WriterError
+from .writer import Writer, WriterOptions
+
+T = TypeVar("T")
+
+DEFAULT_DB = "ml_experiments.db"
+_backends: dict[str, "Backend"] = {}
+_registry_lock = threading.Lock()
+_abandoned: list[Any] = []  # a forked child keeps its parent's objects alive and never touches them
+
+
+def default_db_path() -> str:
+    """Return the database used when none is given: $ML_PERSISTENCE_DB or ./ml_experiments.db."""
+    return os.environ.get("ML_PERSISTENCE_DB") or DEFAULT_DB
+
+
+def backend_for(db_path: Optional[str | os.PathLike[str]]) -> "Backend":
+    """Return this process's shared Backend for ``db_path``; cheap, starts no thread."""
+    path = os.fspath(db_path) if db_path is not None else default_db_path()
+    if path == ":memory:" or path.startswith("file:"):
+        raise InvalidValueError("ml_persistence needs a database file path, not an in-memory or URI database")
+    key = os.path.realpath(path)
+    backend = _backends.get(key)
+    if backend is None:
+        with _registry_lock:
+            backend = _backends.get(key)
+            if backend is None:
+                backend = _backends[key] = Backend(key)
+    return backend
+
+
+def all_backends() -> list["Backend"]:
+    """Return every live backend of this process."""
+    return list(_backends.values())
+
+
+def shutdown(timeout: Optional[float] = None) -> None:
+    """Flush and close every backend of this process (ml_persistence does this at exit)."""
+    errors = []
+    for backend in all_backends():
+        try:
+            backend.close(timeout)
+        except WriterError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: drop the parent's backends without touching their threads or connections."""
+    global _registry_lock
+    _abandoned.extend(_backends.values())
+    for backend in _backends.values():
+        backend._reset_after_fork()
+    _registry_lock = threading.Lock()
+
+
+class Backend:
+    """The process-wide hub for one database file; every facade object on that file shares it."""
+
+    def __init__(self, path: str, options: Optional[WriterOptions] = None) -> None:
+        self.path = path
+        self.options = options or WriterOptions()
+        self.closed = False
+        self.running: dict[int, int] = {}  # experiments this process started and has not ended: id -> pid
+        self._lock = threading.RLock()
+        self._writer: Optional[Writer] = None
+        self._reader: Optional[sqlite3.Connection] = None
+        self._reported = 0
+        self._retired = {"written": 0, "rejected": 0, "lost": 0}
+        self.buffer = EventBuffer(self.options.max_queue, self.options.wake_threshold, self._kick)
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return (
+            f"<Backend {self.path!r} queued={s['queued']} written={s['written']} "
+            f"dropped={s['dropped']} rejected={s['rejected']} lost={s['lost']}>"
+        )
+
+    # -- the write path ------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> None:
+        """Queue an encoded event; never blocks (user thread)."""
+        if self.closed:
+            raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
+        self.buffer.append(payload)
+
+    def request(self, payload: bytes, timeout: Optional[float] = None) -> Any:
+        """Queue an id-returning event and wait for its row id."""
+        if self.closed:
+            raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
+        future = self.buffer.request(payload)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            raise FlushTimeoutError(f"no answer from the writer within {timeout} s") from None
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait until everything appended before this call is committed; raise on losses."""
+        if self._writer is None and not self.buffer.items:
+            self._raise_losses()
+            return
+        barrier = self.buffer.barrier()
+        if not barrier.wait(timeout):
+            raise FlushTimeoutError(
+                f"flush did not finish within {timeout} s ({len(self.buffer)} events still queued)"
+            )
+        if barrier.error is not None:
+            raise barrier.error
+        self._raise_losses()
+
+    def close(self, timeout: Optional[float] = None, final: bool = False) -> None:
+        """Commit what is queued, stop the writer and close connections (idempotent).
+
+        The backend stays usable (a later call starts a new writer) unless ``final``, which is
+        how the exit hook closes it.
+        """
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = final
+            writer = self._writer
+            if writer is not None:
+                writer.stop(timeout if timeout is not None else 3600.0)
+                self._retire(writer)
+                self._writer = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self._raise_losses()
+
+    def _kick(self) -> None:
+        writer = self._writer
+        if writer is None or not writer.alive:
+            self._start_writer()
+        else:
+            writer.wake()
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            writer = self._writer
+            if writer is not None and writer.alive:
+                writer.wake()
+                return
+            if writer is not None:
+                self._retire(writer)
+            from . import lifecycle
+
+            lifecycle.install()
+            self._writer = Writer(self.path, self.buffer, self.options)
+            self.buffer.idle = False
+            self._writer.start()
+
+    def _retire(self, writer: Writer) -> None:
+        for key in self._retired:
+            self._retired[key] += getattr(writer, key)
+
+    # -- losses and status ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return counters: queued, written, dropped, rejected, lost, busy_retries, failure."""
+        writer = self._writer
+        counts = dict(self._retired)
+        if writer is not None:
+            for key in counts:
+                counts[key] += getattr(writer, key)
+        return {
+            "path": self.path,
+            "queued": len(self.buffer),
+            "dropped": self.buffer.dropped,
+            "writer_alive": bool(writer and writer.alive),
+            "busy_retries": writer.busy_retries if writer else 0,
+            "failure": repr(writer.failure) if writer and writer.failure else None,
+            **counts,
+        }
+
+    def _raise_losses(self) -> None:
+        s = self.status()
+        losses = s["dropped"] + s["rejected"] + s["lost"]
+        if losses <= self._reported:
+            return
+        self._reported = losses
+        writer = self._writer
+        message = (
+            f"{s['dropped']} events dropped (buffer full), {s['rejected']} refused by the database, "
+            f"{s['lost']} unwritten at a close deadline"
+        )
+        if s["dropped"]:
+            raise EventsDroppedError(message)
+        error = WriterError(message)
+        if writer is not None and writer.failure is not None:
+            error.__cause__ = writer.failure
+        raise error
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``query(conn, ...)`` after everything this process logged is committed."""
+        self.flush()
+        with self._lock:
+            if self._reader is None:
+                self._reader = _open_reader(self.path)
+            return query(self._reader, *args, **kwargs)
+
+    # -- fork ----------------------------------------------------------------------------------
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.RLock()
+        self._writer = None
+        self._reader = None
+        self.running = {}
+        self._retired = {"written": 0, "rejected": 0, "lost": 0}
+        self._reported = 0
+        self.buffer = EventBuffer(self.options.max_queue, self.options.wake_threshold, self._kick)
+
+
+def _open_reader(path: str) -> sqlite3.Connection:
+    conn = schema.connect(path)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def monotonic_deadline(timeout: Optional[float]) -> Optional[float]:
+    """Return a time.monotonic() deadline for ``timeout`` seconds (None: no deadline)."""
+    return None if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,35 @@
+"""Typed errors raised by ml_persistence; all derive from MLPersistenceError."""
+
+from __future__ import annotations
+
+
+class MLPersistenceError(Exception):
+    """Root of every error ml_persistence raises."""
+
+
+class InvalidValueError(MLPersistenceError, ValueError):
+    """A logged value has the right type but an unusable value."""
+
+
+class InvalidTypeError(MLPersistenceError, TypeError):
+    """A logged value has a type that cannot be stored."""
+
+
+class NoActiveExperimentError(MLPersistenceError, RuntimeError):
+    """A log call was made with no experiment started on this tracker."""
+
+
+class ClosedError(MLPersistenceError, RuntimeError):
+    """The object was used after close()."""
+
+
+class WriterError(MLPersistenceError):
+    """The background writer failed to store some events."""
+
+
+class EventsDroppedError(WriterError):
+    """Events were dropped because the in-memory buffer was full."""
+
+
+class FlushTimeoutError(MLPersistenceError, TimeoutError):
+    """flush() did not finish within its timeout."""

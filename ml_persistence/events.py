@@ -1,0 +1,138 @@
+"""The closed union of events a trainer emits; each is one fact, encoded as msgpack."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+
+
+class Event(msgspec.Struct, array_like=True, tag=True, omit_defaults=True):
+    """Base of every event; the class name is the wire tag."""
+
+
+class Environment(msgspec.Struct, omit_defaults=True):
+    """Reproducibility facts captured when an experiment starts."""
+
+    git_commit: Optional[str] = None
+    git_branch: Optional[str] = None
+    git_dirty: Optional[bool] = None
+    git_diff: Optional[str] = None
+    python_version: Optional[str] = None
+    platform: Optional[str] = None
+    hostname: Optional[str] = None
+    pid: Optional[int] = None
+    command: Optional[str] = None
+    packages: Optional[str] = None  # JSON object {distribution: version}
+
+
+class ExperimentStarted(Event):
+    name: str
+    experiment_type: Optional[str]
+    description: Optional[str]
+    tags: list[str]
+    random_seed: Optional[int]
+    metadata: Optional[str]  # JSON text
+    environment: Environment
+    ts: float
+
+
+class ExperimentEnded(Event):
+    experiment_id: int
+    status: str
+    notes: Optional[str]
+    ts: float
+
+
+class HyperparametersLogged(Event):
+    experiment_id: int
+    names: list[str]
+    values: list[Optional[str]]
+    types: list[str]
+    ts: float
+    model_id: Optional[int] = None
+
+
+class MetricsLogged(Event):
+    experiment_id: int
+    names: list[str]
+    values: list[float]
+    episode: Optional[int]
+    step: Optional[int]
+    epoch: Optional[int]
+    split: Optional[str]
+    ts: float
+    model_id: Optional[int] = None
+    phase: Optional[str] = None
+    value_json: Optional[str] = None
+    metadata: Optional[str] = None
+
+
+class ModelRegistered(Event):
+    experiment_id: int
+    name: Optional[str]
+    version: Optional[str]
+    architecture_type: Optional[str]
+    state_dim: Optional[int]
+    action_dim: Optional[int]
+    checkpoint_path: str
+    checkpoint_size_mb: Optional[float]
+    episode_num: Optional[int]
+    global_step: Optional[int]
+    train_metric: Optional[float]
+    val_metric: Optional[float]
+    test_metric: Optional[float]
+    is_best: bool
+    hyperparameters: Optional[str]
+    metadata: Optional[str]
+    ts: float
+
+
+class DatasetRegistered(Event):
+    name: str
+    version: str
+    dataset_type: Optional[str]
+    data_path: Optional[str]
+    data_hash: Optional[str]
+    split_type: Optional[str]
+    num_samples: Optional[int]
+    start_date: Optional[str]
+    end_date: Optional[str]
+    feature_columns: Optional[str]
+    target_columns: Optional[str]
+    metadata: Optional[str]
+    ts: float
+
+
+class DatasetLinked(Event):
+    experiment_id: int
+    dataset_id: int
+    usage_type: str
+
+
+class ArtifactLogged(Event):
+    experiment_id: int
+    model_id: Optional[int]
+    artifact_type: str
+    artifact_path: str
+    artifact_name: Optional[str]
+    file_size_mb: Optional[float]
+    description: Optional[str]
+    metadata: Optional[str]
+    ts: float
+
+
+AnyEvent = Union[
+    ExperimentStarted,
+    ExperimentEnded,
+    HyperparametersLogged,
+    MetricsLogged,
+    ModelRegistered,
+    DatasetRegistered,
+    DatasetLinked,
+    ArtifactLogged,
+]
+
+encode = msgspec.msgpack.Encoder().encode
+_decoder = msgspec.msgpack.Decoder(AnyEvent)
+decode = _decoder.decode

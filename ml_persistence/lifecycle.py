@@ -1,0 +1,165 @@
+"""Process lifecycle: at exit, on SIGTERM/SIGINT and after fork, nothing logged is lost.
+
+At exit every running experiment this process started is ended ("completed", "failed" or
+"interrupted"), every queue is committed within a deadline, and every connection is closed.
+The exit hook runs from threading's own shutdown hook, before the interpreter joins non-daemon
+threads: aiosqlite's worker thread is one, so a plain atexit hook would come too late.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Optional
+
+from . import backend as backends
+from .errors import MLPersistenceError
+from .events import ExperimentEnded, encode
+
+EXIT_TIMEOUT_ENV = "ML_PERSISTENCE_EXIT_TIMEOUT"
+DEFAULT_EXIT_TIMEOUT = 10.0
+
+_lock = threading.Lock()
+_installed = False
+_finalized = False
+_previous: dict[int, Any] = {}
+
+
+class _ExitState:
+    """What this process is dying of, as far as we have seen."""
+
+    exception: Optional[BaseException] = None
+    signal: Optional[int] = None
+    exit_code: Any = None
+
+
+_state = _ExitState()
+
+
+def exit_timeout() -> float:
+    """Return the exit flush deadline in seconds ($ML_PERSISTENCE_EXIT_TIMEOUT, default 10)."""
+    try:
+        return float(os.environ.get(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_EXIT_TIMEOUT
+
+
+def install() -> None:
+    """Install the exit, exception, signal and fork hooks once per process (cheap if done)."""
+    global _installed
+    if not _installed:
+        with _lock:
+            if not _installed:
+                _install_hooks()
+                _installed = True
+    _install_signal_handlers()
+
+
+def _install_hooks() -> None:
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_at_exit)
+        except RuntimeError:
+            pass  # already shutting down
+    atexit.register(_at_exit)  # second chance (no-op if the first ran)
+    previous_hook = sys.excepthook
+
+    def excepthook(kind: type, value: BaseException, tb: Any) -> None:
+        _state.exception = value
+        previous_hook(kind, value, tb)
+
+    sys.excepthook = excepthook
+    real_exit = sys.exit
+
+    def exit(code: Any = None) -> None:  # noqa: A001 - wraps sys.exit to see the status
+        _state.exit_code = code
+        real_exit(code)
+
+    exit.__doc__ = real_exit.__doc__
+    sys.exit = exit
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(signum)
+        if current is _on_signal or current in (signal.SIG_IGN, None):
+            continue
+        _previous[signum] = current
+        try:
+            signal.signal(signum, _on_signal)
+        except (ValueError, OSError):
+            pass
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _state.signal = signum
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if previous is signal.SIG_DFL:
+        # The default action would kill us outright: commit first, then die of the same signal.
+        finalize("interrupted", f"terminated by {signal.Signals(signum).name}")
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if callable(previous):
+        previous(signum, frame)  # e.g. Python's SIGINT handler raises KeyboardInterrupt
+
+
+def _exit_status() -> tuple[str, Optional[str]]:
+    exc = _state.exception
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt"
+    if exc is not None:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return "failed", text.strip()
+    if _state.signal is not None:
+        return "interrupted", f"received {signal.Signals(_state.signal).name}"
+    code = _state.exit_code
+    if code not in (None, 0):
+        return "failed", f"exited with status {code}"
+    return "completed", None
+
+
+def _at_exit() -> None:
+    status, notes = _exit_status()
+    finalize(status, notes)
+
+
+def finalize(status: str, notes: Optional[str], timeout: Optional[float] = None) -> None:
+    """End this process's running experiments with ``status`` and close every backend, within a deadline."""
+    global _finalized
+    with _lock:
+        if _finalized:
+            return
+        _finalized = True
+    deadline = time.monotonic() + (exit_timeout() if timeout is None else timeout)
+    pid = os.getpid()
+    now = time.time()
+    for backend in backends.all_backends():
+        try:
+            for experiment_id, owner in list(backend.running.items()):
+                if owner == pid:
+                    backend.append(encode(ExperimentEnded(experiment_id, status, notes, now)))
+            backend.running.clear()
+            backend.close(max(0.0, deadline - time.monotonic()), final=True)
+        except MLPersistenceError as exc:
+            print(f"ml_persistence: at exit, {backend.path}: {exc}", file=sys.stderr)
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _finalized
+    _lock = threading.Lock()
+    _finalized = False
+    _state.exception = None
+    _state.signal = None
+    _state.exit_code = None
+    backends._forget_after_fork()

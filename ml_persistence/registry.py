@@ -1,0 +1,106 @@
+"""ModelRegistry: record checkpoints and find the best one."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping, Optional
+
+from . import queries
+from . import validate as v
+from .backend import backend_for
+from .errors import InvalidTypeError
+from .events import ModelRegistered, encode
+from .tracker import file_size_mb
+
+
+class ModelRegistry:
+    """Model checkpoints of experiments in ``db_path``; cheap to construct (no thread, no I/O)."""
+
+    def __init__(self, db_path: Optional[str | os.PathLike[str]] = None) -> None:
+        self._backend = backend_for(db_path)
+        self.db_path = self._backend.path
+
+    def __repr__(self) -> str:
+        return f"<ModelRegistry db={self.db_path!r}>"
+
+    def register_model(
+        self,
+        experiment_id: int,
+        checkpoint_path: str | os.PathLike[str],
+        architecture_type: Optional[str] = None,
+        name: Optional[str] = None,
+        version: Optional[str] = None,
+        state_dim: Optional[int] = None,
+        action_dim: Optional[int] = None,
+        episode_num: Optional[int] = None,
+        global_step: Optional[int] = None,
+        train_metric: Optional[float] = None,
+        val_metric: Optional[float] = None,
+        test_metric: Optional[float] = None,
+        is_best: bool = False,
+        metadata: Optional[Mapping[str, Any]] = None,
+        hyperparameters: Optional[Mapping[str, Any]] = None,
+    ) -> int:
+        """Record a checkpoint (its size if the file exists) and return the model's id.
+
+        ``name`` defaults to the checkpoint's file name without extension; ``version`` to
+        1, 2, ... per experiment and name.
+        """
+        experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
+        if experiment_id is None:
+            raise InvalidTypeError("experiment_id is required")
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise InvalidTypeError(f"checkpoint_path: expected a path, got {type(checkpoint_path).__name__}")
+        path = os.fspath(checkpoint_path)
+        if name is None:
+            name = os.path.splitext(os.path.basename(path))[0] or None
+        if version is not None and not isinstance(version, str):
+            version = str(v.optional_int("version", version))
+        event = ModelRegistered(
+            experiment_id=experiment_id,
+            name=v.optional_str("name", name),
+            version=version,
+            architecture_type=v.optional_str("architecture_type", architecture_type),
+            state_dim=v.optional_int("state_dim", state_dim),
+            action_dim=v.optional_int("action_dim", action_dim),
+            checkpoint_path=path,
+            checkpoint_size_mb=file_size_mb(path),
+            episode_num=v.optional_int("episode_num", episode_num),
+            global_step=v.optional_int("global_step", global_step),
+            train_metric=v.optional_real("train_metric", train_metric),
+            val_metric=v.optional_real("val_metric", val_metric),
+            test_metric=v.optional_real("test_metric", test_metric),
+            is_best=bool(v.real("is_best", is_best)),
+            hyperparameters=v.json_object_text("hyperparameters", hyperparameters),
+            metadata=v.json_object_text("metadata", metadata),
+            ts=time.time(),
+        )
+        return self._backend.request(encode(event))
+
+    def get_model(self, model_id: int) -> Optional[dict[str, Any]]:
+        """Return one model, or None."""
+        return self._backend.read(queries.get_model, model_id)
+
+    def get_best_model(self, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """Return the newest model marked best; if none is marked, the highest val_metric; else None."""
+        return self._backend.read(queries.get_best_model, experiment_id)
+
+    def list_models(
+        self,
+        experiment_id: Optional[int] = None,
+        is_best: Optional[bool] = None,
+        order_by: str = "created_at",
+        ascending: bool = False,
+        limit: Optional[int] = None,
+    ) -> list[dict[str, Any]]:
+        """Return models; ``order_by`` must be a column of the models table (else ValueError)."""
+        return self._backend.read(queries.list_models, experiment_id, is_best, order_by, ascending, limit)
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Block until everything logged so far to this database is committed."""
+        self._backend.flush(timeout)
+
+    def close(self) -> None:
+        """Flush (the shared writer stays up for other objects on the same database)."""
+        self._backend.flush()

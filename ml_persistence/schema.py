@@ -1,0 +1,237 @@
+"""Database schema: the original tables, our additions, and forward migrations by PRAGMA user_version."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .errors import MLPersistenceError
+
+SCHEMA_VERSION = 1
+
+# The tables as the seed's original implementation wrote them (user_version 0).
+# Local-time text timestamps, as the original wrote them with datetime.now().
+_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now', 'localtime'))"
+
+ORIGINAL_TABLES = f"""
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    description TEXT,
+    experiment_type TEXT,
+    status TEXT DEFAULT 'running',
+    git_commit TEXT,
+    git_branch TEXT,
+    python_version TEXT,
+    random_seed INTEGER,
+    start_time TIMESTAMP DEFAULT {_NOW},
+    end_time TIMESTAMP,
+    duration_seconds REAL,
+    tags TEXT,
+    notes TEXT,
+    metadata TEXT,
+    created_at TIMESTAMP DEFAULT {_NOW},
+    updated_at TIMESTAMP DEFAULT {_NOW}
+);
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id INTEGER REFERENCES experiments(id),
+    name TEXT,
+    version TEXT,
+    architecture_type TEXT,
+    state_dim INTEGER,
+    action_dim INTEGER,
+    checkpoint_path TEXT,
+    checkpoint_size_mb REAL,
+    episode_num INTEGER,
+    global_step INTEGER,
+    train_metric REAL,
+    val_metric REAL,
+    test_metric REAL,
+    is_best INTEGER DEFAULT 0,
+    hyperparameters TEXT,
+    metadata TEXT,
+    created_at TIMESTAMP DEFAULT {_NOW}
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    dataset_type TEXT,
+    data_path TEXT,
+    data_hash TEXT,
+    split_type TEXT,
+    num_samples INTEGER,
+    start_date TEXT,
+    end_date TEXT,
+    feature_columns TEXT,
+    target_columns TEXT,
+    metadata TEXT,
+    created_at TIMESTAMP DEFAULT {_NOW},
+    UNIQUE(name, version, split_type)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id INTEGER REFERENCES experiments(id),
+    model_id INTEGER REFERENCES models(id),
+    metric_name TEXT NOT NULL,
+    metric_type TEXT,
+    episode INTEGER,
+    step INTEGER,
+    epoch INTEGER,
+    value REAL,
+    value_json TEXT,
+    split TEXT,
+    phase TEXT,
+    timestamp TIMESTAMP DEFAULT {_NOW}
+);
+CREATE TABLE IF NOT EXISTS hyperparameters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id INTEGER REFERENCES experiments(id),
+    model_id INTEGER REFERENCES models(id),
+    param_name TEXT NOT NULL,
+    param_value TEXT,
+    param_type TEXT,
+    created_at TIMESTAMP DEFAULT {_NOW}
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id INTEGER REFERENCES experiments(id),
+    model_id INTEGER REFERENCES models(id),
+    artifact_type TEXT,
+    artifact_path TEXT,
+    artifact_name TEXT,
+    file_size_mb REAL,
+    description TEXT,
+    metadata TEXT,
+    created_at TIMESTAMP DEFAULT {_NOW}
+);
+CREATE TABLE IF NOT EXISTS experiment_datasets (
+    experiment_id INTEGER REFERENCES experiments(id),
+    dataset_id INTEGER REFERENCES datasets(id),
+    usage_type TEXT,
+    PRIMARY KEY (experiment_id, dataset_id, usage_type)
+);
+"""
+
+# Columns version 1 adds to the original tables: (table, column, type).
+ADDED_COLUMNS_V1 = [
+    ("experiments", "git_dirty", "INTEGER"),
+    ("experiments", "git_diff", "TEXT"),
+    ("experiments", "platform", "TEXT"),
+    ("experiments", "hostname", "TEXT"),
+    ("experiments", "pid", "INTEGER"),
+    ("experiments", "command", "TEXT"),
+    ("experiments", "packages", "TEXT"),
+    ("metrics", "metadata", "TEXT"),
+]
+
+INDEXES_V1 = """
+CREATE INDEX IF NOT EXISTS idx_metrics_experiment_name ON metrics(experiment_id, metric_name);
+CREATE INDEX IF NOT EXISTS idx_models_experiment ON models(experiment_id);
+CREATE INDEX IF NOT EXISTS idx_hyperparameters_experiment ON hyperparameters(experiment_id);
+CREATE INDEX IF NOT EXISTS idx_artifacts_experiment ON artifacts(experiment_id);
+CREATE INDEX IF NOT EXISTS idx_experiment_datasets_dataset ON experiment_datasets(dataset_id);
+CREATE INDEX IF NOT EXISTS idx_experiments_type_status ON experiments(experiment_type, status);
+"""
+
+VIEWS = """
+DROP VIEW IF EXISTS experiment_summary;
+CREATE VIEW experiment_summary AS
+SELECT
+    e.id, e.name, e.experiment_type, e.status, e.start_time, e.end_time, e.duration_seconds,
+    (SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) AS num_checkpoints,
+    (SELECT MAX(m.val_metric) FROM models m WHERE m.experiment_id = e.id) AS best_val_metric,
+    (SELECT MAX(m.test_metric) FROM models m WHERE m.experiment_id = e.id) AS best_test_metric,
+    e.tags, e.notes, e.description, e.random_seed, e.git_commit, e.git_branch, e.hostname, e.pid
+FROM experiments e;
+DROP VIEW IF EXISTS best_models;
+CREATE VIEW best_models AS
+SELECT m.*, e.name AS experiment_name, e.experiment_type AS experiment_type
+FROM models m JOIN experiments e ON e.id = m.experiment_id
+WHERE m.is_best = 1
+ORDER BY m.val_metric DESC, m.id DESC;
+"""
+
+TABLES = ("experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets")
+
+
+class SchemaError(MLPersistenceError):
+    """The database file cannot be used with this version of ml_persistence."""
+
+
+def columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    """Return the column names of ``table`` (a name from TABLES)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> list[str]:
+    done = []
+    existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = [t for t in TABLES if t not in existing]
+    for statement in ORIGINAL_TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    if missing:
+        done.append("created tables " + ", ".join(missing))
+    for table, column, kind in ADDED_COLUMNS_V1:
+        if column not in columns(conn, table):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if table not in missing:
+                done.append(f"added column {table}.{column}")
+    for statement in INDEXES_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    return done
+
+
+MIGRATIONS = {1: _migrate_to_1}
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """Return the schema version recorded in the file."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def configure(conn: sqlite3.Connection, busy_timeout_ms: int = 5000) -> None:
+    """Apply the connection settings every ml_persistence connection uses."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def ensure(conn: sqlite3.Connection) -> list[str]:
+    """Create or upgrade the schema in place; return what was done (empty if nothing)."""
+    if user_version(conn) == SCHEMA_VERSION:
+        return []
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"database schema version {version} is newer than this ml_persistence "
+                f"supports ({SCHEMA_VERSION}); upgrade ml_persistence"
+            )
+        done = []
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            done += MIGRATIONS[target](conn)
+            done.append(f"schema version {target - 1} -> {target}")
+        for statement in VIEWS.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return done
+
+
+def connect(path: str, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode with the schema ensured."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    configure(conn, busy_timeout_ms)
+    ensure(conn)
+    return conn

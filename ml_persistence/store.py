@@ -1,0 +1,261 @@
+"""The write side: apply decoded events to SQLite through aiosqlite, one transaction per batch."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Optional, Sequence
+
+import aiosqlite
+import msgspec
+
+from . import schema
+from .events import (
+    ArtifactLogged,
+    DatasetLinked,
+    DatasetRegistered,
+    Event,
+    ExperimentEnded,
+    ExperimentStarted,
+    HyperparametersLogged,
+    MetricsLogged,
+    ModelRegistered,
+)
+
+_METRIC_COLUMNS = (
+    "experiment_id, model_id, metric_name, metric_type, episode, step, epoch, "
+    "value, value_json, split, phase, timestamp, metadata"
+)
+_METRIC_WIDTH = 13
+_SPLIT_PREFIXES = (("train_", "train"), ("val_", "val"), ("test_", "test"))
+
+_last_second: list[Any] = [None, ""]
+
+
+def local_text(ts: float) -> str:
+    """Format an epoch time as the original's local-time text, 'YYYY-MM-DD HH:MM:SS.ffffff'."""
+    second = int(ts)
+    if second != _last_second[0]:
+        _last_second[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        _last_second[0] = second
+    return f"{_last_second[1]}.{int((ts - second) * 1e6):06d}"
+
+
+def split_of(name: str) -> Optional[str]:
+    """Infer a metric's split from a train_/val_/test_ name prefix."""
+    for prefix, split in _SPLIT_PREFIXES:
+        if name.startswith(prefix):
+            return split
+    return None
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Return True for SQLite errors that mean 'try again later' (locked, busy)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class Store:
+    """One aiosqlite connection that writes events; used only from the writer's event loop."""
+
+    def __init__(self, conn: aiosqlite.Connection, max_variables: int) -> None:
+        self.conn = conn
+        self.rows_per_insert = max(1, min(max_variables // _METRIC_WIDTH, 2500))
+        self._insert_sql: dict[int, str] = {}
+
+    @classmethod
+    async def open(cls, path: str, busy_timeout_ms: int) -> "Store":
+        """Open ``path``, creating or upgrading its schema."""
+        max_variables = _prepare(path)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, max_variables)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        await self.conn.close()
+
+    async def apply(self, events: Sequence[Event]) -> None:
+        """Apply ``events`` in one transaction: all land or none do."""
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            await self._apply(events)
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+
+    async def apply_requests(self, events: Sequence[Event]) -> list[Optional[int]]:
+        """Apply id-returning events in one transaction; return each one's row id."""
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [await self._insert_one(event) for event in events]
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        return ids
+
+    async def _rollback(self) -> None:
+        try:
+            await self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open
+
+    async def _apply(self, events: Sequence[Event]) -> None:
+        metric_values: list[Any] = []
+        hyper_rows: list[tuple] = []
+        link_rows: list[tuple] = []
+        for event in events:
+            if type(event) is MetricsLogged:
+                _extend_metric_values(metric_values, event)
+            elif type(event) is HyperparametersLogged:
+                stamp = local_text(event.ts)
+                hyper_rows.extend(
+                    (event.experiment_id, event.model_id, n, v, t, stamp)
+                    for n, v, t in zip(event.names, event.values, event.types)
+                )
+            elif type(event) is DatasetLinked:
+                link_rows.append((event.experiment_id, event.dataset_id, event.usage_type))
+            elif type(event) is ExperimentEnded:
+                await self._end_experiment(event)
+            else:
+                await self._insert_one(event)
+        await self._insert_metrics(metric_values)
+        if hyper_rows:
+            await self.conn.executemany(
+                "INSERT INTO hyperparameters (experiment_id, model_id, param_name, param_value, "
+                "param_type, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                hyper_rows,
+            )
+        if link_rows:
+            await self.conn.executemany(
+                "INSERT OR IGNORE INTO experiment_datasets (experiment_id, dataset_id, usage_type) "
+                "VALUES (?, ?, ?)",
+                link_rows,
+            )
+
+    async def _insert_metrics(self, values: list[Any]) -> None:
+        # Few large multi-row INSERTs: each statement is one GIL hand-off, not one per row.
+        step = self.rows_per_insert * _METRIC_WIDTH
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            await self.conn.execute(self._metric_sql(len(chunk) // _METRIC_WIDTH), chunk)
+
+    def _metric_sql(self, rows: int) -> str:
+        sql = self._insert_sql.get(rows)
+        if sql is None:
+            placeholders = ",".join(["(" + ",".join("?" * _METRIC_WIDTH) + ")"] * rows)
+            sql = f"INSERT INTO metrics ({_METRIC_COLUMNS}) VALUES {placeholders}"
+            if len(self._insert_sql) < 16:
+                self._insert_sql[rows] = sql
+        return sql
+
+    async def _end_experiment(self, event: ExperimentEnded) -> None:
+        stamp = local_text(event.ts)
+        await self.conn.execute(
+            "UPDATE experiments SET status = ?, end_time = ?, updated_at = ?, "
+            "duration_seconds = (julianday(?) - julianday(start_time)) * 86400.0, "
+            "notes = CASE WHEN ? IS NULL THEN notes WHEN notes IS NULL OR notes = '' THEN ? "
+            "ELSE notes || char(10) || ? END WHERE id = ?",
+            (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id),
+        )
+
+    async def _insert_one(self, event: Event) -> Optional[int]:
+        if type(event) is ExperimentStarted:
+            stamp = local_text(event.ts)
+            env = event.environment
+            tags = msgspec.json.encode(event.tags).decode()
+            cursor = await self.conn.execute(
+                "INSERT INTO experiments (name, description, experiment_type, status, git_commit, "
+                "git_branch, python_version, random_seed, start_time, tags, metadata, created_at, "
+                "updated_at, git_dirty, git_diff, platform, hostname, pid, command, packages) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.name, event.description, event.experiment_type, env.git_commit,
+                    env.git_branch, env.python_version, event.random_seed, stamp, tags,
+                    event.metadata, stamp, stamp, env.git_dirty, env.git_diff, env.platform,
+                    env.hostname, env.pid, env.command, env.packages,
+                ),
+            )
+            return cursor.lastrowid
+        if type(event) is ModelRegistered:
+            cursor = await self.conn.execute(
+                "INSERT INTO models (experiment_id, name, version, architecture_type, state_dim, "
+                "action_dim, checkpoint_path, checkpoint_size_mb, episode_num, global_step, "
+                "train_metric, val_metric, test_metric, is_best, hyperparameters, metadata, created_at) "
+                "VALUES (?, ?, COALESCE(?, (SELECT CAST(COUNT(*) + 1 AS TEXT) FROM models "
+                "WHERE experiment_id = ? AND name IS ?)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.experiment_id, event.name, event.version, event.experiment_id, event.name,
+                    event.architecture_type, event.state_dim, event.action_dim,
+                    event.checkpoint_path, event.checkpoint_size_mb, event.episode_num,
+                    event.global_step, event.train_metric, event.val_metric, event.test_metric,
+                    int(event.is_best), event.hyperparameters, event.metadata, local_text(event.ts),
+                ),
+            )
+            return cursor.lastrowid
+        if type(event) is DatasetRegistered:
+            key = (event.name, event.version, event.split_type)
+            rows = await self.conn.execute_fetchall(
+                "SELECT id FROM datasets WHERE name = ? AND version = ? AND split_type IS ? "
+                "ORDER BY id LIMIT 1",
+                key,
+            )
+            for (existing,) in rows:
+                return existing
+            cursor = await self.conn.execute(
+                "INSERT INTO datasets (name, version, dataset_type, data_path, data_hash, split_type, "
+                "num_samples, start_date, end_date, feature_columns, target_columns, metadata, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.name, event.version, event.dataset_type, event.data_path, event.data_hash,
+                    event.split_type, event.num_samples, event.start_date, event.end_date,
+                    event.feature_columns, event.target_columns, event.metadata, local_text(event.ts),
+                ),
+            )
+            return cursor.lastrowid
+        if type(event) is ArtifactLogged:
+            cursor = await self.conn.execute(
+                "INSERT INTO artifacts (experiment_id, model_id, artifact_type, artifact_path, "
+                "artifact_name, file_size_mb, description, metadata, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.experiment_id, event.model_id, event.artifact_type, event.artifact_path,
+                    event.artifact_name, event.file_size_mb, event.description, event.metadata,
+                    local_text(event.ts),
+                ),
+            )
+            return cursor.lastrowid
+        await self._apply([event])
+        return None
+
+
+def _extend_metric_values(out: list[Any], event: MetricsLogged) -> None:
+    stamp = local_text(event.ts)
+    kind = "json" if event.value_json is not None else "scalar"
+    head = (event.experiment_id, event.model_id)
+    for name, value in zip(event.names, event.values):
+        out.extend(head)
+        out.extend((
+            name, kind, event.episode, event.step, event.epoch, value, event.value_json,
+            event.split or split_of(name), event.phase, stamp, event.metadata,
+        ))
+
+
+def _prepare(path: str) -> int:
+    """Create or upgrade the schema; return SQLite's bound-variable limit."""
+    conn = schema.connect(path)
+    try:
+        if hasattr(conn, "getlimit"):
+            return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    finally:
+        conn.close()

@@ -1,0 +1,339 @@
+"""ExperimentTracker: start an experiment, log hyperparameters, metrics and artifacts, end it."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from types import TracebackType
+from typing import Any, Iterable, Mapping, Optional
+
+from . import environment, queries
+from . import validate as v
+from .backend import Backend, backend_for
+from .errors import ClosedError, InvalidTypeError, InvalidValueError, NoActiveExperimentError
+from .events import (
+    ArtifactLogged,
+    Environment,
+    ExperimentEnded,
+    ExperimentStarted,
+    HyperparametersLogged,
+    MetricsLogged,
+    encode,
+)
+
+
+def file_size_mb(path: str) -> Optional[float]:
+    """Return a file's size in MiB, or None if it does not exist (yet)."""
+    try:
+        return os.stat(path).st_size / (1024 * 1024)
+    except OSError:
+        return None
+
+
+class ExperimentTracker:
+    """Records one experiment at a time into ``db_path``; every log_* call only queues an event."""
+
+    def __init__(
+        self,
+        db_path: Optional[str | os.PathLike[str]] = None,
+        *,
+        capture_environment: bool = True,
+    ) -> None:
+        self._backend: Backend = backend_for(db_path)
+        self.db_path = self._backend.path
+        self.capture_environment = capture_environment
+        self._experiment_id: Optional[int] = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        s = self._backend.status()
+        return (
+            f"<ExperimentTracker db={self.db_path!r} experiment={self._experiment_id} "
+            f"queued={s['queued']} written={s['written']} dropped={s['dropped']} "
+            f"rejected={s['rejected']} lost={s['lost']}>"
+        )
+
+    @property
+    def experiment_id(self) -> Optional[int]:
+        """The id of the experiment log calls go to, or None."""
+        return self._experiment_id
+
+    current_experiment_id = experiment_id
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start_experiment(
+        self,
+        name: str,
+        experiment_type: Optional[str] = None,
+        description: Optional[str] = None,
+        tags: Optional[Iterable[str]] = None,
+        random_seed: Optional[int] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        *,
+        seed_everything: bool = False,
+    ) -> int:
+        """Create an experiment (capturing git, Python, host, command, packages) and return its id.
+
+        A tracker logs to one experiment at a time: starting another ends the current one
+        "completed". With ``seed_everything=True`` and a ``random_seed``, random/numpy/torch are seeded.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise InvalidTypeError(f"name: expected a non-empty string, got {name!r:.60}")
+        event = ExperimentStarted(
+            name=name,
+            experiment_type=v.optional_str("experiment_type", experiment_type),
+            description=v.optional_str("description", description),
+            tags=v.tags(tags),
+            random_seed=v.optional_int("random_seed", random_seed),
+            metadata=v.json_object_text("metadata", metadata),
+            environment=environment.capture() if self.capture_environment else Environment(),
+            ts=time.time(),
+        )
+        if self._experiment_id is not None:
+            self.end_experiment("completed")
+        if seed_everything and event.random_seed is not None:
+            environment.seed_everything(event.random_seed)
+        experiment_id = self._backend.request(encode(event))
+        self._backend.running[experiment_id] = os.getpid()
+        self._experiment_id = experiment_id
+        return experiment_id
+
+    def resume_experiment(self, experiment_id: int) -> int:
+        """Make an existing experiment the one log calls go to (e.g. after a restart)."""
+        self._check_open()
+        experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
+        if experiment_id is None or not self._backend.read(queries.experiment_exists, experiment_id):
+            raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
+        self._experiment_id = experiment_id
+        return experiment_id
+
+    def end_experiment(self, status: str = "completed", notes: Optional[str] = None) -> None:
+        """Mark the current experiment ended with ``status`` and wait until that is committed."""
+        experiment_id = self._require_experiment()
+        if not isinstance(status, str) or not status:
+            raise InvalidTypeError(f"status: expected a non-empty string, got {status!r:.60}")
+        notes = v.optional_str("notes", notes)
+        self._backend.append(encode(ExperimentEnded(experiment_id, status, notes, time.time())))
+        self._backend.running.pop(experiment_id, None)
+        self._experiment_id = None
+        self._backend.flush()
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Block until everything logged so far is committed; raise if any of it was lost."""
+        self._backend.flush(timeout)
+
+    def close(self) -> None:
+        """Flush and stop accepting log calls (the experiment stays as it is; idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._experiment_id = None
+        self._backend.flush()
+
+    def status(self) -> dict[str, Any]:
+        """Return the writer's counters: queued, written, dropped, rejected, lost, ..."""
+        return self._backend.status()
+
+    def __enter__(self) -> "ExperimentTracker":
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self._experiment_id is not None:
+            status, notes = _status_for(exc)
+            self.end_experiment(status, notes)
+        self.close()
+
+    # -- logging (validate, encode, append) --------------------------------------------------
+
+    def log_hyperparameter(self, name: str, value: Any) -> None:
+        """Record one hyperparameter; its Python type is kept for read-back."""
+        self.log_hyperparameters_batch({name: value})
+
+    def log_hyperparameters_batch(self, params: Mapping[str, Any]) -> None:
+        """Record several hyperparameters at once."""
+        experiment_id = self._require_experiment()
+        if not isinstance(params, Mapping):
+            raise InvalidTypeError(f"expected a dict of hyperparameters, got {type(params).__name__}")
+        names, values, types = [], [], []
+        for name, value in params.items():
+            name, text, kind = v.hyperparameter(name, value)
+            names.append(name)
+            values.append(text)
+            types.append(kind)
+        if names:
+            self._backend.append(encode(HyperparametersLogged(experiment_id, names, values, types, time.time())))
+
+    def log_metric(
+        self,
+        metric_name: str,
+        value: Any,
+        episode: Optional[int] = None,
+        step: Optional[int] = None,
+        epoch: Optional[int] = None,
+        split: Optional[str] = None,
+        value_json: Any = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        *,
+        model_id: Optional[int] = None,
+        phase: Optional[str] = None,
+    ) -> None:
+        """Record one metric value; ``value_json`` carries structured data (text or any JSON value)."""
+        experiment_id = self._require_experiment()
+        name = v.metric_name(metric_name)
+        self._backend.append(
+            encode(
+                MetricsLogged(
+                    experiment_id,
+                    [name],
+                    [v.real(name, value)],
+                    v.optional_int("episode", episode),
+                    v.optional_int("step", step),
+                    v.optional_int("epoch", epoch),
+                    v.optional_str("split", split),
+                    time.time(),
+                    v.optional_int("model_id", model_id),
+                    v.optional_str("phase", phase),
+                    v.value_json(value_json),
+                    v.json_object_text("metadata", metadata),
+                )
+            )
+        )
+
+    def log_metrics_batch(
+        self,
+        metrics: Mapping[str, Any],
+        episode: Optional[int] = None,
+        step: Optional[int] = None,
+        epoch: Optional[int] = None,
+        split: Optional[str] = None,
+    ) -> None:
+        """Record several metrics at the same episode/step/epoch (the training loop's hot call)."""
+        experiment_id = self._experiment_id
+        if experiment_id is None:
+            experiment_id = self._require_experiment()
+        names: list[str] = []
+        values: list[Any] = []
+        try:
+            items = metrics.items()
+        except AttributeError:
+            raise InvalidTypeError(f"expected a dict of metrics, got {type(metrics).__name__}") from None
+        for name, value in items:
+            if type(name) is not str or not name:
+                name = v.metric_name(name)
+            if type(value) is not float and type(value) is not int:
+                value = v.real(name, value)
+            names.append(name)
+            values.append(value)
+        if episode is not None and type(episode) is not int:
+            episode = v.optional_int("episode", episode)
+        if step is not None and type(step) is not int:
+            step = v.optional_int("step", step)
+        if epoch is not None and type(epoch) is not int:
+            epoch = v.optional_int("epoch", epoch)
+        if split is not None and type(split) is not str:
+            split = v.optional_str("split", split)
+        if names:
+            self._backend.append(
+                encode(MetricsLogged(experiment_id, names, values, episode, step, epoch, split, time.time()))
+            )
+
+    def log_artifact(
+        self,
+        path: Optional[str | os.PathLike[str]] = None,
+        artifact_type: Optional[str] = None,
+        artifact_name: Optional[str] = None,
+        description: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        model_id: Optional[int] = None,
+        *,
+        artifact_path: Optional[str | os.PathLike[str]] = None,
+    ) -> int:
+        """Record a file (plot, log, config, report) and return the artifact's id."""
+        experiment_id = self._require_experiment()
+        path = path if path is not None else artifact_path
+        if path is None:
+            raise InvalidTypeError("log_artifact() needs the artifact's path")
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(f"path: expected a path, got {type(path).__name__}")
+        path = os.fspath(path)
+        if artifact_type is None:
+            artifact_type = os.path.splitext(path)[1].lstrip(".") or "file"
+        event = ArtifactLogged(
+            experiment_id=experiment_id,
+            model_id=v.optional_int("model_id", model_id),
+            artifact_type=str(v.optional_str("artifact_type", artifact_type)),
+            artifact_path=path,
+            artifact_name=v.optional_str("artifact_name", artifact_name) or os.path.basename(path),
+            file_size_mb=file_size_mb(path),
+            description=v.optional_str("description", description),
+            metadata=v.json_object_text("metadata", metadata),
+            ts=time.time(),
+        )
+        return self._backend.request(encode(event))
+
+    # -- reads (each waits for this process's earlier writes) --------------------------------
+
+    def list_experiments(
+        self,
+        experiment_type: Optional[str] = None,
+        status: Optional[str] = None,
+        tags: Optional[Iterable[str]] = None,
+        limit: Optional[int] = None,
+        name: Optional[str] = None,
+    ) -> list[dict[str, Any]]:
+        """Return experiments newest first, with num_checkpoints and best_val_metric."""
+        if isinstance(tags, str):
+            tags = [tags]
+        return self._backend.read(queries.list_experiments, experiment_type, status, tags, limit, name)
+
+    def get_experiment(self, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """Return everything about one experiment (default: the current one), or None."""
+        if experiment_id is None:
+            experiment_id = self._require_experiment()
+        return self._backend.read(queries.get_experiment, experiment_id)
+
+    def get_hyperparameters(self, experiment_id: Optional[int] = None) -> dict[str, Any]:
+        """Return {name: value} for an experiment (default: the current one)."""
+        if experiment_id is None:
+            experiment_id = self._require_experiment()
+        return self._backend.read(queries.get_hyperparameters, experiment_id)
+
+    def list_artifacts(
+        self, experiment_id: Optional[int] = None, artifact_type: Optional[str] = None
+    ) -> list[dict[str, Any]]:
+        """Return an experiment's artifacts (default: the current one)."""
+        if experiment_id is None:
+            experiment_id = self._require_experiment()
+        return self._backend.read(queries.list_artifacts, experiment_id, artifact_type)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this ExperimentTracker is closed")
+
+    def _require_experiment(self) -> int:
+        if self._experiment_id is None:
+            self._check_open()
+            raise NoActiveExperimentError("no experiment is running on this tracker: call start_experiment() first")
+        return self._experiment_id
+
+
+def _status_for(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
+    """Return the (status, notes) an experiment ends with when its block exits with ``exc``."""
+    if exc is None:
+        return "completed", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt"
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "completed", None
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
+    return "failed", text

@@ -1,0 +1,279 @@
+"""The background writer: an anyio event loop on its own thread draining an EventBuffer into a Store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+import warnings
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import anyio
+import msgspec
+
+from . import events as ev
+from .buffer import Barrier, EventBuffer
+from .errors import WriterError
+from .store import Store, is_busy
+
+log = logging.getLogger("ml_persistence")
+
+
+class _Abandoned(Exception):
+    """The close deadline passed while the database was still locked."""
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """Tuning knobs; defaults come from benchmarks/bench_core.py."""
+
+    batch_size: int = 8192  # events per transaction
+    flush_interval: float = 0.2  # seconds between flushes when the batch does not fill
+    max_queue: int = 500_000  # events held in memory before new ones are dropped (and counted)
+    busy_timeout_ms: int = 1000  # SQLite's own wait for a lock, before our retry with backoff
+    max_backoff: float = 1.0
+
+    @property
+    def wake_threshold(self) -> int:
+        return max(1, self.batch_size // 2)
+
+
+class Writer:
+    """Owns one Store on one daemon thread; everything but wake() and stop() runs on that thread."""
+
+    def __init__(self, path: str, buffer: EventBuffer, options: WriterOptions) -> None:
+        self.path = path
+        self.buffer = buffer
+        self.options = options
+        self.written = 0  # events committed
+        self.rejected = 0  # events the database refused (each logged)
+        self.lost = 0  # events still unwritten when a close deadline passed
+        self.failure: Optional[BaseException] = None  # first failure, re-raised by flush()
+        self.busy_retries = 0
+        self._closing = False
+        self._deadline: Optional[float] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wake_event: Optional[anyio.Event] = None
+        self._store: Optional[Store] = None
+        self._thread = threading.Thread(target=self._run, name="ml-persistence-writer", daemon=True)
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Ask the writer to flush now (any thread)."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._wake_now)
+            except RuntimeError:
+                pass  # loop already closed: the writer is gone
+
+    def stop(self, timeout: float) -> bool:
+        """Drain everything queued, close the connection, end the thread; False if ``timeout`` hit."""
+        self._deadline = time.monotonic() + timeout
+        self._closing = True
+        self.wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandon_store()
+            return False
+        return True
+
+    def _abandon_store(self) -> None:
+        # aiosqlite's worker thread is non-daemon: make sure it ends even if our loop is stuck.
+        store = self._store
+        if store is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                store.conn.stop()
+
+    def _wake_now(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    def _run(self) -> None:
+        try:
+            anyio.run(self._main, backend="asyncio")
+        except BaseException as exc:  # noqa: BLE001 - the thread must not die silently
+            self._fail_everything(exc)
+
+    async def _main(self) -> None:
+        self._wake_event = anyio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._store = store = await self._open()
+        try:
+            while True:
+                await self._step(store)
+                if self._closing and not self.buffer.items and not self.buffer.requests:
+                    return
+                if self._past_deadline():
+                    self._give_up()
+                    return
+                with anyio.move_on_after(self.options.flush_interval):
+                    await self._wake_event.wait()
+                self._wake_event = anyio.Event()
+                self.buffer.wake_pending = False
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+    async def _open(self) -> Store:
+        delay = 0.05
+        while True:
+            try:
+                return await Store.open(self.path, self.options.busy_timeout_ms)
+            except sqlite3.Error as exc:
+                if not is_busy(exc) or self._past_deadline():
+                    raise WriterError(f"cannot open database {self.path!r}: {exc}") from exc
+            self.busy_retries += 1
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.options.max_backoff)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    async def _step(self, store: Store) -> None:
+        """Serve waiting requests, then commit queued events in batches (the writer's one unit of work)."""
+        await self._serve(store, self.buffer.take_requests())
+        while True:
+            items = self.buffer.take(self.options.batch_size)
+            if not items:
+                return
+            payloads = [i for i in items if type(i) is bytes]
+            if payloads:
+                await self._commit(store, payloads)
+            for item in items:
+                if type(item) is Barrier:
+                    item.set()
+            # A waiting request never sits behind more than one batch.
+            await self._serve(store, self.buffer.take_requests())
+            if len(items) < self.options.batch_size:
+                return
+
+    def _decode(self, payloads: Sequence[bytes]) -> list[ev.Event]:
+        decoded = []
+        for payload in payloads:
+            try:
+                decoded.append(ev.decode(payload))
+            except msgspec.DecodeError as exc:
+                self._reject(exc, "undecodable event")
+        return decoded
+
+    async def _commit(self, store: Store, payloads: Sequence[bytes]) -> None:
+        """Commit events in one transaction; if the database refuses it, retry one by one."""
+        events = self._decode(payloads)
+        if not events:
+            return
+        try:
+            await self._retrying(store.apply, events)
+            self.written += len(events)
+            return
+        except _Abandoned:
+            self.lost += len(events)
+            return
+        except sqlite3.Error:
+            pass
+        for event in events:  # one bad event must not take the rest of its batch with it
+            try:
+                await self._retrying(store.apply, [event])
+                self.written += 1
+            except _Abandoned:
+                self.lost += 1
+            except sqlite3.Error as exc:
+                self._reject(exc, f"database refused {type(event).__name__}")
+
+    async def _serve(self, store: Store, requests: list[tuple[bytes, Future]]) -> None:
+        """Apply id-returning events in one transaction and resolve their futures."""
+        pending: list[tuple[ev.Event, Future]] = []
+        for payload, future in requests:
+            try:
+                pending.append((ev.decode(payload), future))
+            except msgspec.DecodeError as exc:
+                future.set_exception(WriterError(f"undecodable request: {exc}"))
+        if not pending:
+            return
+        try:
+            ids = await self._retrying(store.apply_requests, [e for e, _ in pending])
+        except sqlite3.Error:
+            ids = None
+        except _Abandoned as exc:
+            for _, future in pending:
+                future.set_exception(WriterError(str(exc)))
+            return
+        if ids is not None:
+            self.written += len(ids)
+            for (_, future), row_id in zip(pending, ids):
+                future.set_result(row_id)
+            return
+        for event, future in pending:
+            try:
+                (row_id,) = await self._retrying(store.apply_requests, [event])
+            except (sqlite3.Error, _Abandoned) as exc:
+                future.set_exception(WriterError(f"database refused {type(event).__name__}: {exc}"))
+            else:
+                self.written += 1
+                future.set_result(row_id)
+
+    async def _retrying(self, apply, events):  # type: ignore[no-untyped-def]
+        """Call ``apply(events)``, waiting out a locked database with backoff until the close deadline."""
+        delay = 0.02
+        while True:
+            try:
+                return await apply(events)
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise
+            if self._past_deadline():
+                error = WriterError(
+                    f"database {self.path!r} stayed locked past the close deadline; "
+                    f"{len(events)} events not written"
+                )
+                self._record(error)
+                raise _Abandoned(str(error))
+            self.busy_retries += 1
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.options.max_backoff)
+
+    def _reject(self, exc: BaseException, what: str) -> None:
+        self.rejected += 1
+        log.error("ml_persistence: %s, not stored: %s", what, exc)
+        self._record(WriterError(f"{what}: {exc}"))
+
+    def _record(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+
+    def _give_up(self) -> None:
+        items = self.buffer.take(len(self.buffer.items))
+        unwritten = sum(1 for i in items if type(i) is bytes)
+        self.lost += unwritten
+        error = WriterError(f"close deadline passed with {unwritten} events unwritten")
+        self._record(error)
+        for item in items:
+            if type(item) is Barrier:
+                item.set(error)
+        for _, future in self.buffer.take_requests():
+            future.set_exception(error)
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, WriterError) else WriterError(f"writer crashed: {exc!r}")
+        error.__cause__ = exc if error is not exc else exc.__cause__
+        log.error("ml_persistence: %s", error)
+        self._record(error)
+        self._loop = None
+        self.buffer.idle = True
+        for _, future in self.buffer.take_requests():
+            future.set_exception(error)
+        for item in list(self.buffer.items):
+            if type(item) is Barrier:
+                item.set(error)
