@@ -1,0 +1,49 @@
+"""Shared fixtures: every test gets its own database and leaves no writer running."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+import ml_persistence
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database path, also made the default through ML_PERSISTENCE_DB."""
+    path = str(tmp_path / "ml_experiments.db")
+    monkeypatch.setenv("ML_PERSISTENCE_DB", path)
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _stop_writers():
+    yield
+    ml_persistence.shutdown(timeout=30)
+
+
+def rows(path: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Read the database the way a user would, with the stdlib sqlite3 module."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for child Python processes that import this checkout's ml_persistence."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
