@@ -1,7 +1,7 @@
 """ml_persistence: an experiment tracker whose log calls never stall training; everything lands in SQLite."""
 
 from .aio import AsyncDatasetManager, AsyncExperimentTracker, AsyncMetricsLogger, AsyncModelRegistry
-from .backend import shutdown
+from .backend import configure, shutdown
 from .datasets import DatasetManager
 from .errors import (
     ClosedError,
@@ -38,5 +38,6 @@ __all__ = [
     "NoActiveExperimentError",
     "SchemaError",
     "WriterError",
+    "configure",
     "shutdown",
 ]

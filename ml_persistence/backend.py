@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -39,6 +40,18 @@ def backend_for(db_path: Optional[str | os.PathLike[str]]) -> "Backend":
             if backend is None:
                 backend = _backends[key] = Backend(key)
     return backend
+
+
+def configure(db_path: Optional[str | os.PathLike[str]] = None, **options: Any) -> WriterOptions:
+    """Change the writer settings for ``db_path`` (batch_size, flush_interval, max_queue, busy_timeout_ms).
+
+    Takes effect for the queue bound at once and for the writer when it next starts.
+    """
+    backend = backend_for(db_path)
+    backend.options = dataclasses.replace(backend.options, **options)
+    backend.buffer.max_events = backend.options.max_queue
+    backend.buffer.wake_threshold = backend.options.wake_threshold
+    return backend.options
 
 
 def all_backends() -> list["Backend"]:
