@@ -1,0 +1,145 @@
+"""The writer: batching, a locked database, a refused event, a full buffer, flush barriers."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import warnings
+
+import pytest
+
+import ml_persistence as mp
+from conftest import rows
+from ml_persistence import ExperimentTracker, schema
+from ml_persistence.backend import backend_for
+
+
+def test_locked_database_stalls_nothing_and_loses_nothing(db_path: str) -> None:
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("locked")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for step in range(5000):
+            tracker.log_metrics_batch({"a": step, "b": step}, step=step)
+        with pytest.raises(mp.FlushTimeoutError):
+            tracker.flush(timeout=0.3)  # nothing can commit while the lock is held
+        assert holder.execute("SELECT COUNT(*) FROM metrics").fetchone() == (0,)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    tracker.flush(timeout=60)
+    assert rows(db_path, "SELECT COUNT(*), COUNT(DISTINCT step) FROM metrics WHERE experiment_id = ?", (exp,)) == [(10_000, 5000)]
+    assert tracker.status()["dropped"] == tracker.status()["rejected"] == 0
+
+
+def test_a_refused_event_does_not_take_its_batch_with_it(db_path: str) -> None:
+    conn = schema.connect(db_path)
+    conn.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON metrics WHEN NEW.metric_name = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'poisoned metric'); END"
+    )
+    conn.close()
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("poison")
+    for step in range(100):
+        tracker.log_metrics_batch({"good": step}, step=step)
+        if step == 50:
+            tracker.log_metric("poison", 1.0, step=step)
+    with pytest.raises(mp.WriterError, match="1 refused"):
+        tracker.flush()
+    assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(100,)]
+    assert tracker.status()["rejected"] == 1
+    tracker.log_metric("good", 1.0)
+    tracker.flush()  # each loss is raised once
+
+
+def test_full_buffer_drops_are_counted_warned_once_and_raised(db_path: str) -> None:
+    mp.configure(db_path, max_queue=100)
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("full")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(1000):
+                tracker.log_metrics_batch({"x": step}, step=step)
+        assert len([w for w in caught if "buffer full" in str(w.message)]) == 1
+        dropped = tracker.status()["dropped"]
+        assert dropped > 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(mp.EventsDroppedError, match=f"{dropped} events dropped"):
+        tracker.flush(timeout=60)
+    assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,))[0][0] == 1000 - dropped
+
+
+def test_flush_is_a_barrier_for_every_thread(db_path: str) -> None:
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("threads")
+    start = threading.Barrier(4)
+
+    def worker(k: int) -> None:
+        start.wait()
+        for step in range(2000):
+            tracker.log_metrics_batch({f"w{k}": step}, step=step)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tracker.flush()
+    assert rows(db_path, "SELECT metric_name, COUNT(*) FROM metrics WHERE experiment_id = ? GROUP BY 1 ORDER BY 1", (exp,)) == [
+        (f"w{k}", 2000) for k in range(4)
+    ]
+
+
+def test_id_requests_do_not_wait_for_the_whole_queue(db_path: str) -> None:
+    mp.configure(db_path, batch_size=1000)
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("queue")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    for step in range(50_000):
+        tracker.log_metrics_batch({"x": step}, step=step)
+    holder.execute("ROLLBACK")
+    holder.close()
+    registry = mp.ModelRegistry(db_path)
+    model = registry.register_model(exp, "m.pth", val_metric=1.0)
+    committed = rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,))[0][0]
+    assert rows(db_path, "SELECT id FROM models") == [(model,)]
+    assert committed < 50_000  # the id came back before the queue behind it was drained
+    tracker.flush()
+    assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(50_000,)]
+
+
+def test_interval_flush_commits_without_any_flush_call(db_path: str) -> None:
+    mp.configure(db_path, flush_interval=0.05)
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("interval")
+    tracker.log_metric("x", 1.0)
+    deadline = time.monotonic() + 30
+    while rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) != [(1,)]:
+        assert time.monotonic() < deadline, "the interval flush never committed"
+        threading.Event().wait(0.01)  # polling the database from outside, as a user would
+
+
+def test_construction_is_cheap_and_starts_no_thread(db_path: str) -> None:
+    before = threading.active_count()
+    for _ in range(100):
+        mp.ModelRegistry(db_path)
+        mp.DatasetManager(db_path)
+        mp.MetricsLogger(db_path)
+        ExperimentTracker(db_path)
+    assert threading.active_count() == before
+    assert backend_for(db_path) is mp.ModelRegistry(db_path)._backend
+
+
+def test_invalid_database_path_raises_at_start(tmp_path) -> None:
+    tracker = ExperimentTracker(str(tmp_path / "no" / "such" / "dir" / "x.db"))
+    with pytest.raises(mp.WriterError, match="cannot open database"):
+        tracker.start_experiment("x")
