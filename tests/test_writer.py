@@ -128,14 +128,18 @@ def test_interval_flush_commits_without_any_flush_call(db_path: str) -> None:
         threading.Event().wait(0.01)  # polling the database from outside, as a user would
 
 
-def test_construction_is_cheap_and_starts_no_thread(db_path: str) -> None:
-    before = threading.active_count()
+def test_construction_is_cheap_and_starts_no_thread(db_path: str, tmp_path) -> None:
+    def writers() -> int:
+        return sum(t.name == "ml-persistence-writer" for t in threading.enumerate())
+
+    before = writers()
     for _ in range(100):
         mp.ModelRegistry(db_path)
         mp.DatasetManager(db_path)
         mp.MetricsLogger(db_path)
         ExperimentTracker(db_path)
-    assert threading.active_count() == before
+    assert writers() == before and backend_for(db_path)._writer is None
+    assert not (tmp_path / "ml_experiments.db").exists()
     assert backend_for(db_path) is mp.ModelRegistry(db_path)._backend
 
 
