@@ -1,0 +1,135 @@
+"""Unit tests of the leaf modules: validation, events, buffer, store helpers, import direction."""
+
+from __future__ import annotations
+
+import ast
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from ml_persistence import events as ev
+from ml_persistence import validate as v
+from ml_persistence.buffer import Barrier, EventBuffer
+from ml_persistence.errors import InvalidTypeError, InvalidValueError
+from ml_persistence.store import local_text, split_of
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ml_persistence"
+
+
+@pytest.mark.parametrize("value, expected", [(1, 1), (2.5, 2.5), (True, 1), (False, 0), (Fraction(1, 4), 0.25)])
+def test_real_accepts_numbers(value, expected) -> None:
+    assert v.real("x", value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "1.0", None, object(), [1.0], {"a": 1}, b"1", 1j])
+def test_real_refuses_everything_else_with_the_name(value) -> None:
+    with pytest.raises(InvalidTypeError, match="loss"):
+        v.real("loss", value)
+
+
+def test_real_unwraps_numpy_scalars_and_one_element_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    assert v.real("x", np.float16(0.5)) == 0.5
+    assert v.real("x", np.array([[3]])) == 3
+    with pytest.raises(InvalidTypeError):
+        v.real("x", np.array([1.0, 2.0]))
+
+
+def test_hyperparameters_keep_their_type() -> None:
+    for value in (3, 0.1, 1e-300, True, "adam", None, [1, "a"], {"k": [1.5]}):
+        name, text, kind = v.hyperparameter("p", value)
+        assert name == "p" and v.decode_hyperparameter(text, kind) == value
+        assert type(v.decode_hyperparameter(text, kind)) is type(value)
+
+
+def test_hyperparameter_with_unencodable_value_raises() -> None:
+    with pytest.raises(InvalidTypeError, match="p"):
+        v.hyperparameter("p", object())
+
+
+def test_json_text_refuses_what_is_not_json() -> None:
+    assert v.json_object_text("m", {"a": [1, 2.5, None, "x"]}) == '{"a":[1,2.5,null,"x"]}'
+    with pytest.raises(InvalidTypeError):
+        v.json_object_text("m", {"a": object()})
+    with pytest.raises(InvalidTypeError):
+        v.json_object_text("m", ["not", "a", "dict"])
+    with pytest.raises(InvalidValueError):
+        v.value_json("{bad")
+    assert v.value_json({"hold": 0.5}) == '{"hold":0.5}'
+
+
+def test_optional_int() -> None:
+    assert v.optional_int("step", None) is None
+    assert v.optional_int("step", 5.0) == 5
+    with pytest.raises(InvalidTypeError):
+        v.optional_int("step", 5.5)
+    with pytest.raises(InvalidTypeError):
+        v.optional_int("step", "5")
+
+
+def test_events_roundtrip_including_nan_and_inf() -> None:
+    event = ev.MetricsLogged(1, ["a", "b", "c"], [math.nan, math.inf, 2], 3, None, None, "val", 1.5)
+    back = ev.decode(ev.encode(event))
+    assert isinstance(back, ev.MetricsLogged) and back.names == ["a", "b", "c"] and back.split == "val"
+    assert math.isnan(back.values[0]) and back.values[1:] == [math.inf, 2.0]
+    started = ev.ExperimentStarted("n", None, None, ["t"], 1, None, ev.Environment(pid=4), 0.0)
+    assert ev.decode(ev.encode(started)) == started
+
+
+def test_unknown_or_garbage_events_fail_to_decode() -> None:
+    import msgspec
+
+    with pytest.raises(msgspec.DecodeError):
+        ev.decode(b"\x92\xa7Unknown\x01")
+    with pytest.raises(msgspec.DecodeError):
+        ev.decode(b"\xff\x00garbage")
+
+
+def test_buffer_is_bounded_and_fifo_with_barriers() -> None:
+    kicks = []
+    buffer = EventBuffer(max_events=4, wake_threshold=2, kick=lambda: kicks.append(1))
+    buffer.idle = False
+    buffer.append(b"1")
+    assert kicks == []
+    buffer.append(b"2")
+    assert kicks == [1]  # threshold reached
+    token = buffer.barrier()
+    with pytest.warns(RuntimeWarning, match="buffer full"):
+        buffer.append(b"3")
+        buffer.append(b"4")
+    assert buffer.dropped == 1
+    items = buffer.take(10)
+    assert items[:2] == [b"1", b"2"] and isinstance(items[2], Barrier) and items[3] == b"3" and token is items[2]
+
+
+def test_local_text_and_split_prefixes() -> None:
+    text = local_text(1_700_000_000.25)
+    assert len(text) == 26 and text.endswith(".250000")
+    assert [split_of(n) for n in ("train_loss", "val_x", "test_y", "trainloss", "entropy")] == ["train", "val", "test", None, None]
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add(node.module.split(".")[0] if node.module else "")
+            found.update(a.name for a in node.names if not node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_imports_flow_one_way() -> None:
+    leaves = {"events", "errors", "schema"}
+    graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py")}
+    for module, imported in graph.items():
+        assert "agent" not in imported, f"{module} imports the agent"
+    for leaf in leaves:
+        assert not (graph[leaf] & (set(graph) - {"errors"})), f"{leaf} must stay a leaf"
+    assert not graph["buffer"] & set(graph), "buffer.py is stdlib only"
+    for low in ("store", "writer", "backend", "buffer"):
+        assert not graph[low] & {"tracker", "registry", "datasets", "metrics", "aio", "cli"}, low
