@@ -122,6 +122,8 @@ class Backend:
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Wait until everything appended before this call is committed; raise on losses."""
+        if self.closed:
+            raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
         if self._writer is None and not self.buffer.items:
             self._raise_losses()
             return
@@ -156,7 +158,7 @@ class Backend:
 
     def _kick(self) -> None:
         writer = self._writer
-        if writer is None or not writer.alive:
+        if writer is None or writer.done:
             self._start_writer()
         else:
             writer.wake()
@@ -164,8 +166,10 @@ class Backend:
     def _start_writer(self) -> None:
         with self._lock:
             writer = self._writer
-            if writer is not None and writer.alive:
+            if writer is not None and not writer.done:
                 writer.wake()
+                return
+            if self.closed:
                 return
             if writer is not None:
                 self._retire(writer)

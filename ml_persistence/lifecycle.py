@@ -24,7 +24,7 @@ from .events import ExperimentEnded, encode
 EXIT_TIMEOUT_ENV = "ML_PERSISTENCE_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT = 10.0
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _installed = False
 _finalized = False
 _previous: dict[int, Any] = {}
@@ -103,6 +103,8 @@ def _install_signal_handlers() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     _state.signal = signum
+    if _finalized:
+        return  # already committing and closing on the way out
     previous = _previous.get(signum, signal.SIG_DFL)
     if previous is signal.SIG_DFL:
         # The default action would kill us outright: commit first, then die of the same signal.
@@ -157,7 +159,7 @@ def finalize(status: str, notes: Optional[str], timeout: Optional[float] = None)
 
 def _after_fork_in_child() -> None:
     global _lock, _finalized
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _finalized = False
     _state.exception = None
     _state.signal = None

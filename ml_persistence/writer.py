@@ -54,6 +54,7 @@ class Writer:
         self.lost = 0  # events still unwritten when a close deadline passed
         self.failure: Optional[BaseException] = None  # first failure, re-raised by flush()
         self.busy_retries = 0
+        self.done = False  # set once this writer will take no more work
         self._closing = False
         self._deadline: Optional[float] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -106,6 +107,8 @@ class Writer:
             anyio.run(self._main, backend="asyncio")
         except BaseException as exc:  # noqa: BLE001 - the thread must not die silently
             self._fail_everything(exc)
+        finally:
+            self.done = True
 
     async def _main(self) -> None:
         self._wake_event = anyio.Event()
@@ -115,6 +118,7 @@ class Writer:
             while True:
                 await self._step(store)
                 if self._closing and not self.buffer.items and not self.buffer.requests:
+                    self.done = True
                     return
                 if self._past_deadline():
                     self._give_up()
@@ -266,6 +270,7 @@ class Writer:
             future.set_exception(error)
 
     def _fail_everything(self, exc: BaseException) -> None:
+        self.done = True  # from here on, a new barrier or request starts a new writer
         error = exc if isinstance(exc, WriterError) else WriterError(f"writer crashed: {exc!r}")
         error.__cause__ = exc if error is not exc else exc.__cause__
         log.error("ml_persistence: %s", error)
