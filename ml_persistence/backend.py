@@ -6,7 +6,6 @@ import dataclasses
 import os
 import sqlite3
 import threading
-import time
 from typing import Any, Callable, Optional, TypeVar
 
 from . import schema
@@ -247,8 +246,3 @@ def _open_reader(path: str) -> sqlite3.Connection:
     conn = schema.connect(path)
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def monotonic_deadline(timeout: Optional[float]) -> Optional[float]:
-    """Return a time.monotonic() deadline for ``timeout`` seconds (None: no deadline)."""
-    return None if timeout is None else time.monotonic() + timeout

@@ -116,13 +116,21 @@ def _on_signal(signum: int, frame: Any) -> None:
         previous(signum, frame)  # e.g. Python's SIGINT handler raises KeyboardInterrupt
 
 
-def _exit_status() -> tuple[str, Optional[str]]:
-    exc = _state.exception
+def status_for(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
+    """Return the (status, notes) an experiment ends with when its code exits with ``exc``."""
+    if exc is None:
+        return "completed", None
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", "KeyboardInterrupt"
-    if exc is not None:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return "failed", text.strip()
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "completed", None
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return "failed", text.strip()
+
+
+def _exit_status() -> tuple[str, Optional[str]]:
+    if _state.exception is not None:
+        return status_for(_state.exception)
     if _state.signal is not None:
         return "interrupted", f"received {signal.Signals(_state.signal).name}"
     code = _state.exit_code

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from types import TracebackType
 from typing import Any, Iterable, Mapping, Optional
 
-from . import environment, queries
+from . import environment, lifecycle, queries
 from . import validate as v
 from .backend import Backend, backend_for
 from .errors import ClosedError, InvalidTypeError, InvalidValueError, NoActiveExperimentError
@@ -147,7 +146,7 @@ class ExperimentTracker:
         tb: Optional[TracebackType],
     ) -> None:
         if self._experiment_id is not None:
-            status, notes = _status_for(exc)
+            status, notes = lifecycle.status_for(exc)
             self.end_experiment(status, notes)
         self.close()
 
@@ -325,15 +324,3 @@ class ExperimentTracker:
             self._check_open()
             raise NoActiveExperimentError("no experiment is running on this tracker: call start_experiment() first")
         return self._experiment_id
-
-
-def _status_for(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
-    """Return the (status, notes) an experiment ends with when its block exits with ``exc``."""
-    if exc is None:
-        return "completed", None
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", "KeyboardInterrupt"
-    if isinstance(exc, SystemExit) and exc.code in (None, 0):
-        return "completed", None
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
-    return "failed", text
