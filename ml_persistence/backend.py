@@ -70,6 +70,26 @@ def shutdown(timeout: Optional[float] = None) -> None:
         raise errors[0]
 
 
+def _quiesce_before_fork() -> None:
+    """Hold every backend's locks across fork(), so the child inherits none of them mid-use."""
+    for backend in list(_backends.values()):
+        backend._lock.acquire()
+        writer = backend._writer
+        gate = writer.gate if writer is not None else None
+        if gate is not None:
+            gate.acquire()
+        backend._held_for_fork = gate
+
+
+def _resume_after_fork_in_parent() -> None:
+    for backend in list(_backends.values()):
+        gate = getattr(backend, "_held_for_fork", None)
+        if gate is not None:
+            gate.release()
+        backend._held_for_fork = None
+        backend._lock.release()
+
+
 def _forget_after_fork() -> None:
     """In a forked child: drop the parent's backends without touching their threads or connections."""
     global _registry_lock
@@ -92,6 +112,7 @@ class Backend:
         self._reader: Optional[sqlite3.Connection] = None
         self._reported = 0
         self._retired = {"written": 0, "rejected": 0, "lost": 0}
+        self._held_for_fork: Optional[threading.Lock] = None
         self.buffer = EventBuffer(self.options.max_queue, self.options.wake_threshold, self._kick)
 
     def __repr__(self) -> str:
@@ -239,6 +260,7 @@ class Backend:
         self.running = {}
         self._retired = {"written": 0, "rejected": 0, "lost": 0}
         self._reported = 0
+        self._held_for_fork = None
         self.buffer = EventBuffer(self.options.max_queue, self.options.wake_threshold, self._kick)
 
 

@@ -2,8 +2,11 @@
 
 At exit every running experiment this process started is ended ("completed", "failed" or
 "interrupted"), every queue is committed within a deadline, and every connection is closed.
-The exit hook runs from threading's own shutdown hook, before the interpreter joins non-daemon
-threads: aiosqlite's worker thread is one, so a plain atexit hook would come too late.
+The writer thread is a daemon, and so is aiosqlite's worker thread (a thread inherits its
+creator's daemon flag, and the writer creates it), so neither blocks interpreter exit and the
+atexit hook runs after the user's own non-daemon threads have finished logging, while ours
+still run. Multiprocessing children leave through os._exit, skipping atexit; there the hook
+runs from threading's shutdown instead.
 """
 
 from __future__ import annotations
@@ -61,13 +64,13 @@ def install() -> None:
 
 
 def _install_hooks() -> None:
+    atexit.register(_at_exit)
     register = getattr(threading, "_register_atexit", None)
     if register is not None:
         try:
-            register(_at_exit)
+            register(_at_threading_exit)
         except RuntimeError:
             pass  # already shutting down
-    atexit.register(_at_exit)  # second chance (no-op if the first ran)
     previous_hook = sys.excepthook
 
     def excepthook(kind: type, value: BaseException, tb: Any) -> None:
@@ -84,7 +87,11 @@ def _install_hooks() -> None:
     exit.__doc__ = real_exit.__doc__
     sys.exit = exit
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=backends._quiesce_before_fork,
+            after_in_parent=backends._resume_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
 
 
 def _install_signal_handlers() -> None:
@@ -137,6 +144,12 @@ def _exit_status() -> tuple[str, Optional[str]]:
     if code not in (None, 0):
         return "failed", f"exited with status {code}"
     return "completed", None
+
+
+def _at_threading_exit() -> None:
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is not None and multiprocessing.parent_process() is not None:
+        _at_exit()  # a multiprocessing child: atexit will not run
 
 
 def _at_exit() -> None:

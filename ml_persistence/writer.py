@@ -52,9 +52,14 @@ class Writer:
         self.written = 0  # events committed
         self.rejected = 0  # events the database refused (each logged)
         self.lost = 0  # events still unwritten when a close deadline passed
+        self.in_flight = 0  # events taken from the buffer and not yet committed or counted
+        self._loss_lock = threading.Lock()
         self.failure: Optional[BaseException] = None  # first failure, re-raised by flush()
         self.busy_retries = 0
         self.done = False  # set once this writer will take no more work
+        # Held around every call into SQLite, so fork() can wait for a moment when no SQLite
+        # mutex is held by aiosqlite's thread (a child inheriting a held mutex would hang).
+        self.gate = threading.Lock()
         self._closing = False
         self._deadline: Optional[float] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -86,9 +91,19 @@ class Writer:
         self.wake()
         self._thread.join(timeout)
         if self._thread.is_alive():
+            self.done = True
+            self._lose_in_flight()
+            self._give_up()
             self._abandon_store()
             return False
         return True
+
+    def _lose_in_flight(self) -> int:
+        """Count the batch being written as lost (once, whichever thread gets here first)."""
+        with self._loss_lock:
+            lost, self.in_flight = self.in_flight, 0
+            self.lost += lost
+        return lost
 
     def _abandon_store(self) -> None:
         # aiosqlite's worker thread is non-daemon: make sure it ends even if our loop is stuck.
@@ -128,14 +143,15 @@ class Writer:
                 self._wake_event = anyio.Event()
                 self.buffer.wake_pending = False
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self.gate:
                 await store.close()
 
     async def _open(self) -> Store:
         delay = 0.05
         while True:
             try:
-                return await Store.open(self.path, self.options.busy_timeout_ms)
+                with self.gate:
+                    return await Store.open(self.path, self.options.busy_timeout_ms)
             except sqlite3.Error as exc:
                 if not is_busy(exc) or self._past_deadline():
                     raise WriterError(f"cannot open database {self.path!r}: {exc}") from exc
@@ -176,14 +192,16 @@ class Writer:
     async def _commit(self, store: Store, payloads: Sequence[bytes]) -> None:
         """Commit events in one transaction; if the database refuses it, retry one by one."""
         events = self._decode(payloads)
+        self.in_flight = len(events)
         if not events:
             return
         try:
             await self._retrying(store.apply, events)
             self.written += len(events)
+            self.in_flight = 0
             return
         except _Abandoned:
-            self.lost += len(events)
+            self._lose_in_flight()
             return
         except sqlite3.Error:
             pass
@@ -192,9 +210,11 @@ class Writer:
                 await self._retrying(store.apply, [event])
                 self.written += 1
             except _Abandoned:
-                self.lost += 1
+                self._lose_in_flight()
+                return
             except sqlite3.Error as exc:
                 self._reject(exc, f"database refused {type(event).__name__}")
+            self.in_flight -= 1
 
     async def _serve(self, store: Store, requests: list[tuple[bytes, Future]]) -> None:
         """Apply id-returning events in one transaction and resolve their futures."""
@@ -231,22 +251,20 @@ class Writer:
     async def _retrying(self, apply, events):  # type: ignore[no-untyped-def]
         """Call ``apply(events)``, waiting out a locked database with backoff until the close deadline."""
         delay = 0.02
-        while True:
+        while not self.done:
             try:
-                return await apply(events)
+                with self.gate:
+                    return await apply(events)
             except sqlite3.Error as exc:
                 if not is_busy(exc):
                     raise
             if self._past_deadline():
-                error = WriterError(
-                    f"database {self.path!r} stayed locked past the close deadline; "
-                    f"{len(events)} events not written"
-                )
-                self._record(error)
-                raise _Abandoned(str(error))
+                self._record(WriterError(f"database {self.path!r} stayed locked past the close deadline"))
+                raise _Abandoned("the database stayed locked past the close deadline")
             self.busy_retries += 1
             await anyio.sleep(delay)
             delay = min(delay * 2, self.options.max_backoff)
+        raise _Abandoned("the writer was stopped at its close deadline")
 
     def _reject(self, exc: BaseException, what: str) -> None:
         self.rejected += 1
@@ -258,15 +276,16 @@ class Writer:
             self.failure = exc
 
     def _give_up(self) -> None:
+        """Count everything still queued as lost and release its waiters (at a passed close deadline)."""
         items = self.buffer.take(len(self.buffer.items))
-        unwritten = sum(1 for i in items if type(i) is bytes)
-        self.lost += unwritten
-        error = WriterError(f"close deadline passed with {unwritten} events unwritten")
+        requests = self.buffer.take_requests()
+        self.lost += sum(1 for i in items if type(i) is bytes) + len(requests)
+        error = WriterError(f"close deadline passed with {self.lost} events unwritten")
         self._record(error)
         for item in items:
             if type(item) is Barrier:
                 item.set(error)
-        for _, future in self.buffer.take_requests():
+        for _, future in requests:
             future.set_exception(error)
 
     def _fail_everything(self, exc: BaseException) -> None:
