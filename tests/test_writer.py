@@ -147,3 +147,13 @@ def test_invalid_database_path_raises_at_start(tmp_path) -> None:
     tracker = ExperimentTracker(str(tmp_path / "no" / "such" / "dir" / "x.db"))
     with pytest.raises(mp.WriterError, match="cannot open database"):
         tracker.start_experiment("x")
+
+
+def test_no_thread_of_ours_can_block_interpreter_exit(db_path: str) -> None:
+    before = {t for t in threading.enumerate() if not t.daemon}
+    tracker = ExperimentTracker(db_path)
+    tracker.start_experiment("threads")
+    tracker.log_metric("x", 1.0)
+    tracker.flush()
+    after = {t for t in threading.enumerate() if not t.daemon}
+    assert after <= before, [t.name for t in after - before]
