@@ -91,8 +91,8 @@ class ExperimentTracker:
             environment=environment.capture() if self.capture_environment else Environment(),
             ts=time.time(),
         )
-        if self._experiment_id is not None:
-            self.end_experiment("completed")
+        if self._experiment_id is not None and self._backend.running.get(self._experiment_id) == os.getpid():
+            self.end_experiment("completed")  # ours to end; a forked child leaves its parent's run alone
         if seed_everything and event.random_seed is not None:
             environment.seed_everything(event.random_seed)
         experiment_id = self._backend.request(encode(event))

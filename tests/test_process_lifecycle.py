@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import sqlite3
 import subprocess
@@ -79,6 +80,7 @@ def run_script(tmp_path: Path, body: str, *, name: str = "child.py", **env: str)
             capture_output=True,
             text=True,
             timeout=GUARD,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{name} hung for {GUARD} s at exit\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
@@ -99,7 +101,7 @@ class Child:
             text=True,
             bufsize=1,
         )
-        self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self.lines: queue.Queue[Optional[str]] = queue.Queue()
         self.stdout: list[str] = []
         self.stderr = ""
         self._out = threading.Thread(target=self._pump_stdout, daemon=True)
@@ -317,6 +319,57 @@ def test_sys_exit_zero_completes_experiment(tmp_path: Path) -> None:
     assert experiment(tmp_path, eid)["status"] == "completed"
 
 
+def test_exit_waits_for_a_training_thread_that_is_still_logging(tmp_path: Path, children: list) -> None:
+    # The main thread returns while a (non-daemon) training thread still logs; Python waits for
+    # that thread, so the run is not over: its rows must land and the end comes after them.
+    child = Child(
+        tmp_path,
+        """
+        t = ExperimentTracker(capture_environment=False)
+        eid = t.start_experiment("training-thread")
+
+        def train():
+            expect("go")
+            for i in range(1000):
+                t.log_metric("loss", float(i), step=i)
+            say("trained")
+
+        threading.Thread(target=train, name="training").start()
+        say("main done", eid)
+        """,
+    )
+    children.append(child)
+    eid = int(child.read_line("main done"))
+    child.send("go")  # only now, after the main thread has finished, does the training log
+    child.read_line("trained")
+    assert child.wait() == 0, child.stderr
+    assert "Exception in thread" not in child.stderr, child.stderr
+    assert_exactly_once(metric_steps(tmp_path, eid, "loss"), 1000, "loss")
+    assert experiment(tmp_path, eid)["status"] == "completed"
+
+
+def test_exit_with_an_idle_thread_pool_does_not_hang(tmp_path: Path) -> None:
+    # ThreadPoolExecutor workers are non-daemon and only stopped by their own exit hook.
+    done = run_script(
+        tmp_path,
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(2)
+        t = ExperimentTracker(capture_environment=False)
+        eid = t.start_experiment("pool")
+        for i, value in enumerate(pool.map(float, range(500))):
+            t.log_metric("loss", value, step=i)
+        say("RESULT", json.dumps({"eid": eid}))
+        # the pool is never shut down
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    eid = result_json(done)["eid"]
+    assert_exactly_once(metric_steps(tmp_path, eid, "loss"), 500, "loss")
+    assert experiment(tmp_path, eid)["status"] == "completed"
+
+
 # -- 4-5: signals --------------------------------------------------------------------------------
 
 N_SIGNAL = 5000
@@ -342,7 +395,8 @@ def test_sigterm_commits_queued_rows_and_dies_of_sigterm(tmp_path: Path, childre
     assert code == -signal.SIGTERM, f"exit {code}; stderr:\n{child.stderr}"
     assert not any("UNREACHABLE" in line for line in child.stdout)
     eid = ready["eid"]
-    assert_exactly_once(metric_steps(tmp_path, eid, "loss"), N_SIGNAL, "loss")
+    # ready["queued"]: events still only in memory when the signal was sent
+    assert_exactly_once(metric_steps(tmp_path, eid, "loss"), N_SIGNAL, f"loss ({ready['queued']} queued at the signal)")
     row = experiment(tmp_path, eid)
     assert row["status"] == "interrupted"
     assert "SIGTERM" in (row["notes"] or ""), row["notes"]
@@ -426,7 +480,7 @@ def test_context_manager_exception_fails_and_clean_block_completes(tmp_path: Pat
         """,
     )
     assert done.returncode == 1, done.stderr
-    ids = [json.loads(l[len("RESULT ") :]) for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    ids = [json.loads(x[len("RESULT ") :]) for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
     clean, broken = ids["clean"], ids["broken"]
     for eid in (clean, broken):
         assert_exactly_once(metric_steps(tmp_path, eid, "loss"), 200, f"experiment {eid}")
@@ -440,99 +494,165 @@ def test_context_manager_exception_fails_and_clean_block_completes(tmp_path: Pat
 
 
 # -- 7: fork ------------------------------------------------------------------------------------
+#
+# The parent keeps logging from a training thread while the main thread forks: each fork happens
+# right after a burst of events was queued, i.e. while the parent's writer is (about to be) in a
+# transaction. A child that inherits SQLite's lock state mid-transaction cannot write, ever.
+
+PARENT_TRAINING = """
+N_BURSTS, PER_BURST = {bursts}, 2000
+N_PARENT = N_BURSTS * PER_BURST
+burst_queued = threading.Semaphore(0)
+
+def parent_training():
+    step = 0
+    for _ in range(N_BURSTS):
+        for _ in range(PER_BURST):
+            t.log_metric("parent", float(step), step=step)
+            step += 1
+        burst_queued.release()
+        t.flush()
+
+trainer = threading.Thread(target=parent_training, name="parent-training")
+trainer.start()
+"""
 
 
 def test_multiprocessing_fork_child_logs_to_parents_experiment(tmp_path: Path, children: list) -> None:
+    n_kids, n_child = 4, 500
     child = Child(
         tmp_path,
-        """
-        import multiprocessing as mp
+        textwrap.dedent(
+            """
+            import multiprocessing as mp
 
-        t = ExperimentTracker(capture_environment=False)
-        eid = t.start_experiment("fork-mp")
-        N_PARENT, N_CHILD, N_KIDS = 4000, 1000, 3
-
+            t = ExperimentTracker(capture_environment=False)
+            eid = t.start_experiment("fork-mp")
+            """
+        )
+        + PARENT_TRAINING.format(bursts=n_kids + 2)
+        + textwrap.dedent(f"""
         def child_main(k):
             # the inherited tracker, still pointing at the parent's experiment
-            for i in range(N_CHILD):
-                t.log_metric(f"child{k}", float(i), step=i)
-            # no flush(): multiprocessing's exit must commit it
+            for i in range({n_child}):
+                t.log_metric(f"child{{k}}", float(i), step=i)
+            # no flush(): the child's exit (multiprocessing leaves by os._exit) must commit it
 
         ctx = mp.get_context("fork")
-        kids, step = [], 0
-        for k in range(N_KIDS):
-            for _ in range(N_PARENT // (2 * N_KIDS) + 1):  # events queued, maybe mid-commit, at fork
-                if step < N_PARENT // 2:
-                    t.log_metric("parent", float(step), step=step)
-                    step += 1
+        kids = []
+        for k in range({n_kids}):
+            burst_queued.acquire()  # fork right after the parent queued a burst
             p = ctx.Process(target=child_main, args=(k,))
             p.start()
             kids.append(p)
-        while step < N_PARENT:  # the parent keeps logging while its children run
-            t.log_metric("parent", float(step), step=step)
-            step += 1
-        codes = []
+        codes, deadline = [], time.monotonic() + 40
         for p in kids:
-            p.join(40)
+            p.join(max(0.0, deadline - time.monotonic()))
             codes.append(p.exitcode)
             if p.exitcode is None:
                 p.kill()
-        say("children", json.dumps({"eid": eid, "codes": codes}))
+        trainer.join()
         t.flush(timeout=30)
-        say("parent flushed")
+        say("children", json.dumps({{"eid": eid, "codes": codes, "n_parent": N_PARENT}}))
         expect("end")
         t.end_experiment()
         say("ended")
-        """,
+        """),
+        # Bounds a child that cannot write; committing 500 rows needs far less.
+        ML_PERSISTENCE_EXIT_TIMEOUT="5",
     )
     children.append(child)
     report = json.loads(child.read_line("children"))
-    assert report["codes"] == [0, 0, 0], f"fork children exit codes {report['codes']}; stderr:\n{child.stderr}"
-    child.read_line("parent flushed")
-    eid = report["eid"]
+    assert report["codes"] == [0] * n_kids, f"fork children exit codes {report['codes']}; stderr:\n{child.stderr}"
+    eid, n_parent = report["eid"], report["n_parent"]
     # The children have exited: their rows are in, and their exit did not end the parent's run.
-    for k in range(3):
-        assert_exactly_once(metric_steps(tmp_path, eid, f"child{k}"), 1000, f"child{k}")
-    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), 4000, "parent")
+    rows = {k: metric_steps(tmp_path, eid, f"child{k}") for k in range(n_kids)}
+    stored = {k: len(v) for k, v in rows.items()}
+    for k in range(n_kids):
+        assert_exactly_once(rows[k], n_child, f"child{k} (rows stored per child: {stored})")
+    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), n_parent, "parent")
     assert experiment(tmp_path, eid)["status"] == "running"
     child.send("end")
     child.read_line("ended")
     assert child.wait() == 0, child.stderr
     assert experiment(tmp_path, eid)["status"] == "completed"
-    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), 4000, "parent")
+    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), n_parent, "parent")
     assert "Traceback" not in child.stderr, child.stderr
 
 
 def test_os_fork_child_flushes_then_os_exit(tmp_path: Path) -> None:
+    n_forks, n_child = 8, 200
+    done = run_script(
+        tmp_path,
+        textwrap.dedent(
+            """
+            import sqlite3, traceback
+
+            t = ExperimentTracker(capture_environment=False)
+            eid = t.start_experiment("fork-os")
+            """
+        )
+        + PARENT_TRAINING.format(bursts=n_forks + 2)
+        + textwrap.dedent(f"""
+        codes = []
+        for k in range({n_forks}):
+            burst_queued.acquire()  # fork right after the parent queued a burst
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    for i in range({n_child}):
+                        t.log_metric(f"child{{k}}", float(i), step=i)
+                    t.flush(timeout=10)
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                os._exit(code)  # skips every exit hook: only what was flushed is guaranteed
+            _, wait_status = os.waitpid(pid, 0)
+            codes.append(os.waitstatus_to_exitcode(wait_status))
+            if codes[-1] != 0:
+                break  # one stuck child is enough; do not spend 10 s on each
+        trainer.join()
+        t.flush(timeout=30)
+        conn = sqlite3.connect(os.environ["ML_PERSISTENCE_DB"])
+        (status,) = conn.execute("SELECT status FROM experiments WHERE id = ?", (eid,)).fetchone()
+        conn.close()
+        say("RESULT", json.dumps({{"eid": eid, "codes": codes, "n_parent": N_PARENT, "status_after_children": status}}))
+        """),
+    )
+    assert done.returncode == 0, done.stderr
+    result = result_json(done)
+    assert result["codes"] == [0] * n_forks, f"fork children exit codes {result['codes']}; stderr:\n{done.stderr}"
+    assert result["status_after_children"] == "running"
+    eid = result["eid"]
+    for k in range(n_forks):
+        assert_exactly_once(metric_steps(tmp_path, eid, f"child{k}"), n_child, f"child{k}")
+    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), result["n_parent"], "parent")
+    assert experiment(tmp_path, eid)["status"] == "completed"
+
+
+def test_os_fork_child_exiting_normally_commits_without_ending_parents_run(tmp_path: Path) -> None:
     done = run_script(
         tmp_path,
         """
-        import traceback
+        import sqlite3
 
         t = ExperimentTracker(capture_environment=False)
-        eid = t.start_experiment("fork-os")
-        for i in range(2000):
-            t.log_metric("parent", float(i), step=i)  # queued in the parent at fork time
+        eid = t.start_experiment("fork-os-exit")
+        for i in range(1000):
+            t.log_metric("parent", float(i), step=i)
         pid = os.fork()
         if pid == 0:
-            code = 0
-            try:
-                for i in range(500):
-                    t.log_metric("child", float(i), step=i)
-                t.flush(timeout=30)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            os._exit(code)  # skips every exit hook: only what was flushed is guaranteed
-        for i in range(2000, 4000):
-            t.log_metric("parent", float(i), step=i)
-        _, status = os.waitpid(pid, 0)
+            for i in range(300):
+                t.log_metric("child", float(i), step=i)
+            sys.exit(0)  # a normal exit, no flush(): the child's exit hooks must commit its rows
+        _, wait_status = os.waitpid(pid, 0)
         t.flush(timeout=30)
-        conn = __import__("sqlite3").connect(os.environ["ML_PERSISTENCE_DB"])
-        (running,) = conn.execute("SELECT status FROM experiments WHERE id = ?", (eid,)).fetchone()
+        conn = sqlite3.connect(os.environ["ML_PERSISTENCE_DB"])
+        (status,) = conn.execute("SELECT status FROM experiments WHERE id = ?", (eid,)).fetchone()
         conn.close()
-        say("RESULT", json.dumps({"eid": eid, "child_exit": os.waitstatus_to_exitcode(status),
-                                  "status_after_child": running}))
+        say("RESULT", json.dumps({"eid": eid, "child_exit": os.waitstatus_to_exitcode(wait_status),
+                                  "status_after_child": status}))
         """,
     )
     assert done.returncode == 0, done.stderr
@@ -540,37 +660,42 @@ def test_os_fork_child_flushes_then_os_exit(tmp_path: Path) -> None:
     assert result["child_exit"] == 0, done.stderr
     assert result["status_after_child"] == "running"
     eid = result["eid"]
-    assert_exactly_once(metric_steps(tmp_path, eid, "child"), 500, "child")
-    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), 4000, "parent")
+    assert_exactly_once(metric_steps(tmp_path, eid, "child"), 300, "child")
+    assert_exactly_once(metric_steps(tmp_path, eid, "parent"), 1000, "parent")
     assert experiment(tmp_path, eid)["status"] == "completed"
 
 
 # -- 8-9: a locked database ----------------------------------------------------------------------
 
-N_LOCKED = 20000
-
-
 def test_log_calls_do_not_block_on_a_locked_database(tmp_path: Path, children: list) -> None:
+    # The child "trains" (a little CPU work per step, logging each step) until its writer has hit
+    # our lock twice (two of SQLite's 1 s busy waits, so the lock is held for 2 s or more);
+    # the log calls must go on meanwhile. The test holds the lock until the child says "logged",
+    # so a log call that waited for the lock would never return: that is a hang, not a slow test.
     child = Child(
         tmp_path,
-        f"""
+        """
         t = ExperimentTracker(capture_environment=False)
         eid = t.start_experiment("locked")
         t.flush()
         say("started", eid)
         expect("locked")
-        worst = 0.0
-        clock = time.perf_counter
-        for i in range({N_LOCKED}):
+        worst, n, clock = 0.0, 0, time.perf_counter
+        while n < 400_000:  # below the queue bound (500k), in case the writer never notices
+            sum(range(3000))  # the training step
             t0 = clock()
-            t.log_metric("loss", float(i), step=i)
+            t.log_metric("loss", float(n), step=n)
             worst = max(worst, clock() - t0)
+            n += 1
+            if n % 500 == 0 and t.status()["busy_retries"] >= 2:
+                break
         for i in range(100):
             t0 = clock()
-            t.log_metrics_batch({{"a": 1.0, "b": 2.0}}, step=i)
+            t.log_metrics_batch({"a": 1.0, "b": 2.0}, step=i)
             worst = max(worst, clock() - t0)
         s = t.status()
-        say("logged", json.dumps({{"max_call_s": worst, "queued": s["queued"], "busy_retries": s["busy_retries"]}}))
+        say("logged", json.dumps({"n": n, "max_call_s": worst, "queued": s["queued"],
+                                  "busy_retries": s["busy_retries"], "written": s["written"]}))
         expect("released")
         t.flush(timeout=30)
         say("flushed", json.dumps(t.status()))
@@ -582,7 +707,6 @@ def test_log_calls_do_not_block_on_a_locked_database(tmp_path: Path, children: l
     try:
         holder.execute("BEGIN EXCLUSIVE")
         child.send("locked")
-        # If log calls waited for the lock, "logged" would never come while we hold it.
         logged = json.loads(child.read_line("logged"))
         (committed,) = holder.execute("SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (eid,)).fetchone()
         assert committed == 0  # we hold the only write lock
@@ -590,11 +714,12 @@ def test_log_calls_do_not_block_on_a_locked_database(tmp_path: Path, children: l
         holder.execute("ROLLBACK")
         holder.close()
     print(f"max log call latency under lock: {logged['max_call_s'] * 1e3:.2f} ms; {logged}")
-    assert logged["max_call_s"] < 0.5, logged
+    assert logged["busy_retries"] >= 2, f"the writer never waited on the lock: {logged}"
+    assert logged["max_call_s"] < 0.5, logged  # generous; a blocked call would take >= 1 s
     child.send("released")
     child.read_line("flushed")
     assert child.wait() == 0, child.stderr
-    assert_exactly_once(metric_steps(tmp_path, eid, "loss"), N_LOCKED, "loss")
+    assert_exactly_once(metric_steps(tmp_path, eid, "loss"), logged["n"], "loss")
     assert_exactly_once(metric_steps(tmp_path, eid, "a"), 100, "a")
     assert_exactly_once(metric_steps(tmp_path, eid, "b"), 100, "b")
     assert experiment(tmp_path, eid)["status"] == "completed"
@@ -632,7 +757,8 @@ def test_exit_gives_up_on_a_database_locked_past_the_deadline(tmp_path: Path, ch
     print(f"exit with the database locked took {exit_seconds:.2f} s; stderr:\n{child.stderr}")
     assert code == 0, child.stderr
     assert "unwritten" in child.stderr, child.stderr
-    assert "1000" in child.stderr or "1001" in child.stderr, child.stderr  # how many were lost
+    # It says how many: the 1000 metrics (and possibly the end-of-experiment event).
+    assert {"1000", "1001"} & set(re.findall(r"\d+", child.stderr)), child.stderr
     # Generous, but below the 10 s default: ML_PERSISTENCE_EXIT_TIMEOUT=1 was honoured.
     assert exit_seconds < 9.0, exit_seconds
     # Nothing could be written; the experiment is left as it was.
