@@ -31,6 +31,9 @@ def backend_for(db_path: Optional[str | os.PathLike[str]]) -> "Backend":
     path = os.fspath(db_path) if db_path is not None else default_db_path()
     if path == ":memory:" or path.startswith("file:"):
         raise InvalidValueError("ml_persistence needs a database file path, not an in-memory or URI database")
+    from . import lifecycle
+
+    lifecycle.install()  # cheap once done; signal handlers need the main thread, so keep trying
     key = os.path.realpath(path)
     backend = _backends.get(key)
     if backend is None:
@@ -142,10 +145,14 @@ class Backend:
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Wait until everything appended before this call is committed; raise on losses."""
+        self.wait_committed(timeout)
+        self._raise_losses()
+
+    def wait_committed(self, timeout: Optional[float] = None) -> None:
+        """Wait until everything appended before this call is committed or given up on."""
         if self.closed:
             raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
         if self._writer is None and not self.buffer.items:
-            self._raise_losses()
             return
         barrier = self.buffer.barrier()
         if not barrier.wait(timeout):
@@ -154,7 +161,6 @@ class Backend:
             )
         if barrier.error is not None:
             raise barrier.error
-        self._raise_losses()
 
     def close(self, timeout: Optional[float] = None, final: bool = False) -> None:
         """Commit what is queued, stop the writer and close connections (idempotent).
@@ -171,6 +177,7 @@ class Backend:
                 writer.stop(timeout if timeout is not None else 3600.0)
                 self._retire(writer)
                 self._writer = None
+                self.buffer.idle = True  # the next event starts a new writer
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
@@ -244,8 +251,11 @@ class Backend:
     # -- reads ---------------------------------------------------------------------------------
 
     def read(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``query(conn, ...)`` after everything this process logged is committed."""
-        self.flush()
+        """Run ``query(conn, ...)`` after everything this process logged is committed.
+
+        Losses are not raised here but by the next flush()/close(): a read returns data.
+        """
+        self.wait_committed()
         with self._lock:
             if self._reader is None:
                 self._reader = _open_reader(self.path)

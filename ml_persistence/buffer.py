@@ -99,5 +99,5 @@ class EventBuffer:
                 f"ml_persistence: event buffer full ({self.max_events} events); dropping events "
                 "until the writer catches up. flush() and close() will raise EventsDroppedError.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,  # the user's log_* line
             )

@@ -15,15 +15,19 @@ from .backend import default_db_path
 def run(db: str) -> int:
     """Create or upgrade ``db`` and print a one-paragraph report."""
     existed = os.path.exists(db)
-    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn = sqlite3.connect(db, isolation_level=None)
+    except sqlite3.Error as exc:
+        print(f"error: cannot open {db}: {exc}", file=sys.stderr)
+        return 1
     try:
         schema.configure(conn)
         before = schema.user_version(conn)
         done = schema.ensure(conn)
         after = schema.user_version(conn)
         counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in schema.TABLES}
-    except schema.SchemaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (schema.SchemaError, sqlite3.Error) as exc:
+        print(f"error: {db}: {exc}", file=sys.stderr)
         return 1
     finally:
         conn.close()

@@ -1,5 +1,7 @@
 """Process lifecycle: at exit, on SIGTERM/SIGINT and after fork, nothing logged is lost.
 
+SIGINT arrives as KeyboardInterrupt and is seen as an unhandled exception; SIGTERM gets a handler.
+
 At exit every running experiment this process started is ended ("completed", "failed" or
 "interrupted"), every queue is committed within a deadline, and every connection is closed.
 The writer thread is a daemon, and so is aiosqlite's worker thread (a thread inherits its
@@ -12,6 +14,7 @@ runs from threading's shutdown instead.
 from __future__ import annotations
 
 import atexit
+import builtins
 import os
 import signal
 import sys
@@ -29,6 +32,7 @@ DEFAULT_EXIT_TIMEOUT = 10.0
 
 _lock = threading.RLock()
 _installed = False
+_signals_installed = False
 _finalized = False
 _previous: dict[int, Any] = {}
 
@@ -55,6 +59,8 @@ def exit_timeout() -> float:
 def install() -> None:
     """Install the exit, exception, signal and fork hooks once per process (cheap if done)."""
     global _installed
+    if _installed and _signals_installed:
+        return
     if not _installed:
         with _lock:
             if not _installed:
@@ -86,6 +92,10 @@ def _install_hooks() -> None:
 
     exit.__doc__ = real_exit.__doc__
     sys.exit = exit
+    for name in ("exit", "quit"):  # the site builtins, as used by scripts too
+        quitter = getattr(builtins, name, None)
+        if quitter is not None and callable(quitter):
+            setattr(builtins, name, _RecordingQuitter(quitter))
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(
             before=backends._quiesce_before_fork,
@@ -94,10 +104,28 @@ def _install_hooks() -> None:
         )
 
 
+class _RecordingQuitter:
+    """Wraps site's exit()/quit() to see the exit status; prints like the original."""
+
+    def __init__(self, quitter: Any) -> None:
+        self._quitter = quitter
+
+    def __repr__(self) -> str:
+        return repr(self._quitter)
+
+    def __call__(self, code: Any = None) -> None:
+        _state.exit_code = code
+        self._quitter(code)
+
+
 def _install_signal_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
+    # SIGINT needs nothing of ours: its KeyboardInterrupt reaches the exit hook as an exception,
+    # and leaving it alone keeps asyncio's and trio's own Ctrl-C handling intact.
+    global _signals_installed
+    if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    _signals_installed = True
+    for signum in (signal.SIGTERM,):
         current = signal.getsignal(signum)
         if current is _on_signal or current in (signal.SIG_IGN, None):
             continue
@@ -136,8 +164,10 @@ def status_for(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
 
 
 def _exit_status() -> tuple[str, Optional[str]]:
-    if _state.exception is not None:
-        return status_for(_state.exception)
+    # Python sets sys.last_value before calling whatever excepthook is installed (rich, IPython...).
+    exception = _state.exception or getattr(sys, "last_value", None)
+    if exception is not None:
+        return status_for(exception)
     if _state.signal is not None:
         return "interrupted", f"received {signal.Signals(_state.signal).name}"
     code = _state.exit_code

@@ -53,8 +53,8 @@ class ModelRegistry:
         if not isinstance(checkpoint_path, (str, os.PathLike)):
             raise InvalidTypeError(f"checkpoint_path: expected a path, got {type(checkpoint_path).__name__}")
         path = os.fspath(checkpoint_path)
-        if name is None:
-            name = os.path.splitext(os.path.basename(path))[0] or None
+        if name is None:  # models.name is NOT NULL in the original schema
+            name = os.path.splitext(os.path.basename(path))[0] or "model"
         if version is not None and not isinstance(version, str):
             version = str(v.optional_int("version", version))
         event = ModelRegistered(

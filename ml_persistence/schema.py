@@ -8,9 +8,9 @@ from .errors import MLPersistenceError
 
 SCHEMA_VERSION = 1
 
-# The tables as the seed's original implementation wrote them (user_version 0).
+# The tables as the seed's original implementation wrote them (user_version 0), constraints included.
 # Local-time text timestamps, as the original wrote them with datetime.now().
-_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now', 'localtime'))"
+_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now', 'localtime') || '000')"
 
 ORIGINAL_TABLES = f"""
 CREATE TABLE IF NOT EXISTS experiments (
@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     git_branch TEXT,
     python_version TEXT,
     random_seed INTEGER,
-    start_time TIMESTAMP DEFAULT {_NOW},
+    start_time TIMESTAMP NOT NULL DEFAULT {_NOW},
     end_time TIMESTAMP,
     duration_seconds REAL,
     tags TEXT,
@@ -34,13 +34,13 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    experiment_id INTEGER REFERENCES experiments(id),
-    name TEXT,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    name TEXT NOT NULL,
     version TEXT,
     architecture_type TEXT,
     state_dim INTEGER,
     action_dim INTEGER,
-    checkpoint_path TEXT,
+    checkpoint_path TEXT NOT NULL,
     checkpoint_size_mb REAL,
     episode_num INTEGER,
     global_step INTEGER,
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS models (
 CREATE TABLE IF NOT EXISTS datasets (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
-    version TEXT NOT NULL,
+    version TEXT,
     dataset_type TEXT,
     data_path TEXT,
     data_hash TEXT,
@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 );
 CREATE TABLE IF NOT EXISTS metrics (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    experiment_id INTEGER REFERENCES experiments(id),
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
     model_id INTEGER REFERENCES models(id),
     metric_name TEXT NOT NULL,
     metric_type TEXT,
@@ -86,19 +86,19 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE TABLE IF NOT EXISTS hyperparameters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    experiment_id INTEGER REFERENCES experiments(id),
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
     model_id INTEGER REFERENCES models(id),
     param_name TEXT NOT NULL,
-    param_value TEXT,
+    param_value TEXT NOT NULL,
     param_type TEXT,
     created_at TIMESTAMP DEFAULT {_NOW}
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    experiment_id INTEGER REFERENCES experiments(id),
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
     model_id INTEGER REFERENCES models(id),
-    artifact_type TEXT,
-    artifact_path TEXT,
+    artifact_type TEXT NOT NULL,
+    artifact_path TEXT NOT NULL,
     artifact_name TEXT,
     file_size_mb REAL,
     description TEXT,
@@ -106,8 +106,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
     created_at TIMESTAMP DEFAULT {_NOW}
 );
 CREATE TABLE IF NOT EXISTS experiment_datasets (
-    experiment_id INTEGER REFERENCES experiments(id),
-    dataset_id INTEGER REFERENCES datasets(id),
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id),
     usage_type TEXT,
     PRIMARY KEY (experiment_id, dataset_id, usage_type)
 );
@@ -139,11 +139,13 @@ DROP VIEW IF EXISTS experiment_summary;
 CREATE VIEW experiment_summary AS
 SELECT
     e.id, e.name, e.experiment_type, e.status, e.start_time, e.end_time, e.duration_seconds,
-    (SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) AS num_checkpoints,
-    (SELECT MAX(m.val_metric) FROM models m WHERE m.experiment_id = e.id) AS best_val_metric,
-    (SELECT MAX(m.test_metric) FROM models m WHERE m.experiment_id = e.id) AS best_test_metric,
+    COUNT(DISTINCT m.id) AS num_checkpoints,
+    COALESCE(MAX(CASE WHEN m.is_best = 1 THEN m.val_metric END), MAX(m.val_metric)) AS best_val_metric,
+    COALESCE(MAX(CASE WHEN m.is_best = 1 THEN m.test_metric END), MAX(m.test_metric)) AS best_test_metric,
     e.tags, e.notes, e.description, e.random_seed, e.git_commit, e.git_branch, e.hostname, e.pid
-FROM experiments e;
+FROM experiments e LEFT JOIN models m ON m.experiment_id = e.id
+GROUP BY e.id
+ORDER BY e.start_time DESC;
 DROP VIEW IF EXISTS best_models;
 CREATE VIEW best_models AS
 SELECT m.*, e.name AS experiment_name, e.experiment_type AS experiment_type

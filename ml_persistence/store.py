@@ -29,16 +29,17 @@ _METRIC_COLUMNS = (
 _METRIC_WIDTH = 13
 _SPLIT_PREFIXES = (("train_", "train"), ("val_", "val"), ("test_", "test"))
 
-_last_second: list[Any] = [None, ""]
+_last_second: tuple[int, str] = (-1, "")  # replaced whole, so writer threads never see half an update
 
 
 def local_text(ts: float) -> str:
     """Format an epoch time as the original's local-time text, 'YYYY-MM-DD HH:MM:SS.ffffff'."""
+    global _last_second
     second = int(ts)
-    if second != _last_second[0]:
-        _last_second[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        _last_second[0] = second
-    return f"{_last_second[1]}.{int((ts - second) * 1e6):06d}"
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+    return f"{cached[1]}.{int((ts - second) * 1e6):06d}"
 
 
 def split_of(name: str) -> Optional[str]:

@@ -22,6 +22,9 @@ from .events import (
 )
 
 
+_MIN, _MAX = v.INT64_MIN, v.INT64_MAX
+
+
 def file_size_mb(path: str) -> Optional[float]:
     """Return a file's size in MiB, or None if it does not exist (yet)."""
     try:
@@ -91,8 +94,11 @@ class ExperimentTracker:
             environment=environment.capture() if self.capture_environment else Environment(),
             ts=time.time(),
         )
-        if self._experiment_id is not None and self._backend.running.get(self._experiment_id) == os.getpid():
-            self.end_experiment("completed")  # ours to end; a forked child leaves its parent's run alone
+        previous = self._experiment_id
+        if previous is not None and self._backend.running.pop(previous, None) == os.getpid():
+            # Ours to end (a forked child leaves its parent's run alone); queued, not waited for.
+            self._backend.append(encode(ExperimentEnded(previous, "completed", None, time.time())))
+        self._experiment_id = None
         if seed_everything and event.random_seed is not None:
             environment.seed_everything(event.random_seed)
         experiment_id = self._backend.request(encode(event))
@@ -227,15 +233,15 @@ class ExperimentTracker:
         for name, value in items:
             if type(name) is not str or not name:
                 name = v.metric_name(name)
-            if type(value) is not float and type(value) is not int:
+            if type(value) is not float:
                 value = v.real(name, value)
             names.append(name)
             values.append(value)
-        if episode is not None and type(episode) is not int:
+        if episode is not None and (type(episode) is not int or not _MIN <= episode <= _MAX):
             episode = v.optional_int("episode", episode)
-        if step is not None and type(step) is not int:
+        if step is not None and (type(step) is not int or not _MIN <= step <= _MAX):
             step = v.optional_int("step", step)
-        if epoch is not None and type(epoch) is not int:
+        if epoch is not None and (type(epoch) is not int or not _MIN <= epoch <= _MAX):
             epoch = v.optional_int("epoch", epoch)
         if split is not None and type(split) is not str:
             split = v.optional_str("split", split)

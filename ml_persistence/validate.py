@@ -11,6 +11,8 @@ import msgspec
 
 from .errors import InvalidTypeError, InvalidValueError
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def _item(value: Any) -> Any:
     """Unwrap a numpy/torch scalar (or one-element array/tensor) to a Python number."""
@@ -30,15 +32,19 @@ def _item(value: Any) -> Any:
 
 def real(name: str, value: Any) -> float | int:
     """Return ``value`` as a real number, or raise naming ``name``."""
-    if type(value) is float or type(value) is int:
+    if type(value) is float:
         return value
+    if type(value) is int:
+        return value if INT64_MIN <= value <= INT64_MAX else float(value)
     if isinstance(value, bool):
         return int(value)
     value = _item(value)
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, numbers.Integral):
+        return real(name, int(value))
     if isinstance(value, numbers.Real):
-        return float(value) if not isinstance(value, numbers.Integral) else int(value)
+        return float(value)
     raise InvalidTypeError(
         f"{name!s}: expected a real number (int, float, bool, numpy/torch scalar), "
         f"got {type(value).__name__} {value!r:.60}"
@@ -52,17 +58,20 @@ def optional_real(name: str, value: Any) -> Optional[float]:
 
 def optional_int(name: str, value: Any) -> Optional[int]:
     """Return an int (numpy ints accepted), None, or raise naming ``name``."""
-    if value is None or type(value) is int:
+    if value is None or (type(value) is int and INT64_MIN <= value <= INT64_MAX):
         return value
     value = _item(value)
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise InvalidTypeError(
             f"{name}: expected an integer, got {type(value).__name__} {value!r:.60}"
         ) from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidValueError(f"{name}: {value} does not fit SQLite's 64-bit integers")
+    return value
 
 
 def optional_str(name: str, value: Any) -> Optional[str]:
@@ -148,7 +157,7 @@ def hyperparameter(name: Any, value: Any) -> tuple[str, Optional[str], str]:
     """Return (name, text, type) for a hyperparameter, keeping its type for read-back."""
     name = metric_name(name)
     if value is None:
-        return name, None, "NoneType"
+        return name, "None", "NoneType"  # the original schema declares param_value NOT NULL
     if isinstance(value, bool):
         return name, str(value), "bool"
     value = _item(value)
@@ -168,7 +177,7 @@ def hyperparameter(name: Any, value: Any) -> tuple[str, Optional[str], str]:
 
 def decode_hyperparameter(text: Optional[str], kind: Optional[str]) -> Any:
     """Invert hyperparameter(): return the logged value with its type."""
-    if text is None:
+    if text is None or kind == "NoneType":
         return None
     try:
         if kind == "int":

@@ -169,12 +169,14 @@ class Writer:
             items = self.buffer.take(self.options.batch_size)
             if not items:
                 return
-            payloads = [i for i in items if type(i) is bytes]
-            if payloads:
-                await self._commit(store, payloads)
-            for item in items:
-                if type(item) is Barrier:
-                    item.set()
+            try:
+                payloads = [i for i in items if type(i) is bytes]
+                if payloads:
+                    await self._commit(store, payloads)
+            finally:
+                for item in items:  # losses, if any, are counted and raised by flush()
+                    if type(item) is Barrier:
+                        item.set()
             # A waiting request never sits behind more than one batch.
             await self._serve(store, self.buffer.take_requests())
             if len(items) < self.options.batch_size:
@@ -203,7 +205,7 @@ class Writer:
         except _Abandoned:
             self._lose_in_flight()
             return
-        except sqlite3.Error:
+        except Exception:  # noqa: BLE001 - find the event(s) the database refuses
             pass
         for event in events:  # one bad event must not take the rest of its batch with it
             try:
@@ -212,12 +214,20 @@ class Writer:
             except _Abandoned:
                 self._lose_in_flight()
                 return
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001
                 self._reject(exc, f"database refused {type(event).__name__}")
             self.in_flight -= 1
 
     async def _serve(self, store: Store, requests: list[tuple[bytes, Future]]) -> None:
         """Apply id-returning events in one transaction and resolve their futures."""
+        try:
+            await self._serve_now(store, requests)
+        finally:
+            for _, future in requests:  # never leave a caller waiting, whatever escaped
+                if not future.done():
+                    future.set_exception(WriterError("the writer stopped before answering"))
+
+    async def _serve_now(self, store: Store, requests: list[tuple[bytes, Future]]) -> None:
         pending: list[tuple[ev.Event, Future]] = []
         for payload, future in requests:
             try:
@@ -228,12 +238,12 @@ class Writer:
             return
         try:
             ids = await self._retrying(store.apply_requests, [e for e, _ in pending])
-        except sqlite3.Error:
-            ids = None
         except _Abandoned as exc:
             for _, future in pending:
                 future.set_exception(WriterError(str(exc)))
             return
+        except Exception:  # noqa: BLE001 - find the request(s) the database refuses
+            ids = None
         if ids is not None:
             self.written += len(ids)
             for (_, future), row_id in zip(pending, ids):
@@ -242,7 +252,7 @@ class Writer:
         for event, future in pending:
             try:
                 (row_id,) = await self._retrying(store.apply_requests, [event])
-            except (sqlite3.Error, _Abandoned) as exc:
+            except Exception as exc:  # noqa: BLE001
                 future.set_exception(WriterError(f"database refused {type(event).__name__}: {exc}"))
             else:
                 self.written += 1
@@ -255,7 +265,7 @@ class Writer:
             try:
                 with self.gate:
                     return await apply(events)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001
                 if not is_busy(exc):
                     raise
             if self._past_deadline():
@@ -290,6 +300,7 @@ class Writer:
 
     def _fail_everything(self, exc: BaseException) -> None:
         self.done = True  # from here on, a new barrier or request starts a new writer
+        self._lose_in_flight()
         error = exc if isinstance(exc, WriterError) else WriterError(f"writer crashed: {exc!r}")
         error.__cause__ = exc if error is not exc else exc.__cause__
         log.error("ml_persistence: %s", error)

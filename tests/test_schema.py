@@ -11,32 +11,34 @@ import pytest
 from conftest import rows, subprocess_env
 from ml_persistence import ExperimentTracker, MetricsLogger, ModelRegistry, schema
 
-# As the original implementation wrote it (user_version 0): its own types, defaults and views.
+# As the original implementation wrote it (user_version 0): its types, NOT NULL constraints, defaults, views.
 ORIGINAL = """
 CREATE TABLE experiments (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, description TEXT,
   experiment_type TEXT, status TEXT DEFAULT 'running', git_commit TEXT, git_branch TEXT, python_version TEXT,
-  random_seed INTEGER, start_time TIMESTAMP, end_time TIMESTAMP, duration_seconds REAL, tags TEXT, notes TEXT,
+  random_seed INTEGER, start_time TIMESTAMP NOT NULL, end_time TIMESTAMP, duration_seconds REAL, tags TEXT, notes TEXT,
   metadata TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-CREATE TABLE models (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, name TEXT, version TEXT,
-  architecture_type TEXT, state_dim INTEGER, action_dim INTEGER, checkpoint_path TEXT, checkpoint_size_mb REAL,
+CREATE TABLE models (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER NOT NULL, name TEXT NOT NULL, version TEXT,
+  architecture_type TEXT, state_dim INTEGER, action_dim INTEGER, checkpoint_path TEXT NOT NULL, checkpoint_size_mb REAL,
   episode_num INTEGER, global_step INTEGER, train_metric REAL, val_metric REAL, test_metric REAL,
   is_best BOOLEAN DEFAULT 0, hyperparameters TEXT, metadata TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
   FOREIGN KEY (experiment_id) REFERENCES experiments(id));
-CREATE TABLE datasets (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
+CREATE TABLE datasets (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT,
   dataset_type TEXT, data_path TEXT, data_hash TEXT, split_type TEXT, num_samples INTEGER, start_date TEXT,
   end_date TEXT, feature_columns TEXT, target_columns TEXT, metadata TEXT,
   created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, UNIQUE(name, version, split_type));
-CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, model_id INTEGER,
+CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER NOT NULL, model_id INTEGER,
   metric_name TEXT NOT NULL, metric_type TEXT, episode INTEGER, step INTEGER, epoch INTEGER, value REAL,
   value_json TEXT, split TEXT, phase TEXT, timestamp TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-CREATE TABLE hyperparameters (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, model_id INTEGER,
-  param_name TEXT NOT NULL, param_value TEXT, param_type TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-CREATE TABLE artifacts (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, model_id INTEGER,
-  artifact_type TEXT, artifact_path TEXT, artifact_name TEXT, file_size_mb REAL, description TEXT, metadata TEXT,
+CREATE TABLE hyperparameters (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER NOT NULL, model_id INTEGER,
+  param_name TEXT NOT NULL, param_value TEXT NOT NULL, param_type TEXT, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE artifacts (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER NOT NULL, model_id INTEGER,
+  artifact_type TEXT NOT NULL, artifact_path TEXT NOT NULL, artifact_name TEXT, file_size_mb REAL, description TEXT, metadata TEXT,
   created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-CREATE TABLE experiment_datasets (experiment_id INTEGER, dataset_id INTEGER, usage_type TEXT,
+CREATE TABLE experiment_datasets (experiment_id INTEGER NOT NULL, dataset_id INTEGER NOT NULL, usage_type TEXT,
   PRIMARY KEY (experiment_id, dataset_id, usage_type));
-CREATE VIEW experiment_summary AS SELECT e.id, e.name, e.status FROM experiments e;
+CREATE VIEW experiment_summary AS SELECT e.id, e.name, e.status, COUNT(DISTINCT m.id) AS num_checkpoints,
+  MAX(CASE WHEN m.is_best = 1 THEN m.val_metric END) AS best_val_metric
+  FROM experiments e LEFT JOIN models m ON e.id = m.experiment_id GROUP BY e.id ORDER BY e.start_time DESC;
 CREATE VIEW best_models AS SELECT * FROM models WHERE is_best = 1;
 INSERT INTO experiments (name, experiment_type, status, start_time, end_time, tags, metadata)
   VALUES ('old run', 'rl', 'completed', '2024-05-01 10:00:00.000000', '2024-05-01 11:00:00.000000', '["rl"]', '{"a": 1}');
@@ -75,13 +77,16 @@ def test_original_file_upgrades_in_place_without_losing_a_row(original_db: str) 
     assert ModelRegistry(original_db).get_best_model(1)["checkpoint_path"] == "old.pth"
     new = tracker.start_experiment("new run", experiment_type="rl")
     tracker.log_metrics_batch({"train_return": 0.9}, episode=0)
+    tracker.log_hyperparameters_batch({"gamma": 0.9, "scheduler": None})
+    ModelRegistry(original_db).register_model(new, "")
     tracker.end_experiment()
+    assert tracker.get_hyperparameters(new) == {"gamma": 0.9, "scheduler": None}
     assert new == 2
     # Old and new timestamps share one text format, so they sort together.
     stamps = [r[0] for r in rows(original_db, "SELECT timestamp FROM metrics ORDER BY timestamp")]
     assert stamps[:2] == ["2024-05-01 10:30:00.000000", "2024-05-01 10:31:00.000000"] and len(stamps[2]) == 26
     summary = rows(original_db, "SELECT id, num_checkpoints, best_val_metric FROM experiment_summary ORDER BY id")
-    assert summary == [(1, 1, 1.5), (2, 0, None)]
+    assert summary == [(1, 1, 1.5), (2, 1, None)]
     assert rows(original_db, "SELECT experiment_name FROM best_models") == [("old run",)]
 
 
