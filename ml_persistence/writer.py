@@ -32,7 +32,7 @@ class WriterOptions:
     """Tuning knobs; defaults come from benchmarks/bench_core.py."""
 
     batch_size: int = 8192  # events per transaction
-    flush_interval: float = 0.2  # seconds between flushes when the batch does not fill
+    flush_interval: float = 0.05  # seconds between flushes when the batch does not fill
     max_queue: int = 500_000  # events held in memory before new ones are dropped (and counted)
     busy_timeout_ms: int = 1000  # SQLite's own wait for a lock, before our retry with backoff
     max_backoff: float = 1.0
