@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from ml_persistence.writer import WriterOptions
+
 CHILD = r"""
 import sys, time
 import ml_persistence as mp
@@ -59,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         windows = [one_run(directory, run) for run in range(args.runs)]
     windows.sort()
-    print(f"SIGKILL loss window over {args.runs} kills (1 metric/ms, default flush_interval 0.2 s):")
+    print(f"SIGKILL loss window over {args.runs} kills (1 metric/ms, default flush_interval {WriterOptions().flush_interval} s):")
     print(f"  median {statistics.median(windows) * 1000:.0f} ms   p90 {windows[int(len(windows) * 0.9) - 1] * 1000:.0f} ms"
           f"   max {windows[-1] * 1000:.0f} ms")
 
