@@ -23,10 +23,6 @@ from .events import (
     ModelRegistered,
 )
 
-_METRIC_COLUMNS = (
-    "experiment_id, model_id, metric_name, metric_type, episode, step, epoch, "
-    "value, value_json, split, phase, timestamp, metadata"
-)
 _METRIC_WIDTH = 13  # columns a metric row can have (the most it binds)
 _METRIC_ALWAYS = ("experiment_id", "metric_type", "timestamp", "metric_name", "value", "split")
 _METRIC_OPTIONAL = ("model_id", "episode", "step", "epoch", "value_json", "phase", "metadata")

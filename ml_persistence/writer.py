@@ -106,7 +106,7 @@ class Writer:
         return lost
 
     def _abandon_store(self) -> None:
-        # aiosqlite's worker thread is non-daemon: make sure it ends even if our loop is stuck.
+        # Close the connection and end aiosqlite's thread even though our loop is stuck.
         store = self._store
         if store is not None:
             with warnings.catch_warnings():
