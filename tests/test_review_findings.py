@@ -199,27 +199,3 @@ def test_original_schema_none_hyperparameter_does_not_lose_the_batch(tmp_path: P
     """)
     names = {n for (n,) in _rows(db, "SELECT param_name FROM hyperparameters")}
     assert {"learning_rate", "gamma"} <= names, done.stdout + done.stderr
-
-
-# -- 6. a second start_experiment on a tracker waits for the whole backlog ------------------------
-
-
-def test_second_start_experiment_does_not_wait_for_whole_backlog(tmp_path: Path) -> None:
-    """Issue: id-returning calls never wait behind more than one in-flight batch."""
-    done = _run(tmp_path, """
-        import time
-        from ml_persistence import ExperimentTracker, ModelRegistry
-        t = ExperimentTracker()
-        eid = t.start_experiment("a")
-        for i in range(200_000):
-            t.log_metrics_batch({"a": 1.0, "b": 2.0, "c": 3.0}, step=i)
-        s = time.perf_counter(); ModelRegistry().register_model(eid, "m.pt")
-        print("REGISTER", time.perf_counter() - s)
-        for i in range(200_000):
-            t.log_metrics_batch({"a": 1.0, "b": 2.0, "c": 3.0}, step=i)
-        s = time.perf_counter(); t.start_experiment("b")
-        print("START", time.perf_counter() - s)
-    """, timeout=120)
-    times = dict(line.split() for line in done.stdout.split("\n") if line)
-    register, start = float(times["REGISTER"]), float(times["START"])
-    assert start < max(1.0, 10 * register), f"start_experiment waited {start:.2f} s (register_model {register:.3f} s)"

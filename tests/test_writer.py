@@ -115,6 +115,17 @@ def test_id_requests_do_not_wait_for_the_whole_queue(db_path: str) -> None:
     assert committed < 50_000  # the id came back before the queue behind it was drained
     tracker.flush()
     assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(50_000,)]
+    # Starting the next experiment on the same tracker ends this one without draining the queue first.
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    for step in range(50_000):
+        tracker.log_metrics_batch({"y": step}, step=step)
+    holder.execute("ROLLBACK")
+    holder.close()
+    tracker.start_experiment("next")
+    assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE metric_name = 'y'")[0][0] < 50_000
+    tracker.flush()
+    assert rows(db_path, "SELECT status FROM experiments WHERE id = ?", (exp,)) == [("completed",)]
 
 
 def test_interval_flush_commits_without_any_flush_call(db_path: str) -> None:
