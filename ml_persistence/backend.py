@@ -183,6 +183,12 @@ class Backend:
                 self._reader = None
         self._raise_losses()
 
+    @property
+    def writer_alive(self) -> bool:
+        """True while a writer thread is taking events."""
+        writer = self._writer
+        return writer is not None and not writer.done and writer.alive
+
     def _kick(self) -> None:
         writer = self._writer
         if writer is None or writer.done:
@@ -203,9 +209,13 @@ class Backend:
             from . import lifecycle
 
             lifecycle.install()
-            self._writer = Writer(self.path, self.buffer, self.options)
+            writer = Writer(self.path, self.buffer, self.options)
+            try:
+                writer.start()
+            except RuntimeError:
+                return  # the interpreter is shutting down (3.12+ starts no threads): the exit hook copes
+            self._writer = writer
             self.buffer.idle = False
-            self._writer.start()
 
     def _retire(self, writer: Writer) -> None:
         for key in self._retired:

@@ -17,6 +17,7 @@ import atexit
 import builtins
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any, Optional
 from . import backend as backends
 from .errors import MLPersistenceError
 from .events import ExperimentEnded, encode
+from .store import end_experiments_now
 
 EXIT_TIMEOUT_ENV = "ML_PERSISTENCE_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT = 10.0
@@ -198,13 +200,17 @@ def finalize(status: str, notes: Optional[str], timeout: Optional[float] = None)
     pid = os.getpid()
     now = time.time()
     for backend in backends.all_backends():
+        ended = [ExperimentEnded(i, status, notes, now) for i, owner in list(backend.running.items()) if owner == pid]
+        backend.running.clear()
         try:
-            for experiment_id, owner in list(backend.running.items()):
-                if owner == pid:
-                    backend.append(encode(ExperimentEnded(experiment_id, status, notes, now)))
-            backend.running.clear()
+            if backend.writer_alive:
+                for event in ended:
+                    backend.append(encode(event))
+                ended = []
             backend.close(max(0.0, deadline - time.monotonic()), final=True)
-        except MLPersistenceError as exc:
+            if ended:  # no writer left (say, after shutdown()), and none may start now
+                end_experiments_now(backend.path, ended, max(0.1, deadline - time.monotonic()))
+        except (MLPersistenceError, sqlite3.Error) as exc:
             print(f"ml_persistence: at exit, {backend.path}: {exc}", file=sys.stderr)
 
 

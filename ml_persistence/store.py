@@ -187,14 +187,7 @@ class Store:
         return sql
 
     async def _end_experiment(self, event: ExperimentEnded) -> None:
-        stamp = local_text(event.ts)
-        await self.conn.execute(
-            "UPDATE experiments SET status = ?, end_time = ?, updated_at = ?, "
-            "duration_seconds = (julianday(?) - julianday(start_time)) * 86400.0, "
-            "notes = CASE WHEN ? IS NULL THEN notes WHEN notes IS NULL OR notes = '' THEN ? "
-            "ELSE notes || char(10) || ? END WHERE id = ?",
-            (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id),
-        )
+        await self.conn.execute(END_EXPERIMENT_SQL, end_experiment_params(event))
 
     async def _insert_one(self, event: Event) -> Optional[int]:
         if type(event) is ExperimentStarted:
@@ -289,6 +282,31 @@ def _chunk_sizes(rows: int, full: int) -> list[int]:
     if rows % full:
         sizes.append(rows % full)
     return sizes
+
+
+END_EXPERIMENT_SQL = (
+    "UPDATE experiments SET status = ?, end_time = ?, updated_at = ?, "
+    "duration_seconds = (julianday(?) - julianday(start_time)) * 86400.0, "
+    "notes = CASE WHEN ? IS NULL THEN notes WHEN notes IS NULL OR notes = '' THEN ? "
+    "ELSE notes || char(10) || ? END WHERE id = ?"
+)
+
+
+def end_experiment_params(event: ExperimentEnded) -> tuple:
+    """Bind values of END_EXPERIMENT_SQL for ``event``."""
+    stamp = local_text(event.ts)
+    return (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id)
+
+
+def end_experiments_now(path: str, events: Sequence[ExperimentEnded], timeout: float) -> None:
+    """End experiments with a plain blocking connection: for interpreter exit, when no thread may start."""
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(END_EXPERIMENT_SQL, [end_experiment_params(e) for e in events])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _prepare(path: str) -> int:

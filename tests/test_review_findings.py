@@ -199,3 +199,18 @@ def test_original_schema_none_hyperparameter_does_not_lose_the_batch(tmp_path: P
     """)
     names = {n for (n,) in _rows(db, "SELECT param_name FROM hyperparameters")}
     assert {"learning_rate", "gamma"} <= names, done.stdout + done.stderr
+
+
+def test_experiment_left_running_after_shutdown_is_ended_at_exit(tmp_path: Path) -> None:
+    """After shutdown() no writer runs; at exit (where 3.12+ may start no thread) the run still ends."""
+    done = _run(tmp_path, """
+        import ml_persistence
+        from ml_persistence import ExperimentTracker
+        t = ExperimentTracker()
+        t.start_experiment("x")
+        t.log_metric("m", 1.0)
+        ml_persistence.shutdown()
+    """)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert _rows(tmp_path / "ml.db", "SELECT status FROM experiments") == [("completed",)]
+    assert _rows(tmp_path / "ml.db", "SELECT COUNT(*) FROM metrics") == [(1,)]
