@@ -86,7 +86,7 @@ def _quiesce_before_fork() -> None:
 
 def _resume_after_fork_in_parent() -> None:
     for backend in list(_backends.values()):
-        gate = getattr(backend, "_held_for_fork", None)
+        gate = backend._held_for_fork
         if gate is not None:
             gate.release()
         backend._held_for_fork = None
@@ -98,7 +98,7 @@ def _forget_after_fork() -> None:
     global _registry_lock
     _abandoned.extend(_backends.values())
     for backend in _backends.values():
-        backend._reset_after_fork()
+        backend._reset()
     _registry_lock = threading.Lock()
 
 
@@ -109,6 +109,10 @@ class Backend:
         self.path = path
         self.options = options or WriterOptions()
         self.closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start from no writer, no reader and an empty queue (also a forked child's first step)."""
         self.running: dict[int, int] = {}  # experiments this process started and has not ended: id -> pid
         self._lock = threading.RLock()
         self._writer: Optional[Writer] = None
@@ -270,18 +274,6 @@ class Backend:
             if self._reader is None:
                 self._reader = _open_reader(self.path)
             return query(self._reader, *args, **kwargs)
-
-    # -- fork ----------------------------------------------------------------------------------
-
-    def _reset_after_fork(self) -> None:
-        self._lock = threading.RLock()
-        self._writer = None
-        self._reader = None
-        self.running = {}
-        self._retired = {"written": 0, "rejected": 0, "lost": 0}
-        self._reported = 0
-        self._held_for_fork = None
-        self.buffer = EventBuffer(self.options.max_queue, self.options.wake_threshold, self._kick)
 
 
 def _open_reader(path: str) -> sqlite3.Connection:

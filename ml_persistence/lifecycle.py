@@ -86,14 +86,7 @@ def _install_hooks() -> None:
         previous_hook(kind, value, tb)
 
     sys.excepthook = excepthook
-    real_exit = sys.exit
-
-    def exit(code: Any = None) -> None:  # noqa: A001 - wraps sys.exit to see the status
-        _state.exit_code = code
-        real_exit(code)
-
-    exit.__doc__ = real_exit.__doc__
-    sys.exit = exit
+    sys.exit = _RecordingQuitter(sys.exit)  # type: ignore[assignment]
     for name in ("exit", "quit"):  # the site builtins, as used by scripts too
         quitter = getattr(builtins, name, None)
         if quitter is not None and callable(quitter):
@@ -107,10 +100,11 @@ def _install_hooks() -> None:
 
 
 class _RecordingQuitter:
-    """Wraps site's exit()/quit() to see the exit status; prints like the original."""
+    """Wraps sys.exit and site's exit()/quit() to see the exit status; otherwise the original."""
 
     def __init__(self, quitter: Any) -> None:
         self._quitter = quitter
+        self.__doc__ = quitter.__doc__
 
     def __repr__(self) -> str:
         return repr(self._quitter)
@@ -127,15 +121,14 @@ def _install_signal_handlers() -> None:
     if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
     _signals_installed = True
-    for signum in (signal.SIGTERM,):
-        current = signal.getsignal(signum)
-        if current is _on_signal or current in (signal.SIG_IGN, None):
-            continue
-        _previous[signum] = current
-        try:
-            signal.signal(signum, _on_signal)
-        except (ValueError, OSError):
-            pass
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_signal or current in (signal.SIG_IGN, None):
+        return
+    _previous[signal.SIGTERM] = current
+    try:
+        signal.signal(signal.SIGTERM, _on_signal)
+    except (ValueError, OSError):
+        pass
 
 
 def _on_signal(signum: int, frame: Any) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import sqlite3
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, AsyncIterator, Optional, Sequence
 
 import aiosqlite
 import msgspec
@@ -88,30 +89,26 @@ class Store:
 
     async def apply(self, events: Sequence[Event]) -> None:
         """Apply ``events`` in one transaction: all land or none do."""
-        await self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             await self._apply(events)
-            await self.conn.execute("COMMIT")
-        except BaseException:
-            await self._rollback()
-            raise
 
     async def apply_requests(self, events: Sequence[Event]) -> list[Optional[int]]:
         """Apply id-returning events in one transaction; return each one's row id."""
+        async with self._transaction():
+            return [await self._insert_one(event) for event in events]
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
         await self.conn.execute("BEGIN IMMEDIATE")
         try:
-            ids = [await self._insert_one(event) for event in events]
+            yield
             await self.conn.execute("COMMIT")
         except BaseException:
-            await self._rollback()
+            try:
+                await self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # no transaction was open
             raise
-        return ids
-
-    async def _rollback(self) -> None:
-        try:
-            await self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction was open
 
     async def _apply(self, events: Sequence[Event]) -> None:
         metric_events: list[MetricsLogged] = []

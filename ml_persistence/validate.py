@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import operator
 from typing import Any, Optional
@@ -191,8 +190,3 @@ def decode_hyperparameter(text: Optional[str], kind: Optional[str]) -> Any:
     except (ValueError, msgspec.DecodeError):
         return text
     return text
-
-
-def is_nan(value: Any) -> bool:
-    """Return True for a float NaN."""
-    return isinstance(value, float) and math.isnan(value)

@@ -98,12 +98,11 @@ class Writer:
             return False
         return True
 
-    def _lose_in_flight(self) -> int:
+    def _lose_in_flight(self) -> None:
         """Count the batch being written as lost (once, whichever thread gets here first)."""
         with self._loss_lock:
-            lost, self.in_flight = self.in_flight, 0
-            self.lost += lost
-        return lost
+            self.lost += self.in_flight
+            self.in_flight = 0
 
     def _abandon_store(self) -> None:
         # Close the connection and end aiosqlite's thread even though our loop is stuck.
@@ -302,7 +301,8 @@ class Writer:
         self.done = True  # from here on, a new barrier or request starts a new writer
         self._lose_in_flight()
         error = exc if isinstance(exc, WriterError) else WriterError(f"writer crashed: {exc!r}")
-        error.__cause__ = exc if error is not exc else exc.__cause__
+        if error is not exc:
+            error.__cause__ = exc
         log.error("ml_persistence: %s", error)
         self._record(error)
         self._loop = None
