@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from . import schema
 from .buffer import EventBuffer
+from .spool import Spool
 from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, InvalidValueError, WriterError
 from .writer import Writer, WriterOptions
 
@@ -53,7 +54,14 @@ def configure(db_path: Optional[str | os.PathLike[str]] = None, **options: Any) 
     backend.options = dataclasses.replace(backend.options, **options)
     backend.buffer.max_events = backend.options.max_queue
     backend.buffer.wake_threshold = backend.options.wake_threshold
+    backend.buffer.spool.directory = backend.options.spool_dir
+    backend.buffer.spool.max_bytes = backend.options.max_spool_mb << 20
     return backend.options
+
+
+def spool_for(options: WriterOptions) -> Spool:
+    """Return an empty spool configured by ``options``."""
+    return Spool(options.spool_dir, options.max_spool_mb << 20)
 
 
 def all_backends() -> list["Backend"]:
@@ -120,14 +128,17 @@ class Backend:
         self._reported = 0
         self._retired = {"written": 0, "rejected": 0, "lost": 0}
         self._held_for_fork: Optional[threading.Lock] = None
-        self.buffer = EventBuffer(self.options.max_queue, self.options.wake_threshold, self._kick)
+        self.buffer = EventBuffer(
+            self.options.max_queue, self.options.wake_threshold, self._kick, spool_for(self.options)
+        )
 
     def __repr__(self) -> str:
+        return f"<Backend {self.path!r} {self.counters()}>"
+
+    def counters(self) -> str:
+        """Return the status counters as 'name=value' text, for reprs."""
         s = self.status()
-        return (
-            f"<Backend {self.path!r} queued={s['queued']} written={s['written']} "
-            f"dropped={s['dropped']} rejected={s['rejected']} lost={s['lost']}>"
-        )
+        return " ".join(f"{k}={s[k]}" for k in ("queued", "written", "spilled", "dropped", "rejected", "lost"))
 
     # -- the write path ------------------------------------------------------------------------
 
@@ -156,7 +167,7 @@ class Backend:
         """Wait until everything appended before this call is committed or given up on."""
         if self.closed:
             raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
-        if self._writer is None and not self.buffer.items:
+        if self._writer is None and not len(self.buffer):
             return
         barrier = self.buffer.barrier()
         if not barrier.wait(timeout):
@@ -228,7 +239,7 @@ class Backend:
     # -- losses and status ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Return counters: queued, written, dropped, rejected, lost, busy_retries, failure."""
+        """Return counters: queued, spooled, spilled, written, dropped, rejected, lost, busy_retries, failure."""
         writer = self._writer
         counts = dict(self._retired)
         if writer is not None:
@@ -236,7 +247,10 @@ class Backend:
                 counts[key] += getattr(writer, key)
         return {
             "path": self.path,
+            "mode": "embedded",
             "queued": len(self.buffer),
+            "spooled": len(self.buffer.spool),
+            "spilled": self.buffer.spilled,
             "dropped": self.buffer.dropped,
             "writer_alive": bool(writer and writer.alive),
             "busy_retries": writer.busy_retries if writer else 0,
@@ -252,7 +266,7 @@ class Backend:
         self._reported = losses
         writer = self._writer
         message = (
-            f"{s['dropped']} events dropped (buffer full), {s['rejected']} refused by the database, "
+            f"{s['dropped']} events dropped (spool full), {s['rejected']} refused by the database, "
             f"{s['lost']} unwritten at a close deadline"
         )
         if s["dropped"]:

@@ -2,102 +2,214 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import warnings
 from collections import deque
 from concurrent.futures import Future
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
+
+from .spool import BARRIER, EVENT, Spool
 
 
 class Barrier:
     """A flush token: set once every event queued before it is committed (or has failed)."""
 
-    __slots__ = ("_done", "error")
+    __slots__ = ("_done", "error", "on_set")
 
-    def __init__(self) -> None:
+    def __init__(self, on_set: Optional[Callable[["Barrier"], None]] = None) -> None:
         self._done = threading.Event()
         self.error: BaseException | None = None
+        self.on_set = on_set
 
     def set(self, error: BaseException | None = None) -> None:
         """Release waiters; ``error`` explains why the events before it were not all stored."""
         self.error = error
         self._done.set()
+        if self.on_set is not None:
+            self.on_set(self)
+
+    def is_set(self) -> bool:
+        return self._done.is_set()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until set; return False on timeout."""
         return self._done.wait(timeout)
 
 
-Item = Union[bytes, Barrier]
+class Batch:
+    """Events the agent received from one client, decoded, ending at sequence number ``last_seq``.
+
+    The writer commits them in one transaction together with the client's new high-water mark,
+    then calls ``on_committed`` (from the writer thread).
+    """
+
+    __slots__ = ("client_id", "last_seq", "events", "on_committed")
+
+    def __init__(
+        self, client_id: str, last_seq: int, events: list[Any], on_committed: Callable[[], None]
+    ) -> None:
+        self.client_id = client_id
+        self.last_seq = last_seq
+        self.events = events
+        self.on_committed = on_committed
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+class Request:
+    """An id-returning event and the future its caller waits on; ``key`` is (client id, seq) via the agent."""
+
+    __slots__ = ("payload", "future", "key")
+
+    def __init__(self, payload: Any, key: Optional[tuple[str, int]] = None) -> None:
+        self.payload = payload  # encoded bytes, or an event the agent already decoded
+        self.future: Future = Future()
+        self.key = key
+
+
+Item = Union[bytes, Barrier, Batch]
+_BARRIER_ID = struct.Struct(">Q")
 
 
 class EventBuffer:
-    """Producers append without blocking; one writer takes items in FIFO order.
+    """Producers append without blocking; one consumer (writer or sender) takes items in FIFO order.
 
     Only ``append``, ``barrier`` and ``request`` are called from user threads; ``take`` and
-    ``take_requests`` only from the writer thread. A full buffer drops the event and counts it.
+    ``take_requests`` only from the consumer thread. Past ``max_events`` in memory, events and
+    barriers spill to a Spool file, in order, until the consumer has read the spool back; only
+    when the spool cannot take more is an event dropped (and counted).
     """
 
-    def __init__(self, max_events: int, wake_threshold: int, kick: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        wake_threshold: int,
+        kick: Callable[[], None],
+        spool: Optional[Spool] = None,
+    ) -> None:
         self.max_events = max_events
         self.wake_threshold = wake_threshold
         self.items: deque[Item] = deque()
-        self.requests: deque[tuple[bytes, Future]] = deque()
+        self.requests: deque[Request] = deque()
         self.dropped = 0
+        self.spool = spool if spool is not None else Spool()
+        self.spilling = False  # set while the spool holds records: new items go behind them
+        self._spool_lock = threading.Lock()
+        self._spooled_barriers: dict[int, Barrier] = {}
+        self._next_barrier = 0
         self._warned = False
         self._kick = kick
         self.wake_pending = False
-        self.idle = True  # no writer is running: the next append must start one
+        self.idle = True  # no consumer is running: the next append must start one
 
     def append(self, payload: bytes) -> None:
         """Queue one encoded event; never blocks."""
         items = self.items
-        if len(items) >= self.max_events:
-            self._overflow()
+        if self.spilling or len(items) >= self.max_events:
+            self._spill(payload)
             return
         items.append(payload)
         if self.idle or (len(items) >= self.wake_threshold and not self.wake_pending):
             self.wake_pending = True
             self._kick()
 
-    def barrier(self) -> Barrier:
-        """Queue a flush barrier behind everything appended so far and wake the writer."""
-        token = Barrier()
-        self.items.append(token)
+    def barrier(self, on_set: Optional[Callable[[Barrier], None]] = None) -> Barrier:
+        """Queue a flush barrier behind everything appended so far and wake the consumer."""
+        token = Barrier(on_set)
+        if not self._spill_barrier(token):
+            self.items.append(token)
         self.wake_pending = True
         self._kick()
         return token
 
-    def request(self, payload: bytes) -> Future:
+    def request(self, payload: Any, key: Optional[tuple[str, int]] = None) -> Future:
         """Queue an event whose result (a row id) the caller waits for; it skips the queue."""
-        future: Future = Future()
-        self.requests.append((payload, future))
+        request = Request(payload, key)
+        self.requests.append(request)
         self.wake_pending = True
         self._kick()
-        return future
+        return request.future
 
     def take(self, limit: int) -> list[Item]:
-        """Remove and return up to ``limit`` items in FIFO order (writer thread)."""
+        """Remove and return up to ``limit`` items in FIFO order (consumer thread)."""
         items = self.items
         n = min(limit, len(items))
         popleft = items.popleft
-        return [popleft() for _ in range(n)]
+        out: list[Item] = [popleft() for _ in range(n)]
+        if n < limit and self.spilling:
+            with self._spool_lock:
+                for kind, data in self.spool.get(limit - n):
+                    if kind == EVENT:
+                        out.append(data)
+                    else:
+                        out.append(self._spooled_barriers.pop(_BARRIER_ID.unpack(data)[0]))
+                if not self.spool and not items:
+                    self.spilling = False
+        return out
 
-    def take_requests(self) -> list[tuple[bytes, Future]]:
-        """Remove and return every pending request (writer thread)."""
+    def take_requests(self) -> list[Request]:
+        """Remove and return every pending request (consumer thread)."""
         requests = self.requests
         return [requests.popleft() for _ in range(len(requests))]
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def barriers(self) -> list[Barrier]:
+        """Return every queued barrier, in memory or spilled (for failing them all at once)."""
+        with self._spool_lock:
+            spooled = list(self._spooled_barriers.values())
+        return [i for i in list(self.items) if type(i) is Barrier] + spooled
 
-    def _overflow(self) -> None:
+    @property
+    def spilled(self) -> int:
+        """Events and barriers ever written to the spool."""
+        return self.spool.total
+
+    def __len__(self) -> int:
+        return len(self.items) + len(self.spool)
+
+    def _spill(self, payload: bytes) -> None:
+        with self._spool_lock:
+            if not self.spilling and len(self.items) < self.max_events:
+                self.items.append(payload)  # the consumer drained memory meanwhile
+            else:
+                if not self.spilling:
+                    self.spilling = True
+                    self._warn(
+                        f"ml_persistence: more than {self.max_events} events waiting in memory; "
+                        "spilling to a temporary file until the writer catches up.",
+                    )
+                try:
+                    self.spool.put(EVENT, payload)
+                except OSError as exc:
+                    self._overflow(exc)
+        if self.idle:
+            self._kick()
+
+    def _spill_barrier(self, token: Barrier) -> bool:
+        if not self.spilling:
+            return False
+        with self._spool_lock:
+            if not self.spilling:
+                return False
+            key = self._next_barrier
+            self._next_barrier += 1
+            self._spooled_barriers[key] = token
+            try:
+                self.spool.put(BARRIER, _BARRIER_ID.pack(key))
+            except OSError:
+                del self._spooled_barriers[key]
+                return False  # a full disk: the barrier may pass dropped events, which flush() reports
+            return True
+
+    def _overflow(self, exc: OSError) -> None:
         self.dropped += 1
+        self._warn(
+            f"ml_persistence: cannot spill events to disk ({exc}); dropping events until the "
+            "writer catches up. flush() and close() will raise EventsDroppedError.",
+        )
+
+    def _warn(self, message: str) -> None:
         if not self._warned:
             self._warned = True
-            warnings.warn(
-                f"ml_persistence: event buffer full ({self.max_events} events); dropping events "
-                "until the writer catches up. flush() and close() will raise EventsDroppedError.",
-                RuntimeWarning,
-                stacklevel=5,  # the user's log_* line
-            )
+            warnings.warn(message, RuntimeWarning, stacklevel=6)  # the user's log_* line

@@ -6,7 +6,7 @@ import sqlite3
 
 from .errors import MLPersistenceError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The tables as the seed's original implementation wrote them (user_version 0), constraints included.
 # Local-time text timestamps, as the original wrote them with datetime.now().
@@ -188,7 +188,33 @@ def _migrate_to_1(conn: sqlite3.Connection) -> list[str]:
     return done
 
 
-MIGRATIONS = {1: _migrate_to_1}
+# The agent's replay guard: per trainer client, the last event sequence number committed, and the
+# row id each id-returning request produced (so a replayed request answers instead of inserting).
+AGENT_TABLES_V2 = """
+CREATE TABLE IF NOT EXISTS agent_clients (
+    client_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    pid INTEGER,
+    hostname TEXT,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS agent_requests (
+    client_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    row_id INTEGER,
+    PRIMARY KEY (client_id, seq)
+) WITHOUT ROWID
+"""
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> list[str]:
+    for statement in AGENT_TABLES_V2.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    return ["created tables agent_clients, agent_requests"]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 def user_version(conn: sqlite3.Connection) -> int:

@@ -87,15 +87,40 @@ class Store:
         """Close the connection (idempotent)."""
         await self.conn.close()
 
-    async def apply(self, events: Sequence[Event]) -> None:
-        """Apply ``events`` in one transaction: all land or none do."""
+    async def apply(self, events: Sequence[Event], marks: Optional[dict[str, int]] = None) -> None:
+        """Apply ``events`` in one transaction, with agent clients' new high-water ``marks``: all land or none do."""
         async with self._transaction():
             await self._apply(events)
+            if marks:
+                await self.conn.executemany(_MARK_SQL, list(marks.items()))
 
-    async def apply_requests(self, events: Sequence[Event]) -> list[Optional[int]]:
-        """Apply id-returning events in one transaction; return each one's row id."""
+    async def apply_requests(
+        self, events: Sequence[Event], keys: Optional[Sequence[Optional[tuple[str, int]]]] = None
+    ) -> list[Optional[int]]:
+        """Apply id-returning events in one transaction; return each one's row id.
+
+        An event with a (client id, seq) key that was already applied is not applied again: its
+        first row id is returned (an agent client replaying after a reconnect).
+        """
         async with self._transaction():
-            return [await self._insert_one(event) for event in events]
+            if keys is None:
+                return [await self._insert_one(event) for event in events]
+            ids = []
+            for event, key in zip(events, keys):
+                if key is not None:
+                    done = await self.conn.execute_fetchall(
+                        "SELECT row_id FROM agent_requests WHERE client_id = ? AND seq = ?", key
+                    )
+                    if done:
+                        ids.append(next(iter(done))[0])
+                        continue
+                row_id = await self._insert_one(event)
+                if key is not None:
+                    await self.conn.execute(
+                        "INSERT INTO agent_requests (client_id, seq, row_id) VALUES (?, ?, ?)", (*key, row_id)
+                    )
+                ids.append(row_id)
+            return ids
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -280,6 +305,12 @@ def _chunk_sizes(rows: int, full: int) -> list[int]:
         sizes.append(rows % full)
     return sizes
 
+
+_MARK_SQL = (
+    "INSERT INTO agent_clients (client_id, last_seq, updated_at) VALUES (?, ?, CURRENT_TIMESTAMP) "
+    "ON CONFLICT (client_id) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq), "
+    "updated_at = excluded.updated_at"
+)
 
 END_EXPERIMENT_SQL = (
     "UPDATE experiments SET status = ?, end_time = ?, updated_at = ?, "

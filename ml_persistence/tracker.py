@@ -49,11 +49,9 @@ class ExperimentTracker:
         self._closed = False
 
     def __repr__(self) -> str:
-        s = self._backend.status()
         return (
             f"<ExperimentTracker db={self.db_path!r} experiment={self._experiment_id} "
-            f"queued={s['queued']} written={s['written']} dropped={s['dropped']} "
-            f"rejected={s['rejected']} lost={s['lost']}>"
+            f"{self._backend.counters()}>"
         )
 
     @property

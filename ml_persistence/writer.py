@@ -8,15 +8,15 @@ import sqlite3
 import threading
 import time
 import warnings
-from concurrent.futures import Future
+import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import anyio
 import msgspec
 
 from . import events as ev
-from .buffer import Barrier, EventBuffer
+from .buffer import Barrier, Batch, EventBuffer, Request
 from .errors import WriterError
 from .store import Store, is_busy
 
@@ -33,9 +33,11 @@ class WriterOptions:
 
     batch_size: int = 8192  # events per transaction
     flush_interval: float = 0.05  # seconds between flushes when the batch does not fill
-    max_queue: int = 500_000  # events held in memory before new ones are dropped (and counted)
+    max_queue: int = 500_000  # events held in memory; more spill to a temporary file
     busy_timeout_ms: int = 1000  # SQLite's own wait for a lock, before our retry with backoff
     max_backoff: float = 1.0
+    spool_dir: Optional[str] = None  # where spilled events go (default: the system temp dir)
+    max_spool_mb: int = 4096  # past this, events are dropped (and counted)
 
     @property
     def wake_threshold(self) -> int:
@@ -131,7 +133,7 @@ class Writer:
         try:
             while True:
                 await self._step(store)
-                if self._closing and not self.buffer.items and not self.buffer.requests:
+                if self._closing and not len(self.buffer) and not self.buffer.requests:
                     self.done = True
                     return
                 if self._past_deadline():
@@ -169,9 +171,11 @@ class Writer:
             if not items:
                 return
             try:
-                payloads = [i for i in items if type(i) is bytes]
-                if payloads:
-                    await self._commit(store, payloads)
+                work = [i for i in items if type(i) is not Barrier]
+                if work and await self._commit(store, work):
+                    for item in work:
+                        if type(item) is Batch:
+                            item.on_committed()
             finally:
                 for item in items:  # losses, if any, are counted and raised by flush()
                     if type(item) is Barrier:
@@ -181,29 +185,39 @@ class Writer:
             if len(items) < self.options.batch_size:
                 return
 
-    def _decode(self, payloads: Sequence[bytes]) -> list[ev.Event]:
-        decoded = []
-        for payload in payloads:
+    def _decode(self, work: Sequence[Any]) -> tuple[list[ev.Event], dict[str, int]]:
+        """Return the events of ``work`` (encoded bytes or agent Batches) and each client's new high-water mark."""
+        decoded: list[ev.Event] = []
+        marks: dict[str, int] = {}
+        for item in work:
+            if type(item) is Batch:
+                decoded.extend(item.events)
+                marks[item.client_id] = item.last_seq
+                continue
             try:
-                decoded.append(ev.decode(payload))
+                decoded.append(ev.decode(item))
             except msgspec.DecodeError as exc:
                 self._reject(exc, "undecodable event")
-        return decoded
+        return decoded, marks
 
-    async def _commit(self, store: Store, payloads: Sequence[bytes]) -> None:
-        """Commit events in one transaction; if the database refuses it, retry one by one."""
-        events = self._decode(payloads)
+    async def _commit(self, store: Store, work: Sequence[Any]) -> bool:
+        """Commit events in one transaction; if the database refuses it, retry one by one.
+
+        Return False if the events were abandoned at a close deadline, True once each is stored
+        or refused.
+        """
+        events, marks = self._decode(work)
         self.in_flight = len(events)
-        if not events:
-            return
+        if not events and not marks:
+            return True
         try:
-            await self._retrying(store.apply, events)
+            await self._retrying(functools.partial(store.apply, marks=marks), events)
             self.written += len(events)
             self.in_flight = 0
-            return
+            return True
         except _Abandoned:
             self._lose_in_flight()
-            return
+            return False
         except Exception:  # noqa: BLE001 - find the event(s) the database refuses
             pass
         for event in events:  # one bad event must not take the rest of its batch with it
@@ -212,50 +226,64 @@ class Writer:
                 self.written += 1
             except _Abandoned:
                 self._lose_in_flight()
-                return
+                return False
             except Exception as exc:  # noqa: BLE001
                 self._reject(exc, f"database refused {type(event).__name__}")
             self.in_flight -= 1
+        if marks:
+            try:
+                await self._retrying(functools.partial(store.apply, marks=marks), [])
+            except _Abandoned:
+                return False
+        return True
 
-    async def _serve(self, store: Store, requests: list[tuple[bytes, Future]]) -> None:
+    async def _serve(self, store: Store, requests: list[Request]) -> None:
         """Apply id-returning events in one transaction and resolve their futures."""
         try:
             await self._serve_now(store, requests)
         finally:
-            for _, future in requests:  # never leave a caller waiting, whatever escaped
-                if not future.done():
-                    future.set_exception(WriterError("the writer stopped before answering"))
+            for request in requests:  # never leave a caller waiting, whatever escaped
+                if not request.future.done():
+                    request.future.set_exception(WriterError("the writer stopped before answering"))
 
-    async def _serve_now(self, store: Store, requests: list[tuple[bytes, Future]]) -> None:
-        pending: list[tuple[ev.Event, Future]] = []
-        for payload, future in requests:
+    async def _serve_now(self, store: Store, requests: list[Request]) -> None:
+        pending: list[tuple[ev.Event, Request]] = []
+        for request in requests:
+            if type(request.payload) is not bytes:
+                pending.append((request.payload, request))
+                continue
             try:
-                pending.append((ev.decode(payload), future))
+                pending.append((ev.decode(request.payload), request))
             except msgspec.DecodeError as exc:
-                future.set_exception(WriterError(f"undecodable request: {exc}"))
+                request.future.set_exception(WriterError(f"undecodable request: {exc}"))
         if not pending:
             return
         try:
-            ids = await self._retrying(store.apply_requests, [e for e, _ in pending])
+            ids = await self._retrying(
+                functools.partial(store.apply_requests, keys=[r.key for _, r in pending]),
+                [e for e, _ in pending],
+            )
         except _Abandoned as exc:
-            for _, future in pending:
-                future.set_exception(WriterError(str(exc)))
+            for _, request in pending:
+                request.future.set_exception(WriterError(str(exc)))
             return
         except Exception:  # noqa: BLE001 - find the request(s) the database refuses
             ids = None
         if ids is not None:
             self.written += len(ids)
-            for (_, future), row_id in zip(pending, ids):
-                future.set_result(row_id)
+            for (_, request), row_id in zip(pending, ids):
+                request.future.set_result(row_id)
             return
-        for event, future in pending:
+        for event, request in pending:
             try:
-                (row_id,) = await self._retrying(store.apply_requests, [event])
+                (row_id,) = await self._retrying(
+                    functools.partial(store.apply_requests, keys=[request.key]), [event]
+                )
             except Exception as exc:  # noqa: BLE001
-                future.set_exception(WriterError(f"database refused {type(event).__name__}: {exc}"))
+                request.future.set_exception(WriterError(f"database refused {type(event).__name__}: {exc}"))
             else:
                 self.written += 1
-                future.set_result(row_id)
+                request.future.set_result(row_id)
 
     async def _retrying(self, apply, events):  # type: ignore[no-untyped-def]
         """Call ``apply(events)``, waiting out a locked database with backoff until the close deadline."""
@@ -286,16 +314,17 @@ class Writer:
 
     def _give_up(self) -> None:
         """Count everything still queued as lost and release its waiters (at a passed close deadline)."""
-        items = self.buffer.take(len(self.buffer.items))
+        items = self.buffer.take(len(self.buffer))
         requests = self.buffer.take_requests()
-        self.lost += sum(1 for i in items if type(i) is bytes) + len(requests)
+        self.lost += sum(len(i) if type(i) is Batch else 1 for i in items if type(i) is not Barrier)
+        self.lost += len(requests)
         error = WriterError(f"close deadline passed with {self.lost} events unwritten")
         self._record(error)
         for item in items:
             if type(item) is Barrier:
                 item.set(error)
-        for _, future in requests:
-            future.set_exception(error)
+        for request in requests:
+            request.future.set_exception(error)
 
     def _fail_everything(self, exc: BaseException) -> None:
         self.done = True  # from here on, a new barrier or request starts a new writer
@@ -307,8 +336,7 @@ class Writer:
         self._record(error)
         self._loop = None
         self.buffer.idle = True
-        for _, future in self.buffer.take_requests():
-            future.set_exception(error)
-        for item in list(self.buffer.items):
-            if type(item) is Barrier:
-                item.set(error)
+        for request in self.buffer.take_requests():
+            request.future.set_exception(error)
+        for barrier in self.buffer.barriers():
+            barrier.set(error)

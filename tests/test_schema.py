@@ -98,7 +98,7 @@ def test_core_module_reports_upgrade_then_nothing_to_do(original_db: str) -> Non
         return done.stdout
 
     first = core()
-    assert "Upgraded" in first and "schema version 0 to 1" in first and "metrics.metadata" in first
+    assert "Upgraded" in first and f"schema version 0 to {schema.SCHEMA_VERSION}" in first and "metrics.metadata" in first
     assert "up to date" in core()
     assert rows(original_db, "SELECT COUNT(*) FROM metrics") == [(2,)]
 

@@ -12,6 +12,7 @@ import pytest
 from ml_persistence import events as ev
 from ml_persistence import validate as v
 from ml_persistence.buffer import Barrier, EventBuffer
+from ml_persistence.spool import Spool
 from ml_persistence.errors import InvalidTypeError, InvalidValueError
 from ml_persistence.store import local_text, split_of
 
@@ -87,7 +88,7 @@ def test_unknown_or_garbage_events_fail_to_decode() -> None:
         ev.decode(b"\xff\x00garbage")
 
 
-def test_buffer_is_bounded_and_fifo_with_barriers() -> None:
+def test_buffer_spills_past_its_memory_bound_and_keeps_fifo_with_barriers() -> None:
     kicks = []
     buffer = EventBuffer(max_events=4, wake_threshold=2, kick=lambda: kicks.append(1))
     buffer.idle = False
@@ -95,13 +96,40 @@ def test_buffer_is_bounded_and_fifo_with_barriers() -> None:
     assert kicks == []
     buffer.append(b"2")
     assert kicks == [1]  # threshold reached
-    token = buffer.barrier()
-    with pytest.warns(RuntimeWarning, match="buffer full"):
-        buffer.append(b"3")
-        buffer.append(b"4")
-    assert buffer.dropped == 1
+    first = buffer.barrier()
+    buffer.append(b"3")
+    with pytest.warns(RuntimeWarning, match="spilling to a temporary file"):
+        buffer.append(b"4")  # memory holds 4 items: this one goes to the spool
+    second = buffer.barrier()  # behind the spilled event, so spilled too
+    buffer.append(b"5" * 300_000)  # larger than one write chunk
+    assert len(buffer.items) == 4 and len(buffer.spool) == 3 and buffer.dropped == 0
+    assert buffer.take(5) == [b"1", b"2", first, b"3", b"4"]
     items = buffer.take(10)
-    assert items[:2] == [b"1", b"2"] and isinstance(items[2], Barrier) and items[3] == b"3" and token is items[2]
+    assert items == [second, b"5" * 300_000] and buffer.spilling is False and len(buffer) == 0
+    buffer.append(b"6")  # back to memory
+    assert buffer.take(10) == [b"6"] and buffer.spilled == 3
+
+
+def test_buffer_drops_and_counts_only_when_the_spool_is_full() -> None:
+    buffer = EventBuffer(max_events=1, wake_threshold=1, kick=lambda: None, spool=Spool(max_bytes=100))
+    with pytest.warns(RuntimeWarning, match="spilling"):
+        for i in range(10):
+            buffer.append(b"x" * 30)
+    assert buffer.dropped == 7  # one in memory, two in the spool
+    assert [len(i) for i in buffer.take(100)] == [30, 30, 30]
+
+
+def test_spool_reads_back_what_it_wrote_in_order_across_chunks(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    payloads = [bytes([i % 251]) * (i * 97 % 5000) for i in range(2000)]
+    for i, payload in enumerate(payloads):
+        spool.put(i % 2, payload)
+    got = []
+    while len(spool):
+        got.extend(spool.get(333))
+    assert got == [(i % 2, p) for i, p in enumerate(payloads)]
+    assert list(tmp_path.iterdir()) == []  # unlinked: nothing is left behind whatever happens
+    spool.close()
 
 
 def test_local_text_and_split_prefixes() -> None:
@@ -130,6 +158,7 @@ def test_imports_flow_one_way() -> None:
         assert "agent" not in imported, f"{module} imports the agent"
     for leaf in leaves:
         assert not (graph[leaf] & (set(graph) - {"errors"})), f"{leaf} must stay a leaf"
-    assert not graph["buffer"] & set(graph), "buffer.py is stdlib only"
+    assert not graph["buffer"] & (set(graph) - {"spool"}), "buffer.py uses only spool"
+    assert not graph["spool"] & set(graph), "spool.py is stdlib only"
     for low in ("store", "writer", "backend", "buffer"):
         assert not graph[low] & {"tracker", "registry", "datasets", "metrics", "aio", "cli"}, low

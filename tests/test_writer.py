@@ -55,7 +55,7 @@ def test_a_refused_event_does_not_take_its_batch_with_it(db_path: str) -> None:
     tracker.flush()  # each loss is raised once
 
 
-def test_full_buffer_drops_are_counted_warned_once_and_raised(db_path: str) -> None:
+def test_locked_database_spills_to_disk_and_loses_nothing(db_path: str) -> None:
     mp.configure(db_path, max_queue=100)
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("full")
@@ -66,7 +66,31 @@ def test_full_buffer_drops_are_counted_warned_once_and_raised(db_path: str) -> N
             warnings.simplefilter("always")
             for step in range(1000):
                 tracker.log_metrics_batch({"x": step}, step=step)
-        assert len([w for w in caught if "buffer full" in str(w.message)]) == 1
+        assert len([w for w in caught if "spilling" in str(w.message)]) == 1
+        status = tracker.status()
+        assert status["spilled"] >= 900 and status["dropped"] == 0
+        assert "spilled=" in repr(tracker)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    tracker.flush(timeout=60)
+    assert rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,)) == [
+        (s,) for s in range(1000)
+    ]
+    assert tracker.status()["spooled"] == 0
+
+
+def test_spool_limit_drops_are_counted_and_raised(db_path: str) -> None:
+    mp.configure(db_path, max_queue=10, max_spool_mb=0)
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("full")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            for step in range(100):
+                tracker.log_metrics_batch({"x": step}, step=step)
         dropped = tracker.status()["dropped"]
         assert dropped > 0
     finally:
@@ -74,7 +98,7 @@ def test_full_buffer_drops_are_counted_warned_once_and_raised(db_path: str) -> N
         holder.close()
     with pytest.raises(mp.EventsDroppedError, match=f"{dropped} events dropped"):
         tracker.flush(timeout=60)
-    assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,))[0][0] == 1000 - dropped
+    assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,))[0][0] == 100 - dropped
 
 
 def test_flush_is_a_barrier_for_every_thread(db_path: str) -> None:
