@@ -1,1 +1,5 @@
-"""The sidecar agent (issue 3): one SQLite writer for many trainer processes. Not built yet."""
+"""The sidecar agent: one SQLite writer serving many trainer processes over Unix or TCP sockets."""
+
+from .server import Agent
+
+__all__ = ["Agent"]

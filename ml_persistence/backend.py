@@ -6,12 +6,13 @@ import dataclasses
 import os
 import sqlite3
 import threading
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import schema
 from .buffer import EventBuffer
 from .spool import Spool
 from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, InvalidValueError, WriterError
+from .store import end_experiments_now
 from .writer import Writer, WriterOptions
 
 T = TypeVar("T")
@@ -27,8 +28,21 @@ def default_db_path() -> str:
     return os.environ.get("ML_PERSISTENCE_DB") or DEFAULT_DB
 
 
-def backend_for(db_path: Optional[str | os.PathLike[str]]) -> "Backend":
-    """Return this process's shared Backend for ``db_path``; cheap, starts no thread."""
+def backend_for(
+    db_path: Optional[str | os.PathLike[str]],
+    agent: Union[str, bool, None] = None,
+    token: Optional[str] = None,
+) -> Any:
+    """Return this process's shared backend; cheap, starts no thread.
+
+    With ``agent`` (a URL, or True for the default socket), or $ML_PERSISTENCE_AGENT when
+    ``agent`` is None, events go to that agent and ``db_path`` is the agent's business; with
+    ``agent=False``, or neither, they go straight into ``db_path``.
+    """
+    if agent is None:
+        agent = os.environ.get("ML_PERSISTENCE_AGENT") or False
+    if agent is not False:
+        return _agent_backend("default" if agent is True else str(agent), token)
     path = os.fspath(db_path) if db_path is not None else default_db_path()
     if path == ":memory:" or path.startswith("file:"):
         raise InvalidValueError("ml_persistence needs a database file path, not an in-memory or URI database")
@@ -42,6 +56,24 @@ def backend_for(db_path: Optional[str | os.PathLike[str]]) -> "Backend":
             backend = _backends.get(key)
             if backend is None:
                 backend = _backends[key] = Backend(key)
+    return backend
+
+
+def _agent_backend(url: str, token: Optional[str]) -> Any:
+    from . import lifecycle
+    from .address import parse
+    from .remote import AgentBackend
+
+    lifecycle.install()
+    address = parse(url)
+    key = f"agent:{address}"
+    backend = _backends.get(key)
+    if backend is None:
+        with _registry_lock:
+            backend = _backends.get(key)
+            if backend is None:
+                token = token if token is not None else os.environ.get("ML_PERSISTENCE_TOKEN") or None
+                backend = _backends[key] = AgentBackend(address, token)
     return backend
 
 
@@ -85,7 +117,7 @@ def _quiesce_before_fork() -> None:
     """Hold every backend's locks across fork(), so the child inherits none of them mid-use."""
     for backend in list(_backends.values()):
         backend._lock.acquire()
-        writer = backend._writer
+        writer = getattr(backend, "_writer", None)
         gate = writer.gate if writer is not None else None
         if gate is not None:
             gate.acquire()
@@ -235,6 +267,10 @@ class Backend:
     def _retire(self, writer: Writer) -> None:
         for key in self._retired:
             self._retired[key] += getattr(writer, key)
+
+    def end_now(self, events: list[Any], timeout: float) -> None:
+        """End experiments without the writer thread: for interpreter exit, when no thread may start."""
+        end_experiments_now(self.path, events, timeout)
 
     # -- losses and status ---------------------------------------------------------------------
 

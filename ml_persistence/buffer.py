@@ -149,6 +149,10 @@ class EventBuffer:
                     self.spilling = False
         return out
 
+    def filled(self, taken: list[Item], limit: int) -> bool:
+        """True if ``taken`` (what take(limit) returned) was a full batch, so more may be waiting."""
+        return len(taken) >= limit
+
     def take_requests(self) -> list[Request]:
         """Remove and return every pending request (consumer thread)."""
         requests = self.requests

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import queries
 from . import validate as v
@@ -48,8 +48,14 @@ def _columns_text(name: str, value: Any) -> Optional[str]:
 class DatasetManager:
     """Datasets in ``db_path``; cheap to construct (no thread, no I/O)."""
 
-    def __init__(self, db_path: Optional[str | os.PathLike[str]] = None) -> None:
-        self._backend = backend_for(db_path)
+    def __init__(
+        self,
+        db_path: Optional[str | os.PathLike[str]] = None,
+        *,
+        agent: Union[str, bool, None] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        self._backend = backend_for(db_path, agent, token)
         self.db_path = self._backend.path
 
     def __repr__(self) -> str:

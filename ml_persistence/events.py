@@ -133,6 +133,16 @@ AnyEvent = Union[
     ArtifactLogged,
 ]
 
+def check(event: Event) -> None:
+    """Raise ValueError if a decoded event is inconsistent in a way its types cannot express."""
+    if type(event) is MetricsLogged:
+        if len(event.names) != len(event.values):
+            raise ValueError(f"{len(event.names)} metric names but {len(event.values)} values")
+    elif type(event) is HyperparametersLogged:
+        if not len(event.names) == len(event.values) == len(event.types):
+            raise ValueError("hyperparameter names, values and types differ in length")
+
+
 encode = msgspec.msgpack.Encoder().encode
 _decoder = msgspec.msgpack.Decoder(AnyEvent)
 decode = _decoder.decode

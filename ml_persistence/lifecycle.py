@@ -27,7 +27,6 @@ from typing import Any, Optional
 from . import backend as backends
 from .errors import MLPersistenceError
 from .events import ExperimentEnded, encode
-from .store import end_experiments_now
 
 EXIT_TIMEOUT_ENV = "ML_PERSISTENCE_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT = 10.0
@@ -202,7 +201,7 @@ def finalize(status: str, notes: Optional[str], timeout: Optional[float] = None)
                 ended = []
             backend.close(max(0.0, deadline - time.monotonic()), final=True)
             if ended:  # no writer left (say, after shutdown()), and none may start now
-                end_experiments_now(backend.path, ended, max(0.1, deadline - time.monotonic()))
+                backend.end_now(ended, max(0.1, deadline - time.monotonic()))
         except (MLPersistenceError, sqlite3.Error) as exc:
             print(f"ml_persistence: at exit, {backend.path}: {exc}", file=sys.stderr)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 from . import queries
 from .backend import backend_for
@@ -12,8 +12,14 @@ from .backend import backend_for
 class MetricsLogger:
     """Metric queries over ``db_path``; each waits until this process's earlier logs are committed."""
 
-    def __init__(self, db_path: Optional[str | os.PathLike[str]] = None) -> None:
-        self._backend = backend_for(db_path)
+    def __init__(
+        self,
+        db_path: Optional[str | os.PathLike[str]] = None,
+        *,
+        agent: Union[str, bool, None] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        self._backend = backend_for(db_path, agent, token)
         self.db_path = self._backend.path
 
     def __repr__(self) -> str:
@@ -29,22 +35,11 @@ class MetricsLogger:
         self, experiment_ids: Iterable[int], metric_name: str, split: Optional[str] = None
     ) -> dict[int, dict[str, Any]]:
         """Return {experiment_id: {count, mean, std, min, max, first, last}} (NaN where nothing was logged)."""
-        ids = list(experiment_ids)
-
-        def compare(conn: Any) -> dict[int, dict[str, Any]]:
-            return {i: queries.metric_stats(conn, i, metric_name, split) for i in ids}
-
-        return self._backend.read(compare)
+        return self._backend.read(queries.compare_metrics, list(experiment_ids), metric_name, split)
 
     def get_metrics_summary(self, experiment_id: int, split: Optional[str] = None) -> dict[str, dict[str, Any]]:
         """Return {metric_name: {count, mean, std, min, max, first, last}} for every metric of an experiment."""
-
-        def summary(conn: Any) -> dict[str, dict[str, Any]]:
-            names = queries.metric_names(conn, experiment_id)
-            stats = {n: queries.metric_stats(conn, experiment_id, n, split) for n in names}
-            return {n: s for n, s in stats.items() if s["count"]}
-
-        return self._backend.read(summary)
+        return self._backend.read(queries.metrics_summary, experiment_id, split)
 
     def list_metric_names(self, experiment_id: int) -> list[str]:
         """Return the names of every metric an experiment logged."""

@@ -312,3 +312,28 @@ def metric_names(conn: sqlite3.Connection, experiment_id: int) -> list[str]:
         (experiment_id,),
     )
     return [r[0] for r in rows]
+
+
+def compare_metrics(
+    conn: sqlite3.Connection, experiment_ids: list[int], metric_name: str, split: Optional[str] = None
+) -> dict[int, dict[str, Any]]:
+    """Return {experiment_id: metric_stats} for each id."""
+    return {i: metric_stats(conn, i, metric_name, split) for i in experiment_ids}
+
+
+def metrics_summary(conn: sqlite3.Connection, experiment_id: int, split: Optional[str] = None) -> dict[str, dict[str, Any]]:
+    """Return {metric_name: metric_stats} for every metric an experiment logged (with rows in ``split``)."""
+    stats = {n: metric_stats(conn, experiment_id, n, split) for n in metric_names(conn, experiment_id)}
+    return {n: s for n, s in stats.items() if s["count"]}
+
+
+# The queries an agent answers for its clients, by name; nothing else is callable over the socket.
+REMOTE = {
+    f.__name__: f
+    for f in (
+        list_experiments, get_experiment, experiment_exists, get_hyperparameters, get_model,
+        get_best_model, list_models, get_dataset, find_dataset, list_datasets, experiment_datasets,
+        dataset_experiments, list_artifacts, metric_history, metric_stats, metric_names,
+        compare_metrics, metrics_summary,
+    )
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from . import queries
 from . import validate as v
@@ -17,8 +17,14 @@ from .tracker import file_size_mb
 class ModelRegistry:
     """Model checkpoints of experiments in ``db_path``; cheap to construct (no thread, no I/O)."""
 
-    def __init__(self, db_path: Optional[str | os.PathLike[str]] = None) -> None:
-        self._backend = backend_for(db_path)
+    def __init__(
+        self,
+        db_path: Optional[str | os.PathLike[str]] = None,
+        *,
+        agent: Union[str, bool, None] = None,
+        token: Optional[str] = None,
+    ) -> None:
+        self._backend = backend_for(db_path, agent, token)
         self.db_path = self._backend.path
 
     def __repr__(self) -> str:

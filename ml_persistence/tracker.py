@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from types import TracebackType
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import environment, lifecycle, queries
 from . import validate as v
@@ -41,8 +41,10 @@ class ExperimentTracker:
         db_path: Optional[str | os.PathLike[str]] = None,
         *,
         capture_environment: bool = True,
+        agent: Union[str, bool, None] = None,
+        token: Optional[str] = None,
     ) -> None:
-        self._backend: Backend = backend_for(db_path)
+        self._backend: Backend = backend_for(db_path, agent, token)
         self.db_path = self._backend.path
         self.capture_environment = capture_environment
         self._experiment_id: Optional[int] = None

@@ -182,7 +182,7 @@ class Writer:
                         item.set()
             # A waiting request never sits behind more than one batch.
             await self._serve(store, self.buffer.take_requests())
-            if len(items) < self.options.batch_size:
+            if not self.buffer.filled(items, self.options.batch_size):
                 return
 
     def _decode(self, work: Sequence[Any]) -> tuple[list[ev.Event], dict[str, int]]:

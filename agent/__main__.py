@@ -1,0 +1,5 @@
+"""``python -m agent``: run the sidecar agent."""
+
+from .cli import main
+
+raise SystemExit(main())

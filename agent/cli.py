@@ -1,0 +1,81 @@
+"""The ``ml-persistence-agent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Optional, Sequence
+
+import anyio
+
+from ml_persistence import address as addr
+from ml_persistence.backend import default_db_path
+from ml_persistence.errors import MLPersistenceError
+
+from .server import Agent
+
+log = logging.getLogger("ml_persistence.agent")
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the argument parser."""
+    ap = argparse.ArgumentParser(
+        prog="ml-persistence-agent",
+        description="Own an ml_persistence database and write what trainer processes send over sockets.",
+    )
+    ap.add_argument("--db", default=None, help="database file (default: $ML_PERSISTENCE_DB or ml_experiments.db)")
+    ap.add_argument(
+        "--listen",
+        action="append",
+        metavar="URL",
+        help="unix:///path/to.sock or tcp://HOST:PORT; repeatable "
+        f"(default: {addr.default_address()})",
+    )
+    ap.add_argument("--token-file", help="file holding the token clients must present (required off loopback)")
+    ap.add_argument("--max-frame-mb", type=int, default=64, help="largest frame accepted from a client")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the agent until SIGTERM or SIGINT; return the exit status."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s ml-persistence-agent %(levelname)s %(message)s"
+    )
+    try:
+        addresses = [addr.parse(u) for u in (args.listen or ["default"])]
+        token = addr.read_token(args.token_file)
+        agent = Agent(
+            args.db or default_db_path(), addresses, token=token, max_frame=args.max_frame_mb << 20
+        )
+    except (MLPersistenceError, OSError) as exc:
+        print(f"ml-persistence-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(_serve, agent, backend="asyncio")
+    except (MLPersistenceError, OSError) as exc:
+        print(f"ml-persistence-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(agent: Agent) -> None:
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_stop_on_signal, agent, tasks.cancel_scope)
+
+        def ready(urls: list[str]) -> None:
+            print(f"ml-persistence-agent: ready, listening on {' '.join(urls)} (database {agent.db_path})", flush=True)
+
+        await agent.run(ready)
+        tasks.cancel_scope.cancel()
+
+
+async def _stop_on_signal(agent: Agent, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            agent.stop()
+            return

@@ -1,0 +1,329 @@
+"""The agent: listens on sockets, feeds every client's events to one batched writer, answers reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sqlite3
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import anyio
+import anyio.abc
+
+from ml_persistence import address as addr
+from ml_persistence import protocol as p
+from ml_persistence import queries, schema
+from ml_persistence.buffer import Batch, EventBuffer, Item
+from ml_persistence.writer import Writer, WriterOptions
+
+from .session import Session
+
+log = logging.getLogger("ml_persistence.agent")
+
+
+class AgentBuffer(EventBuffer):
+    """The agent's queue: Batches of decoded events, counted by events rather than by items."""
+
+    def __init__(self, wake_threshold: int, kick: Callable[[], None]) -> None:
+        super().__init__(max_events=1 << 62, wake_threshold=wake_threshold, kick=kick)
+        self.events = 0  # events queued in Batches
+        self._last_take = 0
+
+    def append_batch(self, batch: Batch) -> None:
+        """Queue one client's batch (event loop thread)."""
+        self.items.append(batch)
+        self.events += len(batch)
+        if self.events >= self.wake_threshold and not self.wake_pending:
+            self.wake_pending = True
+            self._kick()
+
+    def take(self, limit: int) -> list[Item]:
+        """Remove whole batches until they hold ``limit`` events (writer thread)."""
+        items = self.items
+        out: list[Item] = []
+        weight = 0
+        while items and weight < limit:
+            item = items.popleft()
+            out.append(item)
+            if type(item) is Batch:
+                weight += len(item)
+        self.events -= weight
+        self._last_take = weight
+        return out
+
+    def filled(self, taken: list[Item], limit: int) -> bool:
+        return self._last_take >= limit
+
+
+@dataclass
+class ClientState:
+    """What the agent knows of one trainer client, across its connections."""
+
+    client_id: str
+    received: int = 0  # highest sequence number queued for the writer (or committed)
+    committed: int = 0  # highest sequence number committed
+    pid: int = 0
+    host: str = ""
+    session: Optional[Session] = None
+    events: int = 0
+
+
+@dataclass
+class AgentStats:
+    connections: int = 0
+    refused: int = 0
+    dropped_connections: int = 0
+    events_received: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reads: int = 0
+    calls: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Agent:
+    """One database, any number of listeners and clients."""
+
+    def __init__(
+        self,
+        db_path: str,
+        addresses: list[addr.Address],
+        token: Optional[str] = None,
+        options: Optional[WriterOptions] = None,
+        max_frame: int = p.DEFAULT_MAX_FRAME,
+        hello_timeout: float = 10.0,
+        frame_timeout: float = 30.0,
+        max_pending: int = 1_000_000,
+    ) -> None:
+        for address in addresses:
+            if address.kind == "tcp" and not p.is_loopback(address.host) and token is None:
+                raise PermissionError(
+                    f"listening on {address} (not loopback) requires a token: pass --token-file"
+                )
+        self.db_path = os.path.abspath(db_path)
+        self.addresses = addresses
+        self.token = token
+        self.options = options or WriterOptions()
+        self.max_frame = max_frame
+        self.hello_timeout = hello_timeout
+        self.frame_timeout = frame_timeout
+        self.max_pending = max_pending
+        self.clients: dict[str, ClientState] = {}
+        self.sessions: set[Session] = set()
+        self.stats = AgentStats()
+        self.pending = 0  # events received and not yet committed
+        self.listening: list[str] = []
+        self.buffer = AgentBuffer(self.options.wake_threshold, self._kick)
+        self._writer: Optional[Writer] = None
+        self._stopping = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._reader: Optional[sqlite3.Connection] = None
+        self._reader_lock = threading.Lock()
+        self._stop = anyio.Event()
+        self.drained = anyio.Event()
+        self._space = anyio.Event()
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self, ready: Optional[Callable[[list[str]], None]] = None) -> None:
+        """Serve until stop() (or a signal handled by the caller), then drain, commit and return."""
+        self._loop = asyncio.get_running_loop()
+        self._reader = schema.connect(self.db_path)  # creates or upgrades the schema, fails fast
+        self._reader.row_factory = sqlite3.Row
+        self._start_writer()
+        listeners = [await self._listen(a) for a in self.addresses]
+        try:
+            async with anyio.create_task_group() as sessions:
+                async with anyio.create_task_group() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, sessions)
+                    if ready is not None:
+                        ready(self.listening)
+                    await self._stop.wait()
+                    accepting.cancel_scope.cancel()
+                await self._drain()
+        finally:
+            for listener in listeners:
+                await listener.aclose()
+            self._remove_socket_files()
+            self._reader.close()
+
+    def stop(self) -> None:
+        """Stop accepting, drain and return from run() (event loop thread)."""
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        log.info("stopping: no new connections; committing what %d clients sent", len(self.sessions))
+        self._stopping = True
+        for session in list(self.sessions):
+            session.stop_reading()
+        writer = self._writer
+        if writer is not None:
+            await anyio.to_thread.run_sync(writer.stop, 3600.0)
+            log.info(
+                "committed %d events in all (%d rejected, %d lost)", writer.written, writer.rejected, writer.lost
+            )
+        await anyio.sleep(0)  # let the writer's last acknowledgements reach the sessions
+        self.drained.set()
+
+    async def _listen(self, address: addr.Address) -> anyio.abc.Listener:
+        if address.kind == "unix":
+            listener = await self._listen_unix(address.path)
+            self.listening.append(str(address))
+        else:
+            listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            self.listening.append(str(addr.Address("tcp", host=address.host, port=port)))
+        log.info("listening on %s (database %s)", self.listening[-1], self.db_path)
+        return listener
+
+    async def _listen_unix(self, path: str) -> anyio.abc.Listener:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory) or directory == addr.runtime_dir():
+            addr.ensure_private_dir(directory)
+        _remove_stale_socket(path)
+        old_umask = os.umask(0o177)
+        try:
+            listener = await anyio.create_unix_listener(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        return listener
+
+    def _remove_socket_files(self) -> None:
+        for address in self.addresses:
+            if address.kind == "unix":
+                try:
+                    if stat.S_ISSOCK(os.lstat(address.path).st_mode):
+                        os.unlink(address.path)
+                except OSError:
+                    pass
+
+    async def _accept(self, listener: anyio.abc.Listener, sessions: anyio.abc.TaskGroup) -> None:
+        async def handle(stream: anyio.abc.ByteStream) -> None:
+            sessions.start_soon(Session(self, stream).run)
+
+        await listener.serve(handle)
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        writer = Writer(self.db_path, self.buffer, self.options)
+        writer.start()
+        self._writer = writer
+        self.buffer.idle = False
+
+    def _kick(self) -> None:
+        writer = self._writer
+        if writer is not None and writer.done and not self._stopping and writer.failure is not None:
+            log.error("the writer failed (%r); starting a new one", writer.failure)
+            self._start_writer()
+            writer = self._writer
+        if writer is not None:
+            writer.wake()
+
+    @property
+    def writer_failure(self) -> Optional[BaseException]:
+        return self._writer.failure if self._writer is not None else None
+
+    # -- called by sessions (event loop thread) ------------------------------------------------
+
+    def client(self, client_id: str) -> ClientState:
+        """Return the state of ``client_id``, loading its committed high-water mark on first sight."""
+        state = self.clients.get(client_id)
+        if state is None:
+            with self._reader_lock:
+                row = self._reader.execute(  # type: ignore[union-attr]
+                    "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client_id,)
+                ).fetchone()
+            last = row[0] if row is not None else 0
+            state = self.clients[client_id] = ClientState(client_id, received=last, committed=last)
+        return state
+
+    def submit(self, state: ClientState, last_seq: int, events: list[Any]) -> None:
+        """Queue a client's events (already numbered up to ``last_seq``) for the writer."""
+        n = len(events)
+        self.pending += n
+        state.events += n
+        self.stats.events_received += n
+        loop = self._loop
+        assert loop is not None
+
+        def committed() -> None:  # writer thread
+            loop.call_soon_threadsafe(self._committed, state, last_seq, n)
+
+        self.buffer.append_batch(Batch(state.client_id, last_seq, events, committed))
+
+    def _committed(self, state: ClientState, seq: int, n: int) -> None:
+        self.pending -= n
+        if self.pending < self.max_pending:
+            self._space.set()
+        if seq > state.committed:
+            state.committed = seq
+            if state.session is not None:
+                state.session.send_committed(seq)
+
+    async def wait_for_space(self) -> None:
+        """Wait while more than max_pending events wait for the writer (backpressure on readers)."""
+        while self.pending >= self.max_pending and not self._stopping:
+            self._space = anyio.Event()
+            await self._space.wait()
+
+    def call(self, state: ClientState, seq: int, event: Any, answer: Callable[[Optional[int], Optional[str]], None]) -> None:
+        """Queue an id-returning event; ``answer(row_id, error)`` runs on the event loop when done."""
+        self.stats.calls += 1
+        loop = self._loop
+        assert loop is not None
+        future = self.buffer.request(event, key=(state.client_id, seq))
+
+        def done(f: Any) -> None:  # writer thread
+            exc = f.exception()
+            loop.call_soon_threadsafe(answer, None if exc else f.result(), str(exc) if exc else None)
+
+        future.add_done_callback(done)
+
+    async def committed_barrier(self) -> None:
+        """Return once everything queued before this call is committed."""
+        event = anyio.Event()
+        loop = self._loop
+        assert loop is not None
+        self.buffer.barrier(lambda _: loop.call_soon_threadsafe(event.set))
+        await event.wait()
+
+    async def read(self, name: str, args: list[Any]) -> bytes:
+        """Run a whitelisted query after everything received so far is committed; return it encoded."""
+        query = queries.REMOTE.get(name)
+        if query is None:
+            raise LookupError(f"unknown query {name!r}")
+        self.stats.reads += 1
+        await self.committed_barrier()
+
+        def run() -> bytes:
+            with self._reader_lock:
+                return p.encode_value(query(self._reader, *args))
+
+        return await anyio.to_thread.run_sync(run)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file left by an agent that died; refuse if an agent still listens there."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise FileExistsError(f"an agent is already listening on unix://{path}")

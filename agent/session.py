@@ -1,0 +1,278 @@
+"""One client connection: handshake, then frames in, acknowledgements and answers out."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Optional
+
+import anyio
+import anyio.abc
+import msgspec
+
+from ml_persistence import events as ev
+from ml_persistence import protocol as p
+
+if TYPE_CHECKING:
+    from .server import Agent, ClientState
+
+log = logging.getLogger("ml_persistence.agent")
+
+
+class Session:
+    """Serves one connection until the client leaves, breaks the protocol, or the agent stops."""
+
+    def __init__(self, agent: "Agent", stream: anyio.abc.ByteStream) -> None:
+        self.agent = agent
+        self.stream = stream
+        self.peer = _peer(stream)
+        self.state: Optional[ClientState] = None
+        self._outbox: deque[p.Message] = deque()
+        self._committed_seq = 0  # the latest Committed to send, coalesced
+        self._outbox_ready = anyio.Event()
+        self._read_scope = anyio.CancelScope()
+        self._decoder = p.FrameDecoder(p.HELLO_MAX_BYTES)
+        self._pending_bodies: deque[bytes] = deque()
+        self._tasks: Optional[anyio.abc.TaskGroup] = None
+
+    async def run(self) -> None:
+        """Serve the connection; log why it ended."""
+        self.agent.stats.connections += 1
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                tasks.start_soon(self._send_loop)
+                with self._read_scope:
+                    reason = await self._serve()
+                if reason:
+                    self.agent.stats.dropped_connections += 1
+                    log.warning("closing connection from %s: %s", self.who, reason)
+                if self._read_scope.cancel_called:
+                    with anyio.move_on_after(5):
+                        await self.agent.drained.wait()
+                        await self._flush_outbox()
+                tasks.cancel_scope.cancel()
+        finally:
+            self._detach()
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    @property
+    def who(self) -> str:
+        state = self.state
+        if state is None:
+            return self.peer
+        return f"{self.peer} (client {state.client_id[:8]} pid {state.pid} on {state.host})"
+
+    def stop_reading(self) -> None:
+        """Stop taking frames; what was received stays queued, acknowledgements still go out."""
+        self._read_scope.cancel()
+
+    def send_committed(self, seq: int) -> None:
+        """Tell the client everything up to ``seq`` is committed (coalesced with earlier ones)."""
+        if seq > self._committed_seq:
+            self._committed_seq = seq
+            self._outbox_ready.set()
+
+    def send(self, message: p.Message) -> None:
+        self._outbox.append(message)
+        self._outbox_ready.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _serve(self) -> Optional[str]:
+        """Read and handle frames; return why the connection must close, or None if the client left."""
+        try:
+            with anyio.fail_after(self.agent.hello_timeout):
+                hello = await self._next_message()
+            if hello is None:
+                return None
+            if type(hello) is not p.Hello:
+                return f"expected Hello first, got {type(hello).__name__}"
+            refusal = self._check(hello)
+            if refusal is not None:
+                self.agent.stats.refused += 1
+                log.warning("refusing %s: %s", self.peer, refusal)
+                self.send(p.Refused(refusal))
+                await self._flush_outbox()
+                return None
+            self._attach(hello)
+            while True:
+                message = await self._next_message()
+                if message is None:
+                    return None
+                self._handle(message)
+                if self.agent.pending >= self.agent.max_pending:
+                    await self.agent.wait_for_space()
+        except TimeoutError:
+            return "no complete frame in time" if self.state else "no Hello in time"
+        except (p.ProtocolError, ValueError) as exc:  # msgspec's DecodeError is a ValueError
+            return f"protocol error: {exc}"
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError) as exc:
+            return f"connection broken: {exc}" if self._decoder.partial else None
+
+    async def _next_message(self) -> Optional[p.Message]:
+        """Return the next message, or None when the client closed between frames."""
+        while True:
+            if self._pending_bodies:
+                return p.decode_client_message(self._pending_bodies.popleft())
+            try:
+                if self._decoder.partial and self.state is not None:
+                    with anyio.fail_after(self.agent.frame_timeout):
+                        data = await self.stream.receive(1 << 20)
+                else:
+                    data = await self.stream.receive(1 << 20)
+            except anyio.EndOfStream:
+                if self._decoder.partial:
+                    raise p.ProtocolError("client vanished in the middle of a frame") from None
+                return None
+            self._pending_bodies.extend(self._decoder.feed(data))
+
+    def _check(self, hello: p.Hello) -> Optional[str]:
+        if hello.version != p.PROTOCOL_VERSION:
+            return f"protocol version {hello.version} is not supported (agent speaks {p.PROTOCOL_VERSION})"
+        token = self.agent.token
+        if token is not None:
+            if not hello.token:
+                return "this agent requires a token (set ML_PERSISTENCE_TOKEN)"
+            if not hmac.compare_digest(hello.token.encode(), token.encode()):
+                return "wrong token"
+        if not hello.client_id or len(hello.client_id) > 128:
+            return "invalid client id"
+        return None
+
+    def _attach(self, hello: p.Hello) -> None:
+        state = self.agent.client(hello.client_id)
+        previous = state.session
+        if previous is not None and previous is not self:
+            previous.state = None  # the client reconnected; the old connection is dead to it
+        state.session = self
+        state.pid, state.host = hello.pid, hello.host
+        self.state = state
+        self.agent.sessions.add(self)
+        self._decoder.max_frame = self.agent.max_frame
+        self.send(p.Welcome(p.PROTOCOL_VERSION, state.received, state.committed))
+        log.info("client %s connected from %s: pid %d on %s", hello.client_id[:8], self.peer, hello.pid, hello.host)
+
+    def _detach(self) -> None:
+        self.agent.sessions.discard(self)
+        state = self.state
+        if state is not None and state.session is self:
+            state.session = None
+
+    def _handle(self, message: p.Message) -> None:
+        state = self.state
+        assert state is not None
+        kind = type(message)
+        if kind is p.Events:
+            self._events(state, message)  # type: ignore[arg-type]
+        elif kind is p.Call:
+            self._call(state, message)  # type: ignore[arg-type]
+        elif kind is p.Flush:
+            seq = message.seq  # type: ignore[attr-defined]
+            self.agent.buffer.barrier(self._flushed_callback(seq))
+        elif kind is p.Read:
+            self._read(message)  # type: ignore[arg-type]
+        else:
+            raise p.ProtocolError(f"unexpected {kind.__name__} after the handshake")
+
+    def _events(self, state: "ClientState", message: p.Events) -> None:
+        first = message.first_seq
+        last = first + len(message.events) - 1
+        if first < 1:
+            raise p.ProtocolError(f"sequence numbers start at 1, got {first}")
+        if last <= state.received:
+            self.agent.stats.duplicates += len(message.events)
+            return
+        skip = max(0, state.received + 1 - first)
+        self.agent.stats.duplicates += skip
+        decoded = []
+        for raw in message.events[skip:]:
+            try:
+                event = ev.decode(raw)
+                ev.check(event)
+            except (msgspec.DecodeError, ValueError) as exc:
+                self.agent.stats.rejected += 1
+                log.error("client %s: event refused, not stored: %s", state.client_id[:8], exc)
+                continue
+            decoded.append(event)
+        state.received = last
+        self.agent.submit(state, last, decoded)
+
+    def _call(self, state: "ClientState", message: p.Call) -> None:
+        seq = message.seq
+        state.received = max(state.received, seq)
+        try:
+            event = ev.decode(message.event)
+            ev.check(event)
+        except (msgspec.DecodeError, ValueError) as exc:
+            self.agent.stats.rejected += 1
+            self._answer(state, seq, None, f"event refused: {exc}")
+            return
+        self.agent.call(state, seq, event, lambda row_id, error: self._answer(state, seq, row_id, error))
+
+    def _answer(self, state: "ClientState", seq: int, row_id: Optional[int], error: Optional[str]) -> None:
+        session = state.session  # the client may have reconnected meanwhile
+        if session is not None:
+            session.send(p.Answer(seq, row_id, error))
+
+    def _flushed_callback(self, seq: int) -> Any:
+        state = self.state
+        loop = self.agent._loop
+        assert state is not None and loop is not None
+
+        def flushed(barrier: Any) -> None:  # writer thread
+            if barrier.error is None:
+                loop.call_soon_threadsafe(self._flushed, state, seq)
+
+        return flushed
+
+    def _flushed(self, state: "ClientState", seq: int) -> None:
+        session = state.session
+        if session is not None:
+            session.send(p.Flushed(seq))
+
+    def _read(self, message: p.Read) -> None:
+        async def answer() -> None:
+            try:
+                result = await self.agent.read(message.query, message.args)
+            except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
+                self.send(p.ReadAnswer(message.read_id, error=f"{type(exc).__name__}: {exc}"))
+            else:
+                self.send(p.ReadAnswer(message.read_id, msgspec.Raw(result)))
+
+        assert self._tasks is not None
+        self._tasks.start_soon(answer)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = anyio.Event()
+            try:
+                await self._flush_outbox()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                self._read_scope.cancel()
+                return
+
+    async def _flush_outbox(self) -> None:
+        chunks = []
+        if self._committed_seq:
+            chunks.append(p.frame(p.Committed(self._committed_seq)))
+            self._committed_seq = 0
+        while self._outbox:
+            chunks.append(p.frame(self._outbox.popleft()))
+        if chunks:
+            await self.stream.send(b"".join(chunks))
+
+
+def _peer(stream: anyio.abc.ByteStream) -> str:
+    try:
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except Exception:  # noqa: BLE001
+        return "?"
+    if isinstance(remote, tuple):
+        return f"{remote[0]}:{remote[1]}"
+    return f"unix socket{(' ' + remote) if remote else ''}"

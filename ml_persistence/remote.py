@@ -1,0 +1,571 @@
+"""The agent client: a Backend twin whose sender thread streams events to an agent over a socket.
+
+Log calls are unchanged: validate, encode, append to the same EventBuffer (spilling to disk past
+its bound). The sender numbers events, sends them in frames, keeps every unacknowledged one and
+replays it after a reconnect; the agent ignores what it already committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable, Optional, TypeVar
+
+import msgspec
+
+from . import protocol as p
+from . import queries
+from .address import Address
+from .buffer import Barrier, EventBuffer
+from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, MLPersistenceError, WriterError
+from .spool import Spool
+from .writer import WriterOptions
+
+T = TypeVar("T")
+log = logging.getLogger("ml_persistence.agent_client")
+
+CONNECT_TIMEOUT = 5.0
+SEND_TIMEOUT = 10.0  # a send stalled this long counts as a dead connection
+WINDOW = 65536  # events sent and not yet acknowledged, at most
+
+
+class AgentError(MLPersistenceError):
+    """The agent could not be reached or did not answer in time."""
+
+
+class AgentRefusedError(AgentError, PermissionError):
+    """The agent refused this client (wrong or missing token, unsupported protocol version)."""
+
+
+class AgentBackend:
+    """Everything a facade needs from a Backend, served by an agent at ``address``."""
+
+    def __init__(self, address: Address, token: Optional[str], options: Optional[WriterOptions] = None) -> None:
+        self.address = address
+        self.path = str(address)
+        self.token = token
+        self.options = options or WriterOptions()
+        self.closed = False
+        self.request_timeout = float(os.environ.get("ML_PERSISTENCE_AGENT_TIMEOUT", "60"))
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start with a new client id, no sender and an empty queue (also a forked child's first step)."""
+        self.running: dict[int, int] = {}
+        self.client_id = uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._held_for_fork: Optional[threading.Lock] = None
+        self._reported = 0
+        self.buffer = EventBuffer(
+            self.options.max_queue,
+            self.options.wake_threshold,
+            self._kick,
+            Spool(self.options.spool_dir, self.options.max_spool_mb << 20),
+        )
+        self._sender: Optional[Sender] = None
+
+    def __repr__(self) -> str:
+        return f"<AgentBackend {self.path!r} {self.counters()}>"
+
+    def counters(self) -> str:
+        """Return the status counters as 'name=value' text, for reprs."""
+        s = self.status()
+        keys = ("connected", "queued", "written", "spilled", "replayed", "reconnects", "dropped", "lost")
+        return f"agent={self.path} " + " ".join(f"{k}={s[k]}" for k in keys)
+
+    # -- the write path ------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> None:
+        """Queue an encoded event; never blocks (user thread)."""
+        if self.closed:
+            raise ClosedError(f"ml_persistence client of {self.path} is closed")
+        self.buffer.append(payload)
+
+    def request(self, payload: bytes, timeout: Optional[float] = None) -> Any:
+        """Send an id-returning event and wait for the agent's answer."""
+        self._check_usable()
+        future = self.buffer.request(payload)
+        return self._wait(future, timeout, "an answer")
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait until everything appended before this call is committed by the agent; raise on losses."""
+        self.wait_committed(timeout)
+        self._raise_losses()
+
+    def wait_committed(self, timeout: Optional[float] = None) -> None:
+        """Wait until everything appended before this call is committed or given up on."""
+        self._check_usable()
+        if self._sender is None and not len(self.buffer):
+            return
+        barrier = self.buffer.barrier()
+        if not barrier.wait(timeout):
+            raise FlushTimeoutError(
+                f"flush did not finish within {timeout} s ({self.status()['queued']} events not yet committed "
+                f"by the agent at {self.path})"
+            )
+        if barrier.error is not None:
+            raise barrier.error
+
+    def close(self, timeout: Optional[float] = None, final: bool = False) -> None:
+        """Send what is queued, wait for the agent to commit it, stop the sender (idempotent)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = final
+            sender = self._sender
+            if sender is not None:
+                sender.stop(timeout if timeout is not None else 3600.0)
+                self._sender = None
+                self.buffer.idle = True
+        self._raise_losses()
+
+    @property
+    def writer_alive(self) -> bool:
+        sender = self._sender
+        return sender is not None and sender.alive
+
+    def _kick(self) -> None:
+        sender = self._sender
+        if sender is None or not sender.alive:
+            self._start_sender()
+        else:
+            sender.wake()
+
+    def _start_sender(self) -> None:
+        with self._lock:
+            sender = self._sender
+            if sender is not None and sender.alive:
+                sender.wake()
+                return
+            if self.closed:
+                return
+            from . import lifecycle
+
+            lifecycle.install()
+            sender = Sender(self)
+            try:
+                sender.start()
+            except RuntimeError:
+                return  # interpreter shutdown
+            self._sender = sender
+            self.buffer.idle = False
+
+    def end_now(self, events: list[Any], timeout: float) -> None:
+        """End experiments by running a sender in this thread: for interpreter exit, when no thread may start."""
+        from .events import encode
+
+        for event in events:
+            self.buffer.append(encode(event))
+        sender = Sender(self)
+        sender._stopping = True
+        sender._deadline = time.monotonic() + timeout
+        self._sender = sender
+        sender._run()
+        self._sender = None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, query: Callable[..., T], *args: Any) -> T:
+        """Run a read query in the agent, after everything this process logged is committed there."""
+        name = getattr(query, "__name__", "")
+        if queries.REMOTE.get(name) is not query:
+            raise AgentError(f"{name or query!r} is not a query the agent answers")
+        self._check_usable()
+        self._kick()
+        future = self._sender.read(name, list(args)) if self._sender else None
+        if future is None:
+            raise AgentError(f"cannot reach the agent at {self.path}")
+        return self._wait(future, None, "the query's result")
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return counters: queued, spooled, spilled, sent, written, replayed, reconnects, dropped, lost."""
+        sender = self._sender
+        return {
+            "mode": "agent",
+            "path": self.path,
+            "client_id": self.client_id,
+            "connected": bool(sender and sender.connected),
+            "queued": len(self.buffer) + (sender.unacked_count if sender else 0),
+            "spooled": len(self.buffer.spool),
+            "spilled": self.buffer.spilled,
+            "sent": sender.sent if sender else 0,
+            "written": sender.committed_count if sender else 0,
+            "replayed": sender.replayed if sender else 0,
+            "reconnects": sender.reconnects if sender else 0,
+            "dropped": self.buffer.dropped,
+            "rejected": 0,
+            "lost": sender.lost if sender else 0,
+            "failure": repr(sender.refused) if sender and sender.refused else None,
+        }
+
+    def _raise_losses(self) -> None:
+        s = self.status()
+        losses = s["dropped"] + s["lost"]
+        if losses <= self._reported:
+            return
+        self._reported = losses
+        message = f"{s['dropped']} events dropped (spool full), {s['lost']} not committed by the agent at a close deadline"
+        raise (EventsDroppedError if s["dropped"] else WriterError)(message)
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise ClosedError(f"ml_persistence client of {self.path} is closed")
+        sender = self._sender
+        if sender is not None and sender.refused is not None:
+            raise sender.refused
+
+    def _wait(self, future: Future, timeout: Optional[float], what: str) -> Any:
+        limit = self.request_timeout if timeout is None else timeout
+        try:
+            return future.result(limit)
+        except TimeoutError:
+            sender = self._sender
+            if sender is not None and sender.refused is not None:
+                raise sender.refused from None
+            state = "connected" if sender and sender.connected else "not connected"
+            raise AgentError(
+                f"no answer from the agent at {self.path} within {limit} s ({state}; "
+                "is `ml-persistence-agent` running? ML_PERSISTENCE_AGENT_TIMEOUT sets the wait)"
+            ) from None
+
+
+class Sender:
+    """The client's one network thread: connect, hello, send frames, read acks, reconnect, replay."""
+
+    def __init__(self, backend: AgentBackend) -> None:
+        self.backend = backend
+        self.buffer = backend.buffer
+        self.options = backend.options
+        self.sock: Optional[socket.socket] = None
+        self.connected = False
+        self.refused: Optional[AgentRefusedError] = None
+        self.next_seq = 1
+        self.committed = 0  # every event with seq <= committed is in the database
+        self.unacked: deque[tuple[int, bytes]] = deque()  # sent events not yet committed
+        self.calls: dict[int, tuple[bytes, Future]] = {}  # id-returning events not yet answered
+        self.barriers: deque[tuple[int, Barrier]] = deque()
+        self.reads: dict[int, tuple[str, list[Any], Future]] = {}
+        self._new_reads: deque[int] = deque()
+        self._next_read = 1
+        self.sent = 0
+        self.committed_count = 0
+        self.replayed = 0
+        self.reconnects = 0
+        self.lost = 0
+        self._stopping = False
+        self._deadline: Optional[float] = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._decoder = p.FrameDecoder(max_frame=1 << 31)
+        self._thread = threading.Thread(target=self._run, name="ml-persistence-sender", daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def unacked_count(self) -> int:
+        return len(self.unacked)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Interrupt the sender's wait (any thread)."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or the sender is gone
+
+    def read(self, name: str, args: list[Any]) -> Future:
+        """Queue a read query; its future resolves with the decoded result."""
+        future: Future = Future()
+        read_id = self._next_read
+        self._next_read += 1
+        self.reads[read_id] = (name, args, future)
+        self._new_reads.append(read_id)
+        self.wake()
+        return future
+
+    def stop(self, timeout: float) -> None:
+        """Deliver everything queued, within ``timeout``; count the rest as lost."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping = True
+        self.wake()
+        self._thread.join(timeout + 1.0)
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.05
+        try:
+            while not self._finished():
+                if self.sock is None:
+                    if self._connect():
+                        delay = 0.05
+                    elif self.refused is not None:
+                        return
+                    else:
+                        self._wait(delay)
+                        delay = min(delay * 2, self.options.max_backoff)
+                    continue
+                try:
+                    busy = self._pump()
+                    self._wait(0 if busy else self.options.flush_interval)
+                except OSError as exc:
+                    self._disconnect(f"connection lost: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - the thread must not die silently
+            log.error("ml_persistence: agent sender crashed: %r", exc)
+            self._fail_all(AgentError(f"agent sender crashed: {exc!r}"))
+            raise
+        finally:
+            self._finish()
+
+    def _finished(self) -> bool:
+        if not self._stopping:
+            return False
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            return True
+        return not (len(self.buffer) or self.unacked or self.calls or self.buffer.requests or self.barriers)
+
+    def _finish(self) -> None:
+        """Count what never reached the database and release every waiter."""
+        items = self.buffer.take(len(self.buffer))
+        lost = len(self.unacked) + sum(1 for i in items if type(i) is bytes)
+        self.lost += lost
+        error = self.refused or (WriterError(f"{lost} events not committed by the agent at {self.backend.path}") if lost else None)
+        for item in items:
+            if type(item) is Barrier:
+                item.set(error)
+        self._fail_all(error or AgentError("the agent client stopped"))
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.connected = False
+        self._wake_r.close()
+        self._wake_w.close()
+        if lost:
+            log.error("ml_persistence: %d events not committed by the agent at %s", lost, self.backend.path)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request in self.buffer.take_requests():
+            request.future.set_exception(error)
+        for _, future in list(self.calls.values()):
+            if not future.done():
+                future.set_exception(error)
+        self.calls.clear()
+        for _, barrier in self.barriers:
+            barrier.set(error)
+        self.barriers.clear()
+        for barrier in self.buffer.barriers():
+            barrier.set(error)
+        for _, _, future in list(self.reads.values()):
+            if not future.done():
+                future.set_exception(error)
+        self.reads.clear()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until woken, an agent message arrives, or ``timeout``; then read what arrived."""
+        watch = [self._wake_r] + ([self.sock] if self.sock is not None else [])
+        if self._deadline is not None:
+            timeout = max(0.0, min(timeout, self._deadline - time.monotonic()))
+        readable, _, _ = select.select(watch, [], [], timeout)
+        if self._wake_r in readable:
+            try:
+                self._wake_r.recv(4096)
+            except BlockingIOError:
+                pass
+            self.buffer.wake_pending = False
+        if self.sock is not None and self.sock in readable:
+            try:
+                self._receive()
+            except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
+                self._disconnect(f"connection lost: {exc}")
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _connect(self) -> bool:
+        address = self.backend.address
+        try:
+            if address.kind == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(CONNECT_TIMEOUT)
+                sock.connect(address.path)
+            else:
+                sock = socket.create_connection((address.host, address.port), CONNECT_TIMEOUT)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.debug("cannot reach the agent at %s: %s", address, exc)
+            return False
+        try:
+            hello = p.Hello(p.PROTOCOL_VERSION, self.backend.client_id, os.getpid(), socket.gethostname(), self.backend.token)
+            sock.sendall(p.frame(hello))
+            reply = self._first_reply(sock)
+        except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
+            sock.close()
+            log.debug("handshake with the agent at %s failed: %s", address, exc)
+            return False
+        if type(reply) is p.Refused:
+            sock.close()
+            self.refused = AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}")
+            log.error("ml_persistence: %s", self.refused)
+            self._fail_all(self.refused)
+            return False
+        if type(reply) is not p.Welcome:
+            sock.close()
+            return False
+        sock.settimeout(SEND_TIMEOUT)
+        self.sock = sock
+        self.connected = True
+        self._acknowledge(reply.committed_seq)
+        self._replay(reply.received_seq)
+        return True
+
+    def _first_reply(self, sock: socket.socket) -> p.Message:
+        decoder = p.FrameDecoder(max_frame=p.HELLO_MAX_BYTES)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("the agent closed the connection during the handshake")
+            bodies = decoder.feed(data)
+            if bodies:
+                self._decoder = p.FrameDecoder(max_frame=1 << 31)
+                if len(bodies) > 1 or decoder.partial:
+                    raise p.ProtocolError("the agent sent more than a greeting")
+                return p.decode_agent_message(bodies[0])
+
+    def _disconnect(self, reason: str) -> None:
+        if self.sock is not None:
+            log.warning("ml_persistence: %s (agent %s); will reconnect and replay", reason, self.backend.address)
+            self.sock.close()
+        self.sock = None
+        self.connected = False
+        self.reconnects += 1
+
+    def _replay(self, received_seq: int) -> None:
+        """Resend what the agent may not have: unanswered calls, events after ``received_seq``, reads."""
+        for seq, (payload, _) in sorted(self.calls.items()):
+            self._send(p.Call(seq, msgspec.Raw(payload)))
+        again = [(seq, payload) for seq, payload in self.unacked if seq > received_seq]
+        if again:
+            self.replayed += len(again)
+            self._send_events(again)
+        if self.barriers:
+            self._send(p.Flush(self.barriers[-1][0]))
+        for read_id, (name, args, _) in list(self.reads.items()):
+            self._send(p.Read(read_id, name, args))
+        self._new_reads.clear()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send(self, message: p.Message) -> None:
+        self.sock.sendall(p.frame(message))  # type: ignore[union-attr]
+
+    def _send_events(self, numbered: list[tuple[int, bytes]]) -> None:
+        """Send numbered events as Events frames of consecutive sequence numbers."""
+        start = 0
+        for i in range(1, len(numbered) + 1):
+            if i == len(numbered) or numbered[i][0] != numbered[i - 1][0] + 1:
+                run = numbered[start:i]
+                self._send(p.Events(run[0][0], [msgspec.Raw(payload) for _, payload in run]))
+                start = i
+
+    def _pump(self) -> bool:
+        """Send new calls, reads and up to one batch of events; return True if more are waiting."""
+        for request in self.buffer.take_requests():
+            seq = self.next_seq
+            self.next_seq += 1
+            self.calls[seq] = (request.payload, request.future)
+            self._send(p.Call(seq, msgspec.Raw(request.payload)))
+        while self._new_reads:
+            read_id = self._new_reads.popleft()
+            if read_id in self.reads:
+                name, args, _ = self.reads[read_id]
+                self._send(p.Read(read_id, name, args))
+        room = WINDOW - len(self.unacked)
+        if room <= 0:
+            return False
+        items = self.buffer.take(min(room, self.options.batch_size))
+        numbered: list[tuple[int, bytes]] = []
+        flush_at = 0
+        for item in items:
+            if type(item) is bytes:
+                numbered.append((self.next_seq, item))
+                self.next_seq += 1
+            else:
+                last = self.next_seq - 1
+                if last <= self.committed:
+                    item.set()  # type: ignore[union-attr]
+                else:
+                    self.barriers.append((last, item))  # type: ignore[arg-type]
+                    flush_at = last
+        if numbered:
+            self.unacked.extend(numbered)
+            self._send(p.Events(numbered[0][0], [msgspec.Raw(payload) for _, payload in numbered]))
+            self.sent += len(numbered)
+        if flush_at:
+            self._send(p.Flush(flush_at))
+        return len(items) == self.options.batch_size and len(self.buffer) > 0
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    data = sock.recv(1 << 20)
+                except BlockingIOError:
+                    return
+                if not data:
+                    raise ConnectionResetError("the agent closed the connection")
+                for body in self._decoder.feed(data):
+                    self._handle(p.decode_agent_message(body))
+        finally:
+            if self.sock is sock:
+                sock.settimeout(SEND_TIMEOUT)
+
+    def _handle(self, message: p.Message) -> None:
+        kind = type(message)
+        if kind is p.Committed or kind is p.Flushed:
+            self._acknowledge(message.seq)  # type: ignore[attr-defined]
+        elif kind is p.Answer:
+            entry = self.calls.pop(message.seq, None)  # type: ignore[attr-defined]
+            if entry is not None and not entry[1].done():
+                if message.error is not None:  # type: ignore[attr-defined]
+                    entry[1].set_exception(WriterError(message.error))  # type: ignore[attr-defined]
+                else:
+                    entry[1].set_result(message.row_id)  # type: ignore[attr-defined]
+        elif kind is p.ReadAnswer:
+            entry = self.reads.pop(message.read_id, None)  # type: ignore[attr-defined]
+            if entry is not None and not entry[2].done():
+                if message.error is not None:  # type: ignore[attr-defined]
+                    entry[2].set_exception(AgentError(message.error))  # type: ignore[attr-defined]
+                else:
+                    entry[2].set_result(p.decode_value(message.result))  # type: ignore[attr-defined]
+        else:
+            raise p.ProtocolError(f"unexpected {kind.__name__} from the agent")
+
+    def _acknowledge(self, seq: int) -> None:
+        if seq <= self.committed:
+            return
+        self.committed = seq
+        unacked = self.unacked
+        while unacked and unacked[0][0] <= seq:
+            unacked.popleft()
+            self.committed_count += 1
+        barriers = self.barriers
+        while barriers and barriers[0][0] <= seq:
+            barriers.popleft()[1].set()
