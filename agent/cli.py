@@ -35,6 +35,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--token-file", help="file holding the token clients must present (required off loopback)")
     ap.add_argument("--max-frame-mb", type=int, default=64, help="largest frame accepted from a client")
+    ap.add_argument("--hello-timeout", type=float, default=10.0, help="seconds a new connection has to say Hello")
+    ap.add_argument(
+        "--frame-timeout", type=float, default=30.0, help="seconds a client has to finish a frame it started"
+    )
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
 
@@ -49,7 +53,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         addresses = [addr.parse(u) for u in (args.listen or ["default"])]
         token = addr.read_token(args.token_file)
         agent = Agent(
-            args.db or default_db_path(), addresses, token=token, max_frame=args.max_frame_mb << 20
+            args.db or default_db_path(),
+            addresses,
+            token=token,
+            max_frame=args.max_frame_mb << 20,
+            hello_timeout=args.hello_timeout,
+            frame_timeout=args.frame_timeout,
         )
     except (MLPersistenceError, OSError) as exc:
         print(f"ml-persistence-agent: {exc}", file=sys.stderr)

@@ -40,9 +40,17 @@ class Session:
         """Serve the connection; log why it ended."""
         self.agent.stats.connections += 1
         try:
+            await self._run()
+        except Exception:  # noqa: BLE001 - one connection's failure must not stop the agent
+            self.agent.stats.dropped_connections += 1
+            log.exception("closing connection from %s after an internal error", self.who)
+
+    async def _run(self) -> None:
+        try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 tasks.start_soon(self._send_loop)
+                reason = None
                 with self._read_scope:
                     reason = await self._serve()
                 if reason:

@@ -24,7 +24,9 @@ def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _stop_writers():
+def _stop_writers(monkeypatch: pytest.MonkeyPatch):
+    for name in ("ML_PERSISTENCE_AGENT", "ML_PERSISTENCE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)  # embedded unless a test asks for an agent
     yield
     ml_persistence.shutdown(timeout=30)
 
@@ -40,7 +42,7 @@ def rows(path: str, sql: str, params: tuple = ()) -> list[tuple]:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for child Python processes that import this checkout's ml_persistence."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("ML_PERSISTENCE_AGENT", "ML_PERSISTENCE_TOKEN")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env

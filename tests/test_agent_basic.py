@@ -1,0 +1,33 @@
+"""The agent end to end in one process pair: a trainer in the test process, the agent in a subprocess."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from agent_process import AgentProcess, short_socket
+from conftest import rows
+
+from ml_persistence import ExperimentTracker, MetricsLogger, ModelRegistry
+
+
+def test_events_reads_and_ids_go_through_the_agent(tmp_path: Path) -> None:
+    db = str(tmp_path / "agent.db")
+    with AgentProcess(db, [short_socket(tmp_path)], tmp_path) as agent:
+        tracker = ExperimentTracker(str(tmp_path / "unused.db"), agent=agent.url)
+        exp = tracker.start_experiment("through-agent", experiment_type="rl", tags=["a"])
+        tracker.log_hyperparameters_batch({"lr": 3e-4, "gamma": 0.99})
+        for step in range(1000):
+            tracker.log_metrics_batch({"reward": step, "loss": float("nan")}, step=step)
+        registry = ModelRegistry(agent=agent.url)
+        model = registry.register_model(exp, "/ckpt/a.pt", val_metric=2.0, is_best=True)
+        assert registry.get_best_model(exp)["id"] == model
+        history = MetricsLogger(agent=agent.url).get_metric_history(exp, "reward")
+        assert [r["value"] for r in history] == [float(s) for s in range(1000)]
+        assert all(math.isnan(r["value"]) for r in MetricsLogger(agent=agent.url).get_metric_history(exp, "loss"))
+        assert tracker.get_hyperparameters() == {"lr": 3e-4, "gamma": 0.99}
+        tracker.end_experiment()
+        assert agent.stop() == 0
+    assert not (tmp_path / "unused.db").exists()
+    assert rows(db, "SELECT name, status FROM experiments") == [("through-agent", "completed")]
+    assert rows(db, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(2000,)]
