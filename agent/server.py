@@ -271,7 +271,8 @@ class Agent:
     async def wait_for_space(self) -> None:
         """Wait while more than max_pending events wait for the writer (backpressure on readers)."""
         while self.pending >= self.max_pending and not self._stopping:
-            self._space = anyio.Event()
+            if self._space.is_set():
+                self._space = anyio.Event()  # every waiter shares one event, set by _committed
             await self._space.wait()
 
     def call(self, state: ClientState, seq: int, event: Any, answer: Callable[[Optional[int], Optional[str]], None]) -> None:

@@ -34,6 +34,7 @@ class Session:
         self._read_scope = anyio.CancelScope()
         self._decoder = p.FrameDecoder(p.HELLO_MAX_BYTES)
         self._pending_bodies: deque[bytes] = deque()
+        self._frame_started = 0.0
         self._tasks: Optional[anyio.abc.TaskGroup] = None
 
     async def run(self) -> None:
@@ -127,10 +128,13 @@ class Session:
                 return p.decode_client_message(self._pending_bodies.popleft())
             try:
                 if self._decoder.partial and self.state is not None:
-                    with anyio.fail_after(self.agent.frame_timeout):
+                    # The whole frame must arrive within frame_timeout of its first byte.
+                    left = self._frame_started + self.agent.frame_timeout - anyio.current_time()
+                    with anyio.fail_after(max(0.0, left)):
                         data = await self.stream.receive(1 << 20)
                 else:
                     data = await self.stream.receive(1 << 20)
+                    self._frame_started = anyio.current_time()
             except anyio.EndOfStream:
                 if self._decoder.partial:
                     raise p.ProtocolError("client vanished in the middle of a frame") from None

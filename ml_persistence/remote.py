@@ -32,7 +32,7 @@ T = TypeVar("T")
 log = logging.getLogger("ml_persistence.agent_client")
 
 CONNECT_TIMEOUT = 5.0
-SEND_TIMEOUT = 10.0  # a send stalled this long counts as a dead connection
+SEND_STALL = 30.0  # a connection that takes no bytes and sends none for this long is dead
 WINDOW = 65536  # events sent and not yet acknowledged, at most
 
 
@@ -59,6 +59,7 @@ class AgentBackend:
     def _reset(self) -> None:
         """Start with a new client id, no sender and an empty queue (also a forked child's first step)."""
         self.running: dict[int, int] = {}
+        self.refused: Optional[AgentRefusedError] = None  # once refused, every call raises this
         self.client_id = uuid.uuid4().hex
         self._lock = threading.RLock()
         self._held_for_fork: Optional[threading.Lock] = None
@@ -84,8 +85,8 @@ class AgentBackend:
 
     def append(self, payload: bytes) -> None:
         """Queue an encoded event; never blocks (user thread)."""
-        if self.closed:
-            raise ClosedError(f"ml_persistence client of {self.path} is closed")
+        if self.closed or self.refused is not None:
+            self._check_usable()
         self.buffer.append(payload)
 
     def request(self, payload: bytes, timeout: Optional[float] = None) -> Any:
@@ -144,7 +145,7 @@ class AgentBackend:
             if sender is not None and sender.alive:
                 sender.wake()
                 return
-            if self.closed:
+            if self.closed or self.refused is not None:
                 return
             from . import lifecycle
 
@@ -204,7 +205,7 @@ class AgentBackend:
             "dropped": self.buffer.dropped,
             "rejected": 0,
             "lost": sender.lost if sender else 0,
-            "failure": repr(sender.refused) if sender and sender.refused else None,
+            "failure": repr(self.refused) if self.refused else None,
         }
 
     def _raise_losses(self) -> None:
@@ -219,18 +220,17 @@ class AgentBackend:
     def _check_usable(self) -> None:
         if self.closed:
             raise ClosedError(f"ml_persistence client of {self.path} is closed")
-        sender = self._sender
-        if sender is not None and sender.refused is not None:
-            raise sender.refused
+        if self.refused is not None:
+            raise self.refused
 
     def _wait(self, future: Future, timeout: Optional[float], what: str) -> Any:
         limit = self.request_timeout if timeout is None else timeout
         try:
             return future.result(limit)
         except TimeoutError:
+            if self.refused is not None:
+                raise self.refused from None
             sender = self._sender
-            if sender is not None and sender.refused is not None:
-                raise sender.refused from None
             state = "connected" if sender and sender.connected else "not connected"
             raise AgentError(
                 f"no answer from the agent at {self.path} within {limit} s ({state}; "
@@ -267,6 +267,7 @@ class Sender:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._decoder = p.FrameDecoder(max_frame=1 << 31)
+        self._out: list[bytes] = []
         self._thread = threading.Thread(target=self._run, name="ml-persistence-sender", daemon=True)
 
     @property
@@ -322,7 +323,7 @@ class Sender:
                 try:
                     busy = self._pump()
                     self._wait(0 if busy else self.options.flush_interval)
-                except OSError as exc:
+                except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
                     self._disconnect(f"connection lost: {exc}")
         except BaseException as exc:  # noqa: BLE001 - the thread must not die silently
             log.error("ml_persistence: agent sender crashed: %r", exc)
@@ -418,13 +419,14 @@ class Sender:
         if type(reply) is p.Refused:
             sock.close()
             self.refused = AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}")
+            self.backend.refused = self.refused
             log.error("ml_persistence: %s", self.refused)
             self._fail_all(self.refused)
             return False
         if type(reply) is not p.Welcome:
             sock.close()
             return False
-        sock.settimeout(SEND_TIMEOUT)
+        sock.setblocking(False)
         self.sock = sock
         self.connected = True
         self._acknowledge(reply.committed_seq)
@@ -451,6 +453,7 @@ class Sender:
         self.sock = None
         self.connected = False
         self.reconnects += 1
+        self._out.clear()
 
     def _replay(self, received_seq: int) -> None:
         """Resend what the agent may not have: unanswered calls, events after ``received_seq``, reads."""
@@ -465,11 +468,40 @@ class Sender:
         for read_id, (name, args, _) in list(self.reads.items()):
             self._send(p.Read(read_id, name, args))
         self._new_reads.clear()
+        self._transmit()
 
     # -- sending -------------------------------------------------------------------------------
 
     def _send(self, message: p.Message) -> None:
-        self.sock.sendall(p.frame(message))  # type: ignore[union-attr]
+        """Queue ``message``; _transmit() sends everything queued in one go."""
+        self._out.append(p.frame(message))
+
+    def _transmit(self) -> None:
+        """Send the queued frames, reading acknowledgements meanwhile so neither side can stall the other."""
+        if not self._out:
+            return
+        data = memoryview(b"".join(self._out))
+        self._out.clear()
+        sock = self.sock
+        assert sock is not None
+        progress = time.monotonic()
+        while data:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                data = data[sent:]
+                progress = time.monotonic()
+                continue
+            readable, _, _ = select.select([sock], [sock], [], 1.0)
+            if readable:
+                self._receive()
+                progress = time.monotonic()
+            if time.monotonic() - progress > SEND_STALL:
+                raise TimeoutError(f"the agent took no data for {SEND_STALL:.0f} s")
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                raise TimeoutError("close deadline passed while sending")
 
     def _send_events(self, numbered: list[tuple[int, bytes]]) -> None:
         """Send numbered events as Events frames of consecutive sequence numbers."""
@@ -515,6 +547,7 @@ class Sender:
             self.sent += len(numbered)
         if flush_at:
             self._send(p.Flush(flush_at))
+        self._transmit()
         return len(items) == self.options.batch_size and len(self.buffer) > 0
 
     # -- receiving -----------------------------------------------------------------------------
@@ -522,20 +555,15 @@ class Sender:
     def _receive(self) -> None:
         sock = self.sock
         assert sock is not None
-        sock.setblocking(False)
-        try:
-            while True:
-                try:
-                    data = sock.recv(1 << 20)
-                except BlockingIOError:
-                    return
-                if not data:
-                    raise ConnectionResetError("the agent closed the connection")
-                for body in self._decoder.feed(data):
-                    self._handle(p.decode_agent_message(body))
-        finally:
-            if self.sock is sock:
-                sock.settimeout(SEND_TIMEOUT)
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            if not data:
+                raise ConnectionResetError("the agent closed the connection")
+            for body in self._decoder.feed(data):
+                self._handle(p.decode_agent_message(body))
 
     def _handle(self, message: p.Message) -> None:
         kind = type(message)
