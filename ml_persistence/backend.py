@@ -77,12 +77,14 @@ def _agent_backend(url: str, token: Optional[str]) -> Any:
     return backend
 
 
-def configure(db_path: Optional[str | os.PathLike[str]] = None, **options: Any) -> WriterOptions:
-    """Change the writer settings for ``db_path`` (batch_size, flush_interval, max_queue, busy_timeout_ms).
+def configure(
+    db_path: Optional[str | os.PathLike[str]] = None, *, agent: Union[str, bool, None] = None, **options: Any
+) -> WriterOptions:
+    """Change the writer (or agent sender) settings: batch_size, flush_interval, max_queue, spool_dir, ....
 
     Takes effect for the queue bound at once and for the writer when it next starts.
     """
-    backend = backend_for(db_path)
+    backend = backend_for(db_path, agent)
     backend.options = dataclasses.replace(backend.options, **options)
     backend.buffer.max_events = backend.options.max_queue
     backend.buffer.wake_threshold = backend.options.wake_threshold
