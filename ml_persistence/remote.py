@@ -61,6 +61,7 @@ class AgentBackend:
         self.running: dict[int, int] = {}
         self.refused: Optional[AgentRefusedError] = None  # once refused, every call raises this
         self.client_id = uuid.uuid4().hex
+        self.next_seq = 1  # sequence numbers continue across senders: the agent keys on (client_id, seq)
         self._lock = threading.RLock()
         self._held_for_fork: Optional[threading.Lock] = None
         self._reported = 0
@@ -248,7 +249,7 @@ class Sender:
         self.sock: Optional[socket.socket] = None
         self.connected = False
         self.refused: Optional[AgentRefusedError] = None
-        self.next_seq = 1
+        self.next_seq = backend.next_seq
         self.committed = 0  # every event with seq <= committed is in the database
         self.unacked: deque[tuple[int, bytes]] = deque()  # sent events not yet committed
         self.calls: dict[int, tuple[bytes, Future]] = {}  # id-returning events not yet answered
@@ -341,6 +342,7 @@ class Sender:
 
     def _finish(self) -> None:
         """Count what never reached the database and release every waiter."""
+        self.backend.next_seq = self.next_seq
         items = self.buffer.take(len(self.buffer))
         lost = len(self.unacked) + sum(1 for i in items if type(i) is bytes)
         self.lost += lost

@@ -31,3 +31,18 @@ def test_events_reads_and_ids_go_through_the_agent(tmp_path: Path) -> None:
     assert not (tmp_path / "unused.db").exists()
     assert rows(db, "SELECT name, status FROM experiments") == [("through-agent", "completed")]
     assert rows(db, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(2000,)]
+
+
+def test_logging_after_shutdown_continues_the_sequence(tmp_path: Path) -> None:
+    import ml_persistence
+
+    db = str(tmp_path / "agent.db")
+    with AgentProcess(db, [short_socket(tmp_path)], tmp_path) as agent:
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("twice")
+        tracker.log_metric("x", 1.0, step=1)
+        ml_persistence.shutdown()  # stops the sender; the next call starts a new one
+        tracker.log_metric("x", 2.0, step=2)
+        tracker.flush()
+        assert [r["value"] for r in MetricsLogger(agent=agent.url).get_metric_history(exp, "x")] == [1.0, 2.0]
+        tracker.end_experiment()
