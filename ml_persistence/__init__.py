@@ -4,6 +4,8 @@ from .aio import AsyncDatasetManager, AsyncExperimentTracker, AsyncMetricsLogger
 from .backend import configure, shutdown
 from .datasets import DatasetManager
 from .errors import (
+    AgentError,
+    AgentRefusedError,
     ClosedError,
     EventsDroppedError,
     FlushTimeoutError,
@@ -21,6 +23,8 @@ from .tracker import ExperimentTracker
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentError",
+    "AgentRefusedError",
     "AsyncDatasetManager",
     "AsyncExperimentTracker",
     "AsyncMetricsLogger",

@@ -33,3 +33,11 @@ class EventsDroppedError(WriterError):
 
 class FlushTimeoutError(MLPersistenceError, TimeoutError):
     """flush() did not finish within its timeout."""
+
+
+class AgentError(MLPersistenceError):
+    """The agent could not be reached or did not answer in time."""
+
+
+class AgentRefusedError(AgentError, PermissionError):
+    """The agent refused this client (wrong or missing token, unsupported protocol version)."""

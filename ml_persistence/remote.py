@@ -24,7 +24,7 @@ from . import protocol as p
 from . import queries
 from .address import Address
 from .buffer import Barrier, EventBuffer
-from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, MLPersistenceError, WriterError
+from .errors import AgentError, AgentRefusedError, ClosedError, EventsDroppedError, FlushTimeoutError, WriterError
 from .spool import Spool
 from .writer import WriterOptions
 
@@ -34,14 +34,6 @@ log = logging.getLogger("ml_persistence.agent_client")
 CONNECT_TIMEOUT = 5.0
 SEND_STALL = 30.0  # a connection that takes no bytes and sends none for this long is dead
 WINDOW = 65536  # events sent and not yet acknowledged, at most
-
-
-class AgentError(MLPersistenceError):
-    """The agent could not be reached or did not answer in time."""
-
-
-class AgentRefusedError(AgentError, PermissionError):
-    """The agent refused this client (wrong or missing token, unsupported protocol version)."""
 
 
 class AgentBackend:

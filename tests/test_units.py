@@ -11,7 +11,7 @@ import pytest
 
 from ml_persistence import events as ev
 from ml_persistence import validate as v
-from ml_persistence.buffer import Barrier, EventBuffer
+from ml_persistence.buffer import EventBuffer
 from ml_persistence.spool import Spool
 from ml_persistence.errors import InvalidTypeError, InvalidValueError
 from ml_persistence.store import local_text, split_of
