@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .server import Agent, ClientState
 
 log = logging.getLogger("ml_persistence.agent")
+_MAX_SEQ = 2**63 - 1  # stored in SQLite INTEGER columns
 
 
 class Session:
@@ -139,7 +140,10 @@ class Session:
                 if self._decoder.partial:
                     raise p.ProtocolError("client vanished in the middle of a frame") from None
                 return None
-            self._pending_bodies.extend(self._decoder.feed(data))
+            bodies = self._decoder.feed(data)
+            if bodies:
+                self._frame_started = anyio.current_time()  # a frame completed: the next one starts now
+            self._pending_bodies.extend(bodies)
 
     def _check(self, hello: p.Hello) -> Optional[str]:
         if hello.version != p.PROTOCOL_VERSION:
@@ -192,8 +196,8 @@ class Session:
     def _events(self, state: "ClientState", message: p.Events) -> None:
         first = message.first_seq
         last = first + len(message.events) - 1
-        if first < 1:
-            raise p.ProtocolError(f"sequence numbers start at 1, got {first}")
+        if first < 1 or last > _MAX_SEQ:
+            raise p.ProtocolError(f"sequence numbers run from 1 to 2**63 - 1, got {first}..{last}")
         if last <= state.received:
             self.agent.stats.duplicates += len(message.events)
             return
@@ -214,6 +218,8 @@ class Session:
 
     def _call(self, state: "ClientState", message: p.Call) -> None:
         seq = message.seq
+        if not 1 <= seq <= _MAX_SEQ:
+            raise p.ProtocolError(f"sequence numbers run from 1 to 2**63 - 1, got {seq}")
         state.received = max(state.received, seq)
         try:
             event = ev.decode(message.event)

@@ -52,7 +52,7 @@ def parse(url: str) -> Address:
     if text.startswith("tcp://"):
         rest = text[len("tcp://") :].rstrip("/")
         host, sep, port = rest.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise InvalidValueError(f"agent URL {url!r}: expected tcp://HOST:PORT")
         return Address("tcp", host=host.strip("[]"), port=int(port))
     raise InvalidValueError(f"agent URL {url!r}: expected unix:///path/to.sock or tcp://HOST:PORT")

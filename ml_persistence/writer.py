@@ -235,6 +235,8 @@ class Writer:
                 await self._retrying(functools.partial(store.apply, marks=marks), [])
             except _Abandoned:
                 return False
+            except Exception as exc:  # noqa: BLE001
+                self._reject(exc, "database refused a client's sequence mark")
         return True
 
     async def _serve(self, store: Store, requests: list[Request]) -> None:
