@@ -160,8 +160,12 @@ class Agent:
     async def _drain(self) -> None:
         log.info("stopping: no new connections; committing what %d clients sent", len(self.sessions))
         self._stopping = True
-        for session in list(self.sessions):
+        sessions = list(self.sessions)
+        for session in sessions:
             session.stop_reading()
+        with anyio.move_on_after(30):
+            for session in sessions:
+                await session.reading_done.wait()
         writer = self._writer
         if writer is not None:
             await anyio.to_thread.run_sync(writer.stop, 3600.0)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ml_persistence.agent")
 _MAX_SEQ = 2**63 - 1  # stored in SQLite INTEGER columns
+DRAIN_QUIET = 0.2  # at shutdown, a connection with nothing more to read for this long is drained
 
 
 class Session:
@@ -36,11 +37,15 @@ class Session:
         self._decoder = p.FrameDecoder(p.HELLO_MAX_BYTES)
         self._pending_bodies: deque[bytes] = deque()
         self._frame_started = 0.0
+        self._draining = False
+        self._receive_scope: Optional[anyio.CancelScope] = None
+        self.reading_done = anyio.Event()
         self._tasks: Optional[anyio.abc.TaskGroup] = None
 
     async def run(self) -> None:
         """Serve the connection; log why it ended."""
         self.agent.stats.connections += 1
+        self.agent.sessions.add(self)
         try:
             await self._run()
         except Exception:  # noqa: BLE001 - one connection's failure must not stop the agent
@@ -53,12 +58,15 @@ class Session:
                 self._tasks = tasks
                 tasks.start_soon(self._send_loop)
                 reason = None
-                with self._read_scope:
-                    reason = await self._serve()
+                try:
+                    with self._read_scope:
+                        reason = await self._serve()
+                finally:
+                    self.reading_done.set()
                 if reason:
                     self.agent.stats.dropped_connections += 1
                     log.warning("closing connection from %s: %s", self.who, reason)
-                if self._read_scope.cancel_called:
+                if self._draining or self._read_scope.cancel_called:
                     with anyio.move_on_after(5):
                         await self.agent.drained.wait()
                         await self._flush_outbox()
@@ -76,8 +84,13 @@ class Session:
         return f"{self.peer} (client {state.client_id[:8]} pid {state.pid} on {state.host})"
 
     def stop_reading(self) -> None:
-        """Stop taking frames; what was received stays queued, acknowledgements still go out."""
-        self._read_scope.cancel()
+        """Take the frames already sent, until the client is quiet, then stop; acknowledgements still go out."""
+        if self.state is None:
+            self._read_scope.cancel()
+            return
+        self._draining = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()  # wake the pending receive; it resumes in draining mode
 
     def send_committed(self, seq: int) -> None:
         """Tell the client everything up to ``seq`` is committed (coalesced with earlier ones)."""
@@ -127,19 +140,31 @@ class Session:
         while True:
             if self._pending_bodies:
                 return p.decode_client_message(self._pending_bodies.popleft())
+            draining = self._draining
+            data = b""
             try:
-                if self._decoder.partial and self.state is not None:
-                    # The whole frame must arrive within frame_timeout of its first byte.
-                    left = self._frame_started + self.agent.frame_timeout - anyio.current_time()
-                    with anyio.fail_after(max(0.0, left)):
+                with anyio.CancelScope() as scope:
+                    self._receive_scope = scope
+                    if draining:
+                        scope.deadline = anyio.current_time() + DRAIN_QUIET
+                    if self._decoder.partial and self.state is not None:
+                        # The whole frame must arrive within frame_timeout of its first byte.
+                        left = self._frame_started + self.agent.frame_timeout - anyio.current_time()
+                        with anyio.fail_after(max(0.0, left)):
+                            data = await self.stream.receive(1 << 20)
+                    else:
                         data = await self.stream.receive(1 << 20)
-                else:
-                    data = await self.stream.receive(1 << 20)
-                    self._frame_started = anyio.current_time()
+                        self._frame_started = anyio.current_time()
             except anyio.EndOfStream:
                 if self._decoder.partial:
                     raise p.ProtocolError("client vanished in the middle of a frame") from None
                 return None
+            finally:
+                self._receive_scope = None
+            if scope.cancelled_caught:
+                if draining:
+                    return None  # nothing more was waiting: the drain is complete
+                continue  # the agent is stopping: read on until the client is quiet
             bodies = self._decoder.feed(data)
             if bodies:
                 self._frame_started = anyio.current_time()  # a frame completed: the next one starts now
@@ -166,7 +191,6 @@ class Session:
         state.session = self
         state.pid, state.host = hello.pid, hello.host
         self.state = state
-        self.agent.sessions.add(self)
         self._decoder.max_frame = self.agent.max_frame
         self.send(p.Welcome(p.PROTOCOL_VERSION, state.received, state.committed))
         log.info("client %s connected from %s: pid %d on %s", hello.client_id[:8], self.peer, hello.pid, hello.host)

@@ -538,10 +538,10 @@ class Sender:
         if numbered:
             self.unacked.extend(numbered)
             self._send(p.Events(numbered[0][0], [msgspec.Raw(payload) for _, payload in numbered]))
-            self.sent += len(numbered)
         if flush_at:
             self._send(p.Flush(flush_at))
         self._transmit()
+        self.sent += len(numbered)  # handed to the kernel: the agent gets them even if this process dies
         return len(items) == self.options.batch_size and len(self.buffer) > 0
 
     # -- receiving -----------------------------------------------------------------------------

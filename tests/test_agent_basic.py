@@ -46,3 +46,17 @@ def test_logging_after_shutdown_continues_the_sequence(tmp_path: Path) -> None:
         tracker.flush()
         assert [r["value"] for r in MetricsLogger(agent=agent.url).get_metric_history(exp, "x")] == [1.0, 2.0]
         tracker.end_experiment()
+
+
+def test_sigterm_does_not_wait_for_a_client_that_never_said_hello(tmp_path: Path) -> None:
+    import socket
+
+    url = short_socket(tmp_path)
+    agent = AgentProcess(str(tmp_path / "agent.db"), [url], tmp_path, extra=["--hello-timeout", "600"]).start()
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(url[len("unix://") :])
+    try:
+        assert agent.stop(timeout=60) == 0  # well before the 600 s hello timeout
+        assert silent.recv(1) == b""  # the agent closed it on the way out
+    finally:
+        silent.close()
