@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s ml-persistence-agent %(levelname)s %(message)s"
     )
     try:
-        addresses = [addr.parse(u) for u in (args.listen or ["default"])]
+        addresses = [addr.parse(u, listen=True) for u in (args.listen or ["default"])]
         token = addr.read_token(args.token_file)
         agent = Agent(
             args.db or default_db_path(),

@@ -42,8 +42,8 @@ def default_address() -> Address:
     return Address("unix", path=os.path.join(runtime_dir(), SOCKET_NAME))
 
 
-def parse(url: str) -> Address:
-    """Parse ``unix:///path``, ``tcp://host:port`` or ``default`` into an Address."""
+def parse(url: str, listen: bool = False) -> Address:
+    """Parse ``unix:///path``, ``tcp://host:port`` or ``default``; port 0 (any free port) only to ``listen``."""
     text = url.strip()
     if text in ("", "default", "1", "unix", "unix://"):
         return default_address()
@@ -52,7 +52,8 @@ def parse(url: str) -> Address:
     if text.startswith("tcp://"):
         rest = text[len("tcp://") :].rstrip("/")
         host, sep, port = rest.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        lowest = 0 if listen else 1
+        if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
             raise InvalidValueError(f"agent URL {url!r}: expected tcp://HOST:PORT")
         return Address("tcp", host=host.strip("[]"), port=int(port))
     raise InvalidValueError(f"agent URL {url!r}: expected unix:///path/to.sock or tcp://HOST:PORT")

@@ -418,3 +418,9 @@ def test_fuzz_valid_frames_between_framed_garbage_are_decoded_exactly(items: lis
     for item, message in zip(items, decoded):
         if isinstance(item, p.Message):
             assert message == item
+
+
+def test_port_zero_is_only_for_listening() -> None:
+    assert address.parse("tcp://127.0.0.1:0", listen=True).port == 0
+    with pytest.raises(InvalidValueError):
+        address.parse("tcp://127.0.0.1:0")
