@@ -249,8 +249,8 @@ class Agent:
             state = self.clients[client_id] = ClientState(client_id, received=last, committed=last)
         return state
 
-    def submit(self, state: ClientState, last_seq: int, events: list[Any]) -> None:
-        """Queue a client's events (already numbered up to ``last_seq``) for the writer."""
+    def submit(self, state: ClientState, last_seq: int, events: list[Any], seqs: list[int]) -> None:
+        """Queue a client's events, numbered ``seqs``, with ``last_seq`` its new high-water mark, for the writer."""
         n = len(events)
         self.pending += n
         state.events += n
@@ -261,7 +261,7 @@ class Agent:
         def committed() -> None:  # writer thread
             loop.call_soon_threadsafe(self._committed, state, last_seq, n)
 
-        self.buffer.append_batch(Batch(state.client_id, last_seq, events, committed))
+        self.buffer.append_batch(Batch(state.client_id, last_seq, events, committed, seqs))
 
     def _committed(self, state: ClientState, seq: int, n: int) -> None:
         self.pending -= n

@@ -228,7 +228,8 @@ class Session:
         skip = max(0, state.received + 1 - first)
         self.agent.stats.duplicates += skip
         decoded = []
-        for raw in message.events[skip:]:
+        seqs = []
+        for seq, raw in enumerate(message.events[skip:], first + skip):
             try:
                 event = ev.decode(raw)
                 ev.check(event)
@@ -237,8 +238,9 @@ class Session:
                 log.error("client %s: event refused, not stored: %s", state.client_id[:8], exc)
                 continue
             decoded.append(event)
+            seqs.append(seq)
         state.received = last
-        self.agent.submit(state, last, decoded)
+        self.agent.submit(state, last, decoded, seqs)
 
     def _call(self, state: "ClientState", message: p.Call) -> None:
         seq = message.seq

@@ -44,15 +44,21 @@ class Batch:
     then calls ``on_committed`` (from the writer thread).
     """
 
-    __slots__ = ("client_id", "last_seq", "events", "on_committed")
+    __slots__ = ("client_id", "last_seq", "events", "on_committed", "seqs")
 
     def __init__(
-        self, client_id: str, last_seq: int, events: list[Any], on_committed: Callable[[], None]
+        self,
+        client_id: str,
+        last_seq: int,
+        events: list[Any],
+        on_committed: Callable[[], None],
+        seqs: Optional[list[int]] = None,
     ) -> None:
         self.client_id = client_id
         self.last_seq = last_seq
         self.events = events
         self.on_committed = on_committed
+        self.seqs = seqs  # each event's sequence number (default: consecutive, ending at last_seq)
 
     def __len__(self) -> int:
         return len(self.events)

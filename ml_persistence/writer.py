@@ -220,9 +220,11 @@ class Writer:
             return False
         except Exception:  # noqa: BLE001 - find the event(s) the database refuses
             pass
-        for event in events:  # one bad event must not take the rest of its batch with it
+        # One bad event must not take the rest of its batch with it. An agent client's event is
+        # committed with its own sequence mark, so a crash here cannot lead to a replayed duplicate.
+        for event, mark in zip(events, _marks_per_event(work, len(events))):
             try:
-                await self._retrying(store.apply, [event])
+                await self._retrying(functools.partial(store.apply, marks=mark), [event])
                 self.written += 1
             except _Abandoned:
                 self._lose_in_flight()
@@ -342,3 +344,22 @@ class Writer:
             request.future.set_exception(error)
         for barrier in self.buffer.barriers():
             barrier.set(error)
+
+
+def _marks_per_event(work: Sequence[Any], n: int) -> list[Optional[dict[str, int]]]:
+    """Return, for each of the ``n`` events _decode got from ``work``, its {client id: seq} mark.
+
+    Embedded work (encoded bytes, some maybe undecodable) has no marks; the agent's work is all Batches.
+    """
+    if not any(type(item) is Batch for item in work):
+        return [None] * n
+    marks: list[Optional[dict[str, int]]] = []
+    for item in work:
+        if type(item) is Batch:
+            seqs = item.seqs
+            if seqs is None:
+                seqs = range(item.last_seq - len(item.events) + 1, item.last_seq + 1)
+            marks.extend({item.client_id: seq} for seq in seqs)
+        else:
+            marks.append(None)
+    return marks

@@ -60,3 +60,29 @@ def test_sigterm_does_not_wait_for_a_client_that_never_said_hello(tmp_path: Path
         assert silent.recv(1) == b""  # the agent closed it on the way out
     finally:
         silent.close()
+
+
+def test_an_event_the_database_refuses_costs_only_itself_and_the_mark_still_advances(tmp_path: Path) -> None:
+    from ml_persistence import schema
+
+    db = str(tmp_path / "agent.db")
+    conn = schema.connect(db)
+    conn.execute(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON metrics WHEN NEW.metric_name = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'poisoned metric'); END"
+    )
+    conn.close()
+    with AgentProcess(db, [short_socket(tmp_path)], tmp_path) as agent:
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("refusal")
+        for step in range(300):
+            tracker.log_metric("poison" if step == 150 else "good", float(step), step=step)
+        tracker.flush()
+        client = tracker.status()["client_id"]
+        tracker.end_experiment()
+        assert agent.stop() == 0
+        assert "database refused MetricsLogged" in agent.log()
+    steps = [s for (s,) in rows(db, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY step", (exp,))]
+    assert steps == [s for s in range(300) if s != 150]
+    (last_seq,) = rows(db, "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client,))[0]
+    assert last_seq >= 300  # every event's number, the refused one's included, is marked done
