@@ -204,18 +204,17 @@ class Session:
     def _handle(self, message: p.Message) -> None:
         state = self.state
         assert state is not None
-        kind = type(message)
-        if kind is p.Events:
-            self._events(state, message)  # type: ignore[arg-type]
-        elif kind is p.Call:
-            self._call(state, message)  # type: ignore[arg-type]
-        elif kind is p.Flush:
-            seq = message.seq  # type: ignore[attr-defined]
-            self.agent.buffer.barrier(self._flushed_callback(seq))
-        elif kind is p.Read:
-            self._read(message)  # type: ignore[arg-type]
-        else:
-            raise p.ProtocolError(f"unexpected {kind.__name__} after the handshake")
+        match message:
+            case p.Events():
+                self._events(state, message)
+            case p.Call():
+                self._call(state, message)
+            case p.Flush(seq=seq):
+                self.agent.buffer.barrier(self._flushed_callback(seq))
+            case p.Read():
+                self._read(message)
+            case _:
+                raise p.ProtocolError(f"unexpected {type(message).__name__} after the handshake")
 
     def _events(self, state: "ClientState", message: p.Events) -> None:
         first = message.first_seq

@@ -560,25 +560,25 @@ class Sender:
                 self._handle(p.decode_agent_message(body))
 
     def _handle(self, message: p.Message) -> None:
-        kind = type(message)
-        if kind is p.Committed or kind is p.Flushed:
-            self._acknowledge(message.seq)  # type: ignore[attr-defined]
-        elif kind is p.Answer:
-            entry = self.calls.pop(message.seq, None)  # type: ignore[attr-defined]
-            if entry is not None and not entry[1].done():
-                if message.error is not None:  # type: ignore[attr-defined]
-                    entry[1].set_exception(WriterError(message.error))  # type: ignore[attr-defined]
-                else:
-                    entry[1].set_result(message.row_id)  # type: ignore[attr-defined]
-        elif kind is p.ReadAnswer:
-            entry = self.reads.pop(message.read_id, None)  # type: ignore[attr-defined]
-            if entry is not None and not entry[2].done():
-                if message.error is not None:  # type: ignore[attr-defined]
-                    entry[2].set_exception(AgentError(message.error))  # type: ignore[attr-defined]
-                else:
-                    entry[2].set_result(p.decode_value(message.result))  # type: ignore[attr-defined]
-        else:
-            raise p.ProtocolError(f"unexpected {kind.__name__} from the agent")
+        match message:
+            case p.Committed(seq=seq) | p.Flushed(seq=seq):
+                self._acknowledge(seq)
+            case p.Answer(seq=seq, row_id=row_id, error=error):
+                entry = self.calls.pop(seq, None)
+                if entry is not None and not entry[1].done():
+                    if error is not None:
+                        entry[1].set_exception(WriterError(error))
+                    else:
+                        entry[1].set_result(row_id)
+            case p.ReadAnswer(read_id=read_id, result=result, error=error):
+                read = self.reads.pop(read_id, None)
+                if read is not None and not read[2].done():
+                    if error is not None:
+                        read[2].set_exception(AgentError(error))
+                    else:
+                        read[2].set_result(p.decode_value(result))
+            case _:
+                raise p.ProtocolError(f"unexpected {type(message).__name__} from the agent")
 
     def _acknowledge(self, seq: int) -> None:
         if seq <= self.committed:
