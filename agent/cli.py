@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -63,6 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (MLPersistenceError, OSError) as exc:
         print(f"ml-persistence-agent: {exc}", file=sys.stderr)
         return 2
+    # Up to a million queued events are live container objects; the default collector thresholds
+    # would spend about a quarter of the agent's CPU re-scanning them (bench_agent.py).
+    gc.set_threshold(100_000, 50, 100)
     try:
         anyio.run(_serve, agent, backend="asyncio")
     except (MLPersistenceError, OSError) as exc:

@@ -74,6 +74,7 @@ class Welcome(Message):
     version: int
     received_seq: int  # the client may resume sending after this one
     committed_seq: int  # everything up to here is in the database
+    max_frame: int = DEFAULT_MAX_FRAME  # the largest frame the agent accepts from this client
 
 
 class Refused(Message):

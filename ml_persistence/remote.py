@@ -24,7 +24,15 @@ from . import protocol as p
 from . import queries
 from .address import Address
 from .buffer import Barrier, EventBuffer
-from .errors import AgentError, AgentRefusedError, ClosedError, EventsDroppedError, FlushTimeoutError, WriterError
+from .errors import (
+    AgentError,
+    AgentRefusedError,
+    ClosedError,
+    EventsDroppedError,
+    FlushTimeoutError,
+    InvalidValueError,
+    WriterError,
+)
 from .spool import Spool
 from .writer import WriterOptions
 
@@ -34,6 +42,9 @@ log = logging.getLogger("ml_persistence.agent_client")
 CONNECT_TIMEOUT = 5.0
 SEND_STALL = 30.0  # a connection that takes no bytes and sends none for this long is dead
 WINDOW = 65536  # events sent and not yet acknowledged, at most
+FRAME_BYTES = 8 << 20  # events per Events frame stop here (the agent accepts 64 MiB by default)
+MAX_EVENT_BYTES = 32 << 20  # a larger single event is refused at the call
+RETIRED_COUNTERS = ("sent", "written", "replayed", "reconnects", "rejected", "lost")
 
 
 class AgentBackend:
@@ -54,6 +65,7 @@ class AgentBackend:
         self.refused: Optional[AgentRefusedError] = None  # once refused, every call raises this
         self.client_id = uuid.uuid4().hex
         self.next_seq = 1  # sequence numbers continue across senders: the agent keys on (client_id, seq)
+        self._retired = dict.fromkeys(RETIRED_COUNTERS, 0)  # counters of senders that have stopped
         self._lock = threading.RLock()
         self._held_for_fork: Optional[threading.Lock] = None
         self._reported = 0
@@ -80,11 +92,17 @@ class AgentBackend:
         """Queue an encoded event; never blocks (user thread)."""
         if self.closed or self.refused is not None:
             self._check_usable()
+        if len(payload) > MAX_EVENT_BYTES:
+            raise InvalidValueError(
+                f"event of {len(payload) >> 20} MiB is larger than the agent accepts ({MAX_EVENT_BYTES >> 20} MiB)"
+            )
         self.buffer.append(payload)
 
     def request(self, payload: bytes, timeout: Optional[float] = None) -> Any:
         """Send an id-returning event and wait for the agent's answer."""
         self._check_usable()
+        if len(payload) > MAX_EVENT_BYTES:
+            raise InvalidValueError(f"event of {len(payload) >> 20} MiB is larger than the agent accepts")
         future = self.buffer.request(payload)
         return self._wait(future, timeout, "an answer")
 
@@ -116,9 +134,16 @@ class AgentBackend:
             sender = self._sender
             if sender is not None:
                 sender.stop(timeout if timeout is not None else 3600.0)
-                self._sender = None
+                self._retire(sender)
                 self.buffer.idle = True
         self._raise_losses()
+
+    def _retire(self, sender: "Sender") -> None:
+        """Keep a stopped sender's counters, and forget it."""
+        if self._sender is sender:
+            self._sender = None
+        for key in self._retired:
+            self._retired[key] += getattr(sender, key)
 
     @property
     def writer_alive(self) -> bool:
@@ -140,6 +165,8 @@ class AgentBackend:
                 return
             if self.closed or self.refused is not None:
                 return
+            if sender is not None:
+                self._retire(sender)
             from . import lifecycle
 
             lifecycle.install()
@@ -162,7 +189,7 @@ class AgentBackend:
         sender._deadline = time.monotonic() + timeout
         self._sender = sender
         sender._run()
-        self._sender = None
+        self._retire(sender)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -183,6 +210,10 @@ class AgentBackend:
     def status(self) -> dict[str, Any]:
         """Return counters: queued, spooled, spilled, sent, written, replayed, reconnects, dropped, lost."""
         sender = self._sender
+        counts = dict(self._retired)
+        if sender is not None:
+            for key in counts:
+                counts[key] += getattr(sender, key)
         return {
             "mode": "agent",
             "path": self.path,
@@ -191,23 +222,21 @@ class AgentBackend:
             "queued": len(self.buffer) + (sender.unacked_count if sender else 0),
             "spooled": len(self.buffer.spool),
             "spilled": self.buffer.spilled,
-            "sent": sender.sent if sender else 0,
-            "written": sender.committed_count if sender else 0,
-            "replayed": sender.replayed if sender else 0,
-            "reconnects": sender.reconnects if sender else 0,
             "dropped": self.buffer.dropped,
-            "rejected": 0,
-            "lost": sender.lost if sender else 0,
+            **counts,
             "failure": repr(self.refused) if self.refused else None,
         }
 
     def _raise_losses(self) -> None:
         s = self.status()
-        losses = s["dropped"] + s["lost"]
+        losses = s["dropped"] + s["lost"] + s["rejected"]
         if losses <= self._reported:
             return
         self._reported = losses
-        message = f"{s['dropped']} events dropped (spool full), {s['lost']} not committed by the agent at a close deadline"
+        message = (
+            f"{s['dropped']} events dropped (spool full), {s['rejected']} too large for the agent, "
+            f"{s['lost']} not committed by the agent at a close deadline"
+        )
         raise (EventsDroppedError if s["dropped"] else WriterError)(message)
 
     def _check_usable(self) -> None:
@@ -250,7 +279,7 @@ class Sender:
         self._new_reads: deque[int] = deque()
         self._next_read = 1
         self.sent = 0
-        self.committed_count = 0
+        self.written = 0
         self.replayed = 0
         self.reconnects = 0
         self.lost = 0
@@ -261,6 +290,8 @@ class Sender:
         self._wake_w.setblocking(False)
         self._decoder = p.FrameDecoder(max_frame=1 << 31)
         self._out: list[bytes] = []
+        self.frame_bytes = FRAME_BYTES
+        self.rejected = 0  # events too large for the agent's frames
         self._thread = threading.Thread(target=self._run, name="ml-persistence-sender", daemon=True)
 
     @property
@@ -305,13 +336,20 @@ class Sender:
         try:
             while not self._finished():
                 if self.sock is None:
-                    if self._connect():
-                        delay = 0.05
-                    elif self.refused is not None:
+                    welcome = self._connect()
+                    if self.refused is not None:
                         return
-                    else:
-                        self._wait(delay)
-                        delay = min(delay * 2, self.options.max_backoff)
+                    try:
+                        if welcome is not None:
+                            self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
+                            self._acknowledge(welcome.committed_seq)
+                            self._replay(welcome.received_seq)
+                            delay = 0.05
+                            continue
+                    except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
+                        self._disconnect(f"connection lost during replay: {exc}")
+                    self._wait(delay)
+                    delay = min(delay * 2, self.options.max_backoff)
                     continue
                 try:
                     busy = self._pump()
@@ -389,7 +427,8 @@ class Sender:
 
     # -- connecting ----------------------------------------------------------------------------
 
-    def _connect(self) -> bool:
+    def _connect(self) -> Optional[p.Welcome]:
+        """Connect and shake hands; return the agent's Welcome, or None (refused, unreachable)."""
         address = self.backend.address
         try:
             if address.kind == "unix":
@@ -401,7 +440,7 @@ class Sender:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             log.debug("cannot reach the agent at %s: %s", address, exc)
-            return False
+            return None
         try:
             hello = p.Hello(p.PROTOCOL_VERSION, self.backend.client_id, os.getpid(), socket.gethostname(), self.backend.token)
             sock.sendall(p.frame(hello))
@@ -409,23 +448,21 @@ class Sender:
         except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
             sock.close()
             log.debug("handshake with the agent at %s failed: %s", address, exc)
-            return False
+            return None
         if type(reply) is p.Refused:
             sock.close()
             self.refused = AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}")
             self.backend.refused = self.refused
             log.error("ml_persistence: %s", self.refused)
             self._fail_all(self.refused)
-            return False
+            return None
         if type(reply) is not p.Welcome:
             sock.close()
-            return False
+            return None
         sock.setblocking(False)
         self.sock = sock
         self.connected = True
-        self._acknowledge(reply.committed_seq)
-        self._replay(reply.received_seq)
-        return True
+        return reply
 
     def _first_reply(self, sock: socket.socket) -> p.Message:
         decoder = p.FrameDecoder(max_frame=p.HELLO_MAX_BYTES)
@@ -498,13 +535,20 @@ class Sender:
                 raise TimeoutError("close deadline passed while sending")
 
     def _send_events(self, numbered: list[tuple[int, bytes]]) -> None:
-        """Send numbered events as Events frames of consecutive sequence numbers."""
+        """Queue numbered events as Events frames of consecutive sequence numbers, each under FRAME_BYTES."""
         start = 0
-        for i in range(1, len(numbered) + 1):
-            if i == len(numbered) or numbered[i][0] != numbered[i - 1][0] + 1:
-                run = numbered[start:i]
+        size = 0
+        for i in range(len(numbered) + 1):
+            if i < len(numbered):
+                seq, payload = numbered[i]
+                if i == start or (seq == numbered[i - 1][0] + 1 and size + len(payload) <= self.frame_bytes):
+                    size += len(payload)
+                    continue
+            run = numbered[start:i]
+            if run:
                 self._send(p.Events(run[0][0], [msgspec.Raw(payload) for _, payload in run]))
-                start = i
+            start = i
+            size = len(numbered[i][1]) if i < len(numbered) else 0
 
     def _pump(self) -> bool:
         """Send new calls, reads and up to one batch of events; return True if more are waiting."""
@@ -526,6 +570,10 @@ class Sender:
         flush_at = 0
         for item in items:
             if type(item) is bytes:
+                if len(item) > self.frame_bytes:
+                    self.rejected += 1
+                    log.error("ml_persistence: an event of %d bytes exceeds the agent's frame limit; not sent", len(item))
+                    continue
                 numbered.append((self.next_seq, item))
                 self.next_seq += 1
             else:
@@ -537,7 +585,7 @@ class Sender:
                     flush_at = last
         if numbered:
             self.unacked.extend(numbered)
-            self._send(p.Events(numbered[0][0], [msgspec.Raw(payload) for _, payload in numbered]))
+            self._send_events(numbered)
         if flush_at:
             self._send(p.Flush(flush_at))
         self._transmit()
@@ -587,7 +635,7 @@ class Sender:
         unacked = self.unacked
         while unacked and unacked[0][0] <= seq:
             unacked.popleft()
-            self.committed_count += 1
+            self.written += 1
         barriers = self.barriers
         while barriers and barriers[0][0] <= seq:
             barriers.popleft()[1].set()

@@ -48,10 +48,17 @@ def local_text(ts: float) -> str:
 
 def split_of(name: str) -> Optional[str]:
     """Infer a metric's split from a train_/val_/test_ name prefix."""
-    for prefix, split in _SPLIT_PREFIXES:
-        if name.startswith(prefix):
-            return split
-    return None
+    try:
+        return _split_cache[name]
+    except KeyError:
+        pass
+    found = next((split for prefix, split in _SPLIT_PREFIXES if name.startswith(prefix)), None)
+    if len(_split_cache) < 4096:  # metric names are few; a run inventing names must not grow this
+        _split_cache[name] = found
+    return found
+
+
+_split_cache: dict[str, Optional[str]] = {}
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -86,3 +86,19 @@ def test_an_event_the_database_refuses_costs_only_itself_and_the_mark_still_adva
     assert steps == [s for s in range(300) if s != 150]
     (last_seq,) = rows(db, "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client,))[0]
     assert last_seq >= 300  # every event's number, the refused one's included, is marked done
+
+
+def test_large_events_are_split_across_frames_under_the_agents_limit(tmp_path: Path) -> None:
+    db = str(tmp_path / "agent.db")
+    # The agent accepts frames of at most 4 MiB here; 300 events of ~100 KB are ~30 MB in all.
+    with AgentProcess(db, [short_socket(tmp_path)], tmp_path, extra=["--max-frame-mb", "4"]) as agent:
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("big")
+        blob = {"curve": list(range(12_000))}
+        for step in range(300):
+            tracker.log_metric("equity", 1.0, step=step, value_json=blob)
+        tracker.flush()
+        assert tracker.status()["reconnects"] == 0
+        tracker.end_experiment()
+        assert agent.stop() == 0
+    assert rows(db, "SELECT COUNT(*), COUNT(DISTINCT step) FROM metrics WHERE experiment_id = ?", (exp,)) == [(300, 300)]
