@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import signal
+import sqlite3
 import sys
 from typing import Optional, Sequence
 
@@ -67,12 +68,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Up to a million queued events are live container objects; the default collector thresholds
     # would spend about a quarter of the agent's CPU re-scanning them (bench_agent.py).
     gc.set_threshold(100_000, 50, 100)
+    _raise_open_file_limit()
     try:
         anyio.run(_serve, agent, backend="asyncio")
-    except (MLPersistenceError, OSError) as exc:
+    except (MLPersistenceError, OSError, sqlite3.Error) as exc:
         print(f"ml-persistence-agent: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _raise_open_file_limit() -> None:
+    """Allow as many connections as the hard limit does (the soft default is often 1024)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 async def _serve(agent: Agent) -> None:

@@ -24,6 +24,7 @@ from ml_persistence.writer import Writer, WriterOptions
 from .session import Session
 
 log = logging.getLogger("ml_persistence.agent")
+ACCEPT_BACKOFF = 0.5
 
 
 class AgentBuffer(EventBuffer):
@@ -71,6 +72,7 @@ class ClientState:
     host: str = ""
     session: Optional[Session] = None
     events: int = 0
+    rejected: int = 0  # events refused, at receipt or by the database
 
 
 @dataclass
@@ -209,10 +211,23 @@ class Agent:
                     pass
 
     async def _accept(self, listener: anyio.abc.Listener, sessions: anyio.abc.TaskGroup) -> None:
-        async def handle(stream: anyio.abc.ByteStream) -> None:
+        parts = getattr(listener, "listeners", None)  # a MultiListener (TCP on several families)
+        if parts is not None:
+            async with anyio.create_task_group() as tasks:
+                for part in parts:
+                    tasks.start_soon(self._accept, part, sessions)
+            return
+        while True:
+            try:
+                stream = await listener.accept()  # type: ignore[attr-defined]
+            except anyio.ClosedResourceError:
+                return
+            except (OSError, anyio.BrokenResourceError) as exc:
+                # Out of file descriptors, say: keep serving the connections we have.
+                log.error("cannot accept a connection (%s); retrying in %.1f s", exc.__cause__ or exc, ACCEPT_BACKOFF)
+                await anyio.sleep(ACCEPT_BACKOFF)
+                continue
             sessions.start_soon(Session(self, stream).run)
-
-        await listener.serve(handle)
 
     # -- the writer ----------------------------------------------------------------------------
 
@@ -237,17 +252,22 @@ class Agent:
 
     # -- called by sessions (event loop thread) ------------------------------------------------
 
-    def client(self, client_id: str) -> ClientState:
+    async def client(self, client_id: str) -> ClientState:
         """Return the state of ``client_id``, loading its committed high-water mark on first sight."""
         state = self.clients.get(client_id)
         if state is None:
-            with self._reader_lock:
-                row = self._reader.execute(  # type: ignore[union-attr]
-                    "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client_id,)
-                ).fetchone()
-            last = row[0] if row is not None else 0
-            state = self.clients[client_id] = ClientState(client_id, received=last, committed=last)
+            row = await anyio.to_thread.run_sync(self._last_seq, client_id)
+            state = self.clients.get(client_id)  # another connection of this client may have won
+            if state is None:
+                last = row[0] if row is not None else 0
+                state = self.clients[client_id] = ClientState(client_id, received=last, committed=last)
         return state
+
+    def _last_seq(self, client_id: str) -> Any:
+        with self._reader_lock:
+            return self._reader.execute(  # type: ignore[union-attr]
+                "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client_id,)
+            ).fetchone()
 
     def submit(self, state: ClientState, last_seq: int, events: list[Any], seqs: list[int]) -> None:
         """Queue a client's events, numbered ``seqs``, with ``last_seq`` its new high-water mark, for the writer."""
@@ -259,12 +279,15 @@ class Agent:
         assert loop is not None
 
         def committed() -> None:  # writer thread
-            loop.call_soon_threadsafe(self._committed, state, last_seq, n)
+            loop.call_soon_threadsafe(self._committed, state, last_seq, n, batch.rejected)
 
-        self.buffer.append_batch(Batch(state.client_id, last_seq, events, committed, seqs))
+        batch = Batch(state.client_id, last_seq, events, committed, seqs)
+        self.buffer.append_batch(batch)
 
-    def _committed(self, state: ClientState, seq: int, n: int) -> None:
+    def _committed(self, state: ClientState, seq: int, n: int, rejected: int) -> None:
         self.pending -= n
+        state.rejected += rejected
+        self.stats.rejected += rejected
         if self.pending < self.max_pending:
             self._space.set()
         if seq > state.committed:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ml_persistence.agent")
 _MAX_SEQ = 2**63 - 1  # stored in SQLite INTEGER columns
 DRAIN_QUIET = 0.2  # at shutdown, a connection with nothing more to read for this long is drained
+DRAIN_MAX = 2.0  # ... and a client that keeps sending is read this long at most (it replays the rest)
 
 
 class Session:
@@ -38,6 +39,7 @@ class Session:
         self._pending_bodies: deque[bytes] = deque()
         self._frame_started = 0.0
         self._draining = False
+        self._drain_until = 0.0
         self._receive_scope: Optional[anyio.CancelScope] = None
         self.reading_done = anyio.Event()
         self._tasks: Optional[anyio.abc.TaskGroup] = None
@@ -89,6 +91,7 @@ class Session:
             self._read_scope.cancel()
             return
         self._draining = True
+        self._drain_until = anyio.current_time() + DRAIN_MAX
         if self._receive_scope is not None:
             self._receive_scope.cancel()  # wake the pending receive; it resumes in draining mode
 
@@ -97,6 +100,10 @@ class Session:
         if seq > self._committed_seq:
             self._committed_seq = seq
             self._outbox_ready.set()
+
+    @property
+    def _rejected(self) -> int:
+        return self.state.rejected if self.state is not None else 0
 
     def send(self, message: p.Message) -> None:
         self._outbox.append(message)
@@ -120,7 +127,7 @@ class Session:
                 self.send(p.Refused(refusal))
                 await self._flush_outbox()
                 return None
-            self._attach(hello)
+            await self._attach(hello)
             while True:
                 message = await self._next_message()
                 if message is None:
@@ -128,6 +135,9 @@ class Session:
                 self._handle(message)
                 if self.agent.pending >= self.agent.max_pending:
                     await self.agent.wait_for_space()
+        except _Stale:
+            log.info("closing a stale connection from %s: its client reconnected", self.peer)
+            return None
         except TimeoutError:
             return "no complete frame in time" if self.state else "no Hello in time"
         except (p.ProtocolError, ValueError) as exc:  # msgspec's DecodeError is a ValueError
@@ -146,7 +156,7 @@ class Session:
                 with anyio.CancelScope() as scope:
                     self._receive_scope = scope
                     if draining:
-                        scope.deadline = anyio.current_time() + DRAIN_QUIET
+                        scope.deadline = min(anyio.current_time() + DRAIN_QUIET, self._drain_until)
                     if self._decoder.partial and self.state is not None:
                         # The whole frame must arrive within frame_timeout of its first byte.
                         left = self._frame_started + self.agent.frame_timeout - anyio.current_time()
@@ -183,8 +193,8 @@ class Session:
             return "invalid client id"
         return None
 
-    def _attach(self, hello: p.Hello) -> None:
-        state = self.agent.client(hello.client_id)
+    async def _attach(self, hello: p.Hello) -> None:
+        state = await self.agent.client(hello.client_id)
         previous = state.session
         if previous is not None and previous is not self:
             previous.state = None  # the client reconnected; the old connection is dead to it
@@ -192,7 +202,7 @@ class Session:
         state.pid, state.host = hello.pid, hello.host
         self.state = state
         self._decoder.max_frame = self.agent.max_frame
-        self.send(p.Welcome(p.PROTOCOL_VERSION, state.received, state.committed, self.agent.max_frame))
+        self.send(p.Welcome(p.PROTOCOL_VERSION, state.received, state.committed, self.agent.max_frame, state.rejected))
         log.info("client %s connected from %s: pid %d on %s", hello.client_id[:8], self.peer, hello.pid, hello.host)
 
     def _detach(self) -> None:
@@ -203,7 +213,8 @@ class Session:
 
     def _handle(self, message: p.Message) -> None:
         state = self.state
-        assert state is not None
+        if state is None:  # the client reconnected on another connection; this one is stale
+            raise _Stale
         match message:
             case p.Events():
                 self._events(state, message)
@@ -234,6 +245,7 @@ class Session:
                 ev.check(event)
             except (msgspec.DecodeError, ValueError) as exc:
                 self.agent.stats.rejected += 1
+                state.rejected += 1
                 log.error("client %s: event refused, not stored: %s", state.client_id[:8], exc)
                 continue
             decoded.append(event)
@@ -245,7 +257,6 @@ class Session:
         seq = message.seq
         if not 1 <= seq <= _MAX_SEQ:
             raise p.ProtocolError(f"sequence numbers run from 1 to 2**63 - 1, got {seq}")
-        state.received = max(state.received, seq)
         try:
             event = ev.decode(message.event)
             ev.check(event)
@@ -274,7 +285,7 @@ class Session:
     def _flushed(self, state: "ClientState", seq: int) -> None:
         session = state.session
         if session is not None:
-            session.send(p.Flushed(seq))
+            session.send(p.Flushed(seq, state.rejected))
 
     def _read(self, message: p.Read) -> None:
         async def answer() -> None:
@@ -302,13 +313,17 @@ class Session:
 
     async def _flush_outbox(self) -> None:
         chunks = []
-        if self._committed_seq:
-            chunks.append(p.frame(p.Committed(self._committed_seq)))
-            self._committed_seq = 0
-        while self._outbox:
+        while self._outbox:  # the Welcome, when there is one, goes first
             chunks.append(p.frame(self._outbox.popleft()))
+        if self._committed_seq:
+            chunks.append(p.frame(p.Committed(self._committed_seq, self._rejected)))
+            self._committed_seq = 0
         if chunks:
             await self.stream.send(b"".join(chunks))
+
+
+class _Stale(Exception):
+    """The connection's client has reconnected on another connection."""
 
 
 def _peer(stream: anyio.abc.ByteStream) -> str:

@@ -44,7 +44,7 @@ class Batch:
     then calls ``on_committed`` (from the writer thread).
     """
 
-    __slots__ = ("client_id", "last_seq", "events", "on_committed", "seqs")
+    __slots__ = ("client_id", "last_seq", "events", "on_committed", "seqs", "rejected")
 
     def __init__(
         self,
@@ -59,6 +59,7 @@ class Batch:
         self.events = events
         self.on_committed = on_committed
         self.seqs = seqs  # each event's sequence number (default: consecutive, ending at last_seq)
+        self.rejected = 0  # events of this batch the database refused
 
     def __len__(self) -> int:
         return len(self.events)

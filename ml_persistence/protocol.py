@@ -75,6 +75,7 @@ class Welcome(Message):
     received_seq: int  # the client may resume sending after this one
     committed_seq: int  # everything up to here is in the database
     max_frame: int = DEFAULT_MAX_FRAME  # the largest frame the agent accepts from this client
+    rejected: int = 0  # this client's events refused so far (malformed, or refused by the database)
 
 
 class Refused(Message):
@@ -83,10 +84,12 @@ class Refused(Message):
 
 class Committed(Message):
     seq: int
+    rejected: int = 0  # as in Welcome: a growing count, so the client can raise the difference
 
 
 class Flushed(Message):
     seq: int
+    rejected: int = 0
 
 
 class Answer(Message):

@@ -222,7 +222,7 @@ class Writer:
             pass
         # One bad event must not take the rest of its batch with it. An agent client's event is
         # committed with its own sequence mark, so a crash here cannot lead to a replayed duplicate.
-        for event, mark in zip(events, _marks_per_event(work, len(events))):
+        for event, (mark, batch) in zip(events, _marks_per_event(work, len(events))):
             try:
                 await self._retrying(functools.partial(store.apply, marks=mark), [event])
                 self.written += 1
@@ -231,6 +231,8 @@ class Writer:
                 return False
             except Exception as exc:  # noqa: BLE001
                 self._reject(exc, f"database refused {type(event).__name__}")
+                if batch is not None:
+                    batch.rejected += 1
             self.in_flight -= 1
         if marks:
             try:
@@ -346,20 +348,20 @@ class Writer:
             barrier.set(error)
 
 
-def _marks_per_event(work: Sequence[Any], n: int) -> list[Optional[dict[str, int]]]:
-    """Return, for each of the ``n`` events _decode got from ``work``, its {client id: seq} mark.
+def _marks_per_event(work: Sequence[Any], n: int) -> list[tuple[Optional[dict[str, int]], Optional[Batch]]]:
+    """Return, for each of the ``n`` events _decode got from ``work``, its {client id: seq} mark and Batch.
 
-    Embedded work (encoded bytes, some maybe undecodable) has no marks; the agent's work is all Batches.
+    Embedded work (encoded bytes, some maybe undecodable) has neither; the agent's work is all Batches.
     """
     if not any(type(item) is Batch for item in work):
-        return [None] * n
-    marks: list[Optional[dict[str, int]]] = []
+        return [(None, None)] * n
+    marks: list[tuple[Optional[dict[str, int]], Optional[Batch]]] = []
     for item in work:
         if type(item) is Batch:
             seqs = item.seqs
             if seqs is None:
                 seqs = range(item.last_seq - len(item.events) + 1, item.last_seq + 1)
-            marks.extend({item.client_id: seq} for seq in seqs)
+            marks.extend(({item.client_id: seq}, item) for seq in seqs)
         else:
-            marks.append(None)
+            marks.append((None, None))
     return marks
