@@ -147,7 +147,16 @@ class EventBuffer:
         out: list[Item] = [popleft() for _ in range(n)]
         if n < limit and self.spilling:
             with self._spool_lock:
-                for kind, data in self.spool.get(limit - n):
+                try:
+                    records = self.spool.get(limit - n)
+                except (OSError, struct.error) as exc:  # an unreadable spool: count its events lost
+                    records = []
+                    self.dropped += self.spool.discard()
+                    for barrier in self._spooled_barriers.values():
+                        out.append(barrier)
+                    self._spooled_barriers.clear()
+                    self._warn(f"ml_persistence: spool file unreadable ({exc}); its events are lost")
+                for kind, data in records:
                     if kind == EVENT:
                         out.append(data)
                     else:

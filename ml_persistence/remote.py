@@ -11,6 +11,8 @@ import logging
 import os
 import select
 import socket
+import itertools
+import stat
 import threading
 import time
 import uuid
@@ -22,7 +24,7 @@ import msgspec
 
 from . import protocol as p
 from . import queries
-from .address import Address
+from .address import Address, default_address
 from .buffer import Barrier, EventBuffer
 from .errors import (
     AgentError,
@@ -61,6 +63,10 @@ class AgentBackend:
 
     def _reset(self) -> None:
         """Start with a new client id, no sender and an empty queue (also a forked child's first step)."""
+        inherited = getattr(self, "_sender", None)
+        if inherited is not None:  # a forked child: close our copies of the parent's descriptors
+            inherited.close_descriptors()
+            self.buffer.spool.close()
         self.running: dict[int, int] = {}
         self.refused: Optional[AgentRefusedError] = None  # once refused, every call raises this
         self.client_id = uuid.uuid4().hex
@@ -234,7 +240,7 @@ class AgentBackend:
             return
         self._reported = losses
         message = (
-            f"{s['dropped']} events dropped (spool full), {s['rejected']} too large for the agent, "
+            f"{s['dropped']} events dropped (spool full), {s['rejected']} refused (malformed, too large, or refused by the database), "
             f"{s['lost']} not committed by the agent at a close deadline"
         )
         raise (EventsDroppedError if s["dropped"] else WriterError)(message)
@@ -276,8 +282,10 @@ class Sender:
         self.calls: dict[int, tuple[bytes, Future]] = {}  # id-returning events not yet answered
         self.barriers: deque[tuple[int, Barrier]] = deque()
         self.reads: dict[int, tuple[str, list[Any], Future]] = {}
-        self._new_reads: deque[int] = deque()
-        self._next_read = 1
+        self._new_reads: deque[tuple[int, str, list[Any], Future]] = deque()
+        self._read_ids = itertools.count(1)
+        self._early: list[bytes] = []
+        self._rejected_seen = 0
         self.sent = 0
         self.written = 0
         self.replayed = 0
@@ -313,14 +321,17 @@ class Sender:
             pass  # a wake-up is already pending, or the sender is gone
 
     def read(self, name: str, args: list[Any]) -> Future:
-        """Queue a read query; its future resolves with the decoded result."""
+        """Queue a read query (any thread); its future resolves with the decoded result."""
         future: Future = Future()
-        read_id = self._next_read
-        self._next_read += 1
-        self.reads[read_id] = (name, args, future)
-        self._new_reads.append(read_id)
+        self._new_reads.append((next(self._read_ids), name, args, future))
         self.wake()
         return future
+
+    def close_descriptors(self) -> None:
+        """Close this process's copies of the sender's sockets (in a forked child; the thread is not ours)."""
+        for sock in (self.sock, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
 
     def stop(self, timeout: float) -> None:
         """Deliver everything queued, within ``timeout``; count the rest as lost."""
@@ -328,6 +339,10 @@ class Sender:
         self._stopping = True
         self.wake()
         self._thread.join(timeout + 1.0)
+        if self._thread.is_alive():  # stuck in a system call: count what it still held
+            stuck = len(self.unacked) + len(self.buffer)
+            self.lost += stuck
+            log.error("ml_persistence: %d events not committed by the agent at %s (sender stuck)", stuck, self.backend.path)
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -342,7 +357,11 @@ class Sender:
                     try:
                         if welcome is not None:
                             self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
+                            self._rejected_seen = welcome.rejected
                             self._acknowledge(welcome.committed_seq)
+                            for body in self._early:  # acknowledgements that came with the Welcome
+                                self._handle(p.decode_agent_message(body))
+                            self._early = []
                             self._replay(welcome.received_seq)
                             delay = 0.05
                             continue
@@ -402,6 +421,8 @@ class Sender:
         self.barriers.clear()
         for barrier in self.buffer.barriers():
             barrier.set(error)
+        while self._new_reads:
+            self.reads[self._new_reads[0][0]] = self._new_reads.popleft()[1:]
         for _, _, future in list(self.reads.values()):
             if not future.done():
                 future.set_exception(error)
@@ -430,14 +451,24 @@ class Sender:
     def _connect(self) -> Optional[p.Welcome]:
         """Connect and shake hands; return the agent's Welcome, or None (refused, unreachable)."""
         address = self.backend.address
+        timeout = CONNECT_TIMEOUT
+        if self._deadline is not None:
+            timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
         try:
             if address.kind == "unix":
+                _check_private(address)
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(CONNECT_TIMEOUT)
+                sock.settimeout(timeout)
                 sock.connect(address.path)
             else:
-                sock = socket.create_connection((address.host, address.port), CONNECT_TIMEOUT)
+                sock = socket.create_connection((address.host, address.port), timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except PermissionError as exc:
+            self.refused = AgentRefusedError(str(exc))
+            self.backend.refused = self.refused
+            log.error("ml_persistence: %s", exc)
+            self._fail_all(self.refused)
+            return None
         except OSError as exc:
             log.debug("cannot reach the agent at %s: %s", address, exc)
             return None
@@ -465,16 +496,16 @@ class Sender:
         return reply
 
     def _first_reply(self, sock: socket.socket) -> p.Message:
-        decoder = p.FrameDecoder(max_frame=p.HELLO_MAX_BYTES)
+        """Return the agent's first message; frames that followed it wait in self._early."""
+        decoder = p.FrameDecoder(max_frame=1 << 31)
         while True:
             data = sock.recv(65536)
             if not data:
                 raise ConnectionResetError("the agent closed the connection during the handshake")
             bodies = decoder.feed(data)
             if bodies:
-                self._decoder = p.FrameDecoder(max_frame=1 << 31)
-                if len(bodies) > 1 or decoder.partial:
-                    raise p.ProtocolError("the agent sent more than a greeting")
+                self._decoder = decoder
+                self._early = bodies[1:]
                 return p.decode_agent_message(bodies[0])
 
     def _disconnect(self, reason: str) -> None:
@@ -490,6 +521,11 @@ class Sender:
         """Resend what the agent may not have: unanswered calls, events after ``received_seq``, reads."""
         for seq, (payload, _) in sorted(self.calls.items()):
             self._send(p.Call(seq, msgspec.Raw(payload)))
+        if any(len(payload) > self.frame_bytes for _, payload in self.unacked):
+            kept = deque((seq, payload) for seq, payload in self.unacked if len(payload) <= self.frame_bytes)
+            self.rejected += len(self.unacked) - len(kept)
+            log.error("ml_persistence: %d events exceed the agent's frame limit; not sent", len(self.unacked) - len(kept))
+            self.unacked = kept
         again = [(seq, payload) for seq, payload in self.unacked if seq > received_seq]
         if again:
             self.replayed += len(again)
@@ -498,7 +534,6 @@ class Sender:
             self._send(p.Flush(self.barriers[-1][0]))
         for read_id, (name, args, _) in list(self.reads.items()):
             self._send(p.Read(read_id, name, args))
-        self._new_reads.clear()
         self._transmit()
 
     # -- sending -------------------------------------------------------------------------------
@@ -558,10 +593,9 @@ class Sender:
             self.calls[seq] = (request.payload, request.future)
             self._send(p.Call(seq, msgspec.Raw(request.payload)))
         while self._new_reads:
-            read_id = self._new_reads.popleft()
-            if read_id in self.reads:
-                name, args, _ = self.reads[read_id]
-                self._send(p.Read(read_id, name, args))
+            read_id, name, args, future = self._new_reads.popleft()
+            self.reads[read_id] = (name, args, future)
+            self._send(p.Read(read_id, name, args))
         room = WINDOW - len(self.unacked)
         if room <= 0:
             return False
@@ -609,7 +643,10 @@ class Sender:
 
     def _handle(self, message: p.Message) -> None:
         match message:
-            case p.Committed(seq=seq) | p.Flushed(seq=seq):
+            case p.Committed(seq=seq, rejected=rejected) | p.Flushed(seq=seq, rejected=rejected):
+                if rejected > self._rejected_seen:
+                    self.rejected += rejected - self._rejected_seen
+                    self._rejected_seen = rejected
                 self._acknowledge(seq)
             case p.Answer(seq=seq, row_id=row_id, error=error):
                 entry = self.calls.pop(seq, None)
@@ -639,3 +676,16 @@ class Sender:
         barriers = self.barriers
         while barriers and barriers[0][0] <= seq:
             barriers.popleft()[1].set()
+
+
+def _check_private(address: Address) -> None:
+    """Refuse the default socket when its directory is not this user's own (someone could listen there)."""
+    if address != default_address():
+        return
+    directory = os.path.dirname(address.path)
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return  # no agent yet; connect() fails and is retried
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{directory} is not a private directory of this user: not connecting to its socket")

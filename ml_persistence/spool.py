@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import tempfile
@@ -48,18 +49,26 @@ class Spool:
         """Append one record; raise OSError (SpoolFullError at the size limit) if it cannot be kept."""
         if self.size + len(payload) + _HEADER.size > self.max_bytes:
             raise SpoolFullError(f"spool reached its limit of {self.max_bytes} bytes")
+        record = _HEADER.size + len(payload)
         self._pending += _HEADER.pack(kind, len(payload))
         self._pending += payload
+        if len(self._pending) >= _WRITE_CHUNK:
+            try:
+                self._write_pending()
+            except OSError:
+                del self._pending[-record:]  # this record is refused; the earlier ones wait for the next write
+                raise
         self._records += 1
         self.total += 1
-        if len(self._pending) >= _WRITE_CHUNK:
-            self._write_pending()
 
     def get(self, limit: int) -> list[tuple[int, bytes]]:
         """Remove and return up to ``limit`` records, oldest first."""
         out: list[tuple[int, bytes]] = []
         if self._written > self._read_at:
-            self._write_pending()  # keep the file the single source of order
+            try:
+                self._write_pending()  # keep the file the single source of order
+            except OSError:
+                pass  # a full disk: read the file, then the pending records from memory
             while len(out) < limit and self._read_at < self._written:
                 want = min(_READ_CHUNK, self._written - self._read_at)
                 chunk = os.pread(self._fd, want, self._read_at)  # type: ignore[arg-type]
@@ -70,13 +79,24 @@ class Spool:
                     out.append((kind, whole[_HEADER.size :]))
                     used = len(whole)
                 self._read_at += used
-        elif self._pending:
+        if len(out) < limit and self._read_at >= self._written and self._pending:
             used = _parse(self._pending, out, limit)
             del self._pending[:used]
         self._records -= len(out)
         if self._records == 0:
             self._reset()
         return out
+
+    def discard(self) -> int:
+        """Forget every record (after the file failed us); return how many there were."""
+        lost = self._records
+        self._records = 0
+        self._pending.clear()
+        try:
+            self._reset()
+        except OSError:
+            self._read_at = self._written = 0
+        return lost
 
     def close(self) -> None:
         """Release the file."""
@@ -91,15 +111,39 @@ class Spool:
             handle = tempfile.TemporaryFile(prefix="ml_persistence-spool-", dir=self.directory)
             self._fd = os.dup(handle.fileno())
             handle.close()
-        os.pwrite(self._fd, self._pending, self._written)
-        self._written += len(self._pending)
-        self._pending.clear()
+        view = memoryview(self._pending)
+        start = self._written
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, self._written)
+                if n == 0:
+                    raise OSError(errno.ENOSPC, "spool file takes no more bytes")
+                self._written += n
+                view = view[n:]
+        finally:
+            view.release()
+            # Keep whole records only: a record cut by a short write stays pending, to be rewritten.
+            done = _whole_records(self._pending, self._written - start)
+            self._written = start + done
+            del self._pending[:done]
 
     def _reset(self) -> None:
         self._pending.clear()
         if self._written:
             os.ftruncate(self._fd, 0)  # type: ignore[arg-type]
         self._read_at = self._written = 0
+
+
+def _whole_records(data: bytearray, limit: int) -> int:
+    """Return the length of the longest run of whole records at the start of ``data`` within ``limit`` bytes."""
+    pos = 0
+    while pos + _HEADER.size <= limit:
+        _, length = _HEADER.unpack_from(data, pos)
+        end = pos + _HEADER.size + length
+        if end > limit:
+            break
+        pos = end
+    return pos
 
 
 def _parse(data: bytes | bytearray, out: list[tuple[int, bytes]], limit: int) -> int:

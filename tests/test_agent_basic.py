@@ -8,7 +8,9 @@ from pathlib import Path
 from agent_process import AgentProcess, short_socket
 from conftest import rows
 
-from ml_persistence import ExperimentTracker, MetricsLogger, ModelRegistry
+import pytest
+
+from ml_persistence import ExperimentTracker, MetricsLogger, ModelRegistry, WriterError
 
 
 def test_events_reads_and_ids_go_through_the_agent(tmp_path: Path) -> None:
@@ -77,7 +79,10 @@ def test_an_event_the_database_refuses_costs_only_itself_and_the_mark_still_adva
         exp = tracker.start_experiment("refusal")
         for step in range(300):
             tracker.log_metric("poison" if step == 150 else "good", float(step), step=step)
+        with pytest.raises(WriterError, match="1 refused"):  # as in embedded mode, raised once
+            tracker.flush()
         tracker.flush()
+        assert tracker.status()["rejected"] == 1
         client = tracker.status()["client_id"]
         tracker.end_experiment()
         assert agent.stop() == 0

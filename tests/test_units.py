@@ -162,3 +162,34 @@ def test_imports_flow_one_way() -> None:
     assert not graph["spool"] & set(graph), "spool.py is stdlib only"
     for low in ("store", "writer", "backend", "buffer"):
         assert not graph[low] & {"tracker", "registry", "datasets", "metrics", "aio", "cli"}, low
+
+
+def test_a_full_disk_drops_and_counts_only_the_events_it_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from ml_persistence import spool as spool_module
+
+    real_pwrite = os.pwrite
+    budget = {"bytes": 600_000}  # the "disk" takes this much, then is full
+
+    def small_disk(fd: int, data: bytes, offset: int) -> int:
+        room = budget["bytes"]
+        if room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real_pwrite(fd, bytes(data)[:room], offset)  # a short write at the edge
+        budget["bytes"] -= n
+        return n
+
+    monkeypatch.setattr(spool_module.os, "pwrite", small_disk)
+    buffer = EventBuffer(max_events=10, wake_threshold=10, kick=lambda: None)
+    payloads = [i.to_bytes(4, "big") * 250 for i in range(3000)]  # 1000 bytes each
+    with pytest.warns(RuntimeWarning):
+        for payload in payloads:
+            buffer.append(payload)
+    delivered = []
+    while len(buffer):
+        delivered.extend(buffer.take(500))
+    assert buffer.dropped > 0
+    assert len(delivered) + buffer.dropped == len(payloads)
+    assert delivered == [p for p in payloads if p in set(delivered)]  # in order, no duplicates
