@@ -107,3 +107,33 @@ def test_large_events_are_split_across_frames_under_the_agents_limit(tmp_path: P
         tracker.end_experiment()
         assert agent.stop() == 0
     assert rows(db, "SELECT COUNT(*), COUNT(DISTINCT step) FROM metrics WHERE experiment_id = ?", (exp,)) == [(300, 300)]
+
+
+def test_a_replayed_call_does_not_hide_the_events_sent_before_it(tmp_path: Path) -> None:
+    import signal
+    import threading
+
+    db = str(tmp_path / "agent.db")
+    agent = AgentProcess(db, [short_socket(tmp_path)], tmp_path).start()
+    try:
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("replay-order")
+        tracker.flush()
+        agent.proc.send_signal(signal.SIGSTOP)  # received nothing more, committed nothing more
+        for step in range(100):
+            tracker.log_metric("m", float(step), step=step)
+        artifact = tmp_path / "a.txt"
+        artifact.write_text("x")
+        ids = []
+        waiter = threading.Thread(target=lambda: ids.append(tracker.log_artifact(str(artifact))))
+        waiter.start()  # an id-returning call numbered after the 100 events, unanswered
+        agent.kill()
+        agent.start()  # same database and socket: the client reconnects and replays
+        waiter.join(60)
+        tracker.flush()
+        assert ids and ids[0] is not None
+        tracker.end_experiment()
+    finally:
+        agent.stop()
+    assert rows(db, "SELECT COUNT(DISTINCT step), COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(100, 100)]
+    assert rows(db, "SELECT COUNT(*) FROM artifacts") == [(1,)]
