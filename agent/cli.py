@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--frame-timeout", type=float, default=30.0, help="seconds a client has to finish a frame it started"
     )
+    ap.add_argument("--max-connections", type=int, default=1024, help="connections served at once; more are closed")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
 
@@ -61,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_frame=args.max_frame_mb << 20,
             hello_timeout=args.hello_timeout,
             frame_timeout=args.frame_timeout,
+            max_connections=args.max_connections,
         )
     except (MLPersistenceError, OSError) as exc:
         print(f"ml-persistence-agent: {exc}", file=sys.stderr)

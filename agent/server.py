@@ -101,6 +101,7 @@ class Agent:
         hello_timeout: float = 10.0,
         frame_timeout: float = 30.0,
         max_pending: int = 1_000_000,
+        max_connections: int = 1024,
     ) -> None:
         for address in addresses:
             if address.kind == "tcp" and not p.is_loopback(address.host) and token is None:
@@ -115,6 +116,7 @@ class Agent:
         self.hello_timeout = hello_timeout
         self.frame_timeout = frame_timeout
         self.max_pending = max_pending
+        self.max_connections = max_connections
         self.clients: dict[str, ClientState] = {}
         self.sessions: set[Session] = set()
         self.stats = AgentStats()
@@ -227,7 +229,13 @@ class Agent:
                 log.error("cannot accept a connection (%s); retrying in %.1f s", exc.__cause__ or exc, ACCEPT_BACKOFF)
                 await anyio.sleep(ACCEPT_BACKOFF)
                 continue
-            sessions.start_soon(Session(self, stream).run)
+            if len(self.sessions) >= self.max_connections:
+                log.warning("refusing a connection: already %d open (--max-connections)", len(self.sessions))
+                await stream.aclose()
+                continue
+            session = Session(self, stream)
+            self.sessions.add(session)  # counted now, before its task runs
+            sessions.start_soon(session.run)
 
     # -- the writer ----------------------------------------------------------------------------
 

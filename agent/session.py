@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ml_persistence.agent")
 _MAX_SEQ = 2**63 - 1  # stored in SQLite INTEGER columns
 DRAIN_QUIET = 0.2  # at shutdown, a connection with nothing more to read for this long is drained
+MAX_READS_IN_FLIGHT = 64  # a client's reads waiting for an answer; more is abuse
 DRAIN_MAX = 2.0  # ... and a client that keeps sending is read this long at most (it replays the rest)
 
 
@@ -39,6 +40,7 @@ class Session:
         self._pending_bodies: deque[bytes] = deque()
         self._frame_started = 0.0
         self._draining = False
+        self._reads_in_flight = 0
         self._drain_until = 0.0
         self._receive_scope: Optional[anyio.CancelScope] = None
         self.reading_done = anyio.Event()
@@ -47,7 +49,6 @@ class Session:
     async def run(self) -> None:
         """Serve the connection; log why it ended."""
         self.agent.stats.connections += 1
-        self.agent.sessions.add(self)
         try:
             await self._run()
         except Exception:  # noqa: BLE001 - one connection's failure must not stop the agent
@@ -288,6 +289,10 @@ class Session:
             session.send(p.Flushed(seq, state.rejected))
 
     def _read(self, message: p.Read) -> None:
+        if self._reads_in_flight >= MAX_READS_IN_FLIGHT:
+            raise p.ProtocolError(f"more than {MAX_READS_IN_FLIGHT} reads in flight")
+        self._reads_in_flight += 1
+
         async def answer() -> None:
             try:
                 result = await self.agent.read(message.query, message.args)
@@ -295,6 +300,8 @@ class Session:
                 self.send(p.ReadAnswer(message.read_id, error=f"{type(exc).__name__}: {exc}"))
             else:
                 self.send(p.ReadAnswer(message.read_id, msgspec.Raw(result)))
+            finally:
+                self._reads_in_flight -= 1
 
         assert self._tasks is not None
         self._tasks.start_soon(answer)

@@ -137,3 +137,21 @@ def test_a_replayed_call_does_not_hide_the_events_sent_before_it(tmp_path: Path)
         agent.stop()
     assert rows(db, "SELECT COUNT(DISTINCT step), COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(100, 100)]
     assert rows(db, "SELECT COUNT(*) FROM artifacts") == [(1,)]
+
+
+def test_connections_past_the_limit_are_closed_and_logged(tmp_path: Path) -> None:
+    import socket
+
+    url = short_socket(tmp_path)
+    extra = ["--max-connections", "2", "--hello-timeout", "600"]
+    with AgentProcess(str(tmp_path / "agent.db"), [url], tmp_path, extra=extra) as agent:
+        held = []
+        for _ in range(3):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(url[len("unix://") :])
+            held.append(conn)
+        assert held[2].recv(1) == b""  # the third is closed at once; the first two wait for their Hello
+        assert "already 2 open" in agent.log()
+        for conn in held:
+            conn.close()
+        assert agent.stop() == 0
