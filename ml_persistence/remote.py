@@ -299,7 +299,7 @@ class Sender:
         self._decoder = p.FrameDecoder(max_frame=1 << 31)
         self._out: list[bytes] = []
         self.frame_bytes = FRAME_BYTES
-        self.rejected = 0  # events too large for the agent's frames
+        self.rejected = 0  # events not stored: too large to send, or refused by the agent
         self._thread = threading.Thread(target=self._run, name="ml-persistence-sender", daemon=True)
 
     @property
@@ -354,21 +354,11 @@ class Sender:
                     welcome = self._connect()
                     if self.refused is not None:
                         return
-                    try:
-                        if welcome is not None:
-                            self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
-                            self._rejected_seen = welcome.rejected
-                            self._acknowledge(welcome.committed_seq)
-                            for body in self._early:  # acknowledgements that came with the Welcome
-                                self._handle(p.decode_agent_message(body))
-                            self._early = []
-                            self._replay(welcome.received_seq)
-                            delay = 0.05
-                            continue
-                    except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
-                        self._disconnect(f"connection lost during replay: {exc}")
-                    self._wait(delay)
-                    delay = min(delay * 2, self.options.max_backoff)
+                    if welcome is not None and self._resume(welcome):
+                        delay = 0.05
+                    else:
+                        self._wait(delay)
+                        delay = min(delay * 2, self.options.max_backoff)
                     continue
                 try:
                     busy = self._pump()
@@ -381,6 +371,21 @@ class Sender:
             raise
         finally:
             self._finish()
+
+    def _resume(self, welcome: p.Welcome) -> bool:
+        """Take in the agent's Welcome and replay what it lacks; False if the connection dropped meanwhile."""
+        self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
+        self._rejected_seen = welcome.rejected
+        try:
+            self._acknowledge(welcome.committed_seq)
+            for body in self._early:  # acknowledgements that came with the Welcome
+                self._handle(p.decode_agent_message(body))
+            self._early = []
+            self._replay(welcome.received_seq)
+        except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
+            self._disconnect(f"connection lost during replay: {exc}")
+            return False
+        return True
 
     def _finished(self) -> bool:
         if not self._stopping:
