@@ -59,24 +59,23 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import ml_persistence  # noqa: E402
-from bench_core import CpuWatch, calibrate, fmt_int, gil_holding_step_factory, percentile  # noqa: E402
+import bench_core  # noqa: E402
+from bench_core import (  # noqa: E402
+    CpuWatch,
+    calibrate,
+    fmt_int,
+    gil_holding_step_factory,
+    header,
+    percentile,
+    say,
+    summary_table,
+    write_figures,
+)
 
 NOISY_CPUS = 0.15
 READY_TIMEOUT = 60.0
 CHILD_TIMEOUT = 900.0
 METRICS = {"train_loss": 0.25, "train_acc": 0.75, "lr": 3e-4, "grad_norm": 1.5}
-
-_human = sys.stdout
-
-
-def say(*args: Any) -> None:
-    print(*args, file=_human, flush=True)
-
-
-def header(title: str) -> None:
-    say()
-    say(f"== {title} " + "=" * max(0, 78 - len(title)))
-
 
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ML_PERSISTENCE_AGENT", "ML_PERSISTENCE_TOKEN")}
@@ -786,7 +785,6 @@ SCENARIOS = ("ingest", "latency", "slowdown", "sigkill")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    global _human
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small smoke run")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
@@ -830,7 +828,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             p.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
 
     if a.json == "-":
-        _human = sys.stderr
+        bench_core._human = sys.stderr  # the report's say() is bench_core's
     tmp = a.tmpdir or tempfile.mkdtemp(prefix="mlp-bench-agent-", dir="/tmp")  # short: AF_UNIX paths
     os.makedirs(tmp, exist_ok=True)
     started = time.perf_counter()
@@ -895,29 +893,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows.append(("events dropped or lost (all scenarios)", str(losses), "0", losses == 0))
 
     header("Summary")
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    w2 = max(len(r[2]) for r in rows)
-    say(f"  {'figure':<{w0}}  {'value':>{w1}}  {'target':<{w2}}  result")
-    say(f"  {'-' * w0}  {'-' * w1}  {'-' * w2}  ------")
-    for name, value, target, ok in rows:
-        verdict = "-" if ok is None else ("PASS" if ok else "MISS")
-        say(f"  {name:<{w0}}  {value:>{w1}}  {target:<{w2}}  {verdict}")
-    elapsed = time.perf_counter() - started
-    say(f"\n  total time {elapsed:.1f} s")
-    figures["summary"] = [
-        {"figure": n, "value": v, "target": t, "result": None if ok is None else ("PASS" if ok else "MISS")}
-        for n, v, t, ok in rows
-    ]
-    figures["elapsed_s"] = elapsed
-    if a.json:
-        text = json.dumps(figures, indent=2)
-        if a.json == "-":
-            print(text)
-        else:
-            with open(a.json, "w") as f:
-                f.write(text + "\n")
-    return 0
+    summary_table(rows)
+    return write_figures(figures, rows, started, a.json)
 
 
 if __name__ == "__main__":

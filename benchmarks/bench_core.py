@@ -826,6 +826,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows.append(("events dropped (all scenarios)", str(dropped), "0", dropped == 0))
 
     header("Summary")
+    summary_table(rows)
+    noisy = [
+        (k, v["background_cpus"]) for k, v in figures.items()
+        if isinstance(v, dict) and (v.get("background_cpus") or 0) > NOISY_CPUS
+    ]
+    if noisy:
+        say("  note: other processes were busy during " + ", ".join(f"{k} ({c:.2f} CPU)" for k, c in noisy)
+            + "; rerun on a quiet machine before trusting those figures")
+    return write_figures(figures, rows, started, a.json)
+
+
+def summary_table(rows: list) -> None:
+    """Print (figure, value, target, ok) rows as an aligned table; ok None means no target."""
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
@@ -834,13 +847,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, value, target, ok in rows:
         verdict = "-" if ok is None else ("PASS" if ok else "MISS")
         say(f"  {name:<{w0}}  {value:>{w1}}  {target:<{w2}}  {verdict}")
-    noisy = [
-        (k, v["background_cpus"]) for k, v in figures.items()
-        if isinstance(v, dict) and (v.get("background_cpus") or 0) > NOISY_CPUS
-    ]
-    if noisy:
-        say("  note: other processes were busy during " + ", ".join(f"{k} ({c:.2f} CPU)" for k, c in noisy)
-            + "; rerun on a quiet machine before trusting those figures")
+
+
+def write_figures(figures: dict, rows: list, started: float, json_arg: Optional[str]) -> int:
+    """Print the total time; add the summary to ``figures`` and write them as JSON if asked ('-': stdout)."""
     elapsed = time.perf_counter() - started
     say(f"\n  total time {elapsed:.1f} s")
     figures["summary"] = [
@@ -848,12 +858,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         for n, v, t, ok in rows
     ]
     figures["elapsed_s"] = elapsed
-    if a.json:
+    if json_arg:
         text = json.dumps(figures, indent=2)
-        if a.json == "-":
+        if json_arg == "-":
             print(text)
         else:
-            with open(a.json, "w") as f:
+            with open(json_arg, "w") as f:
                 f.write(text + "\n")
     return 0
 
