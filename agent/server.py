@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import anyio
@@ -85,7 +85,6 @@ class AgentStats:
     rejected: int = 0
     reads: int = 0
     calls: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class Agent:
@@ -174,7 +173,8 @@ class Agent:
         if writer is not None:
             await anyio.to_thread.run_sync(writer.stop, 3600.0)
             log.info(
-                "committed %d events in all (%d rejected, %d lost)", writer.written, writer.rejected, writer.lost
+                "committed %d events in all (%d rejected, %d lost); %s",
+                writer.written, writer.rejected, writer.lost, self.stats,
             )
         await anyio.sleep(0)  # let the writer's last acknowledgements reach the sessions
         self.drained.set()
@@ -253,10 +253,6 @@ class Agent:
             writer = self._writer
         if writer is not None:
             writer.wake()
-
-    @property
-    def writer_failure(self) -> Optional[BaseException]:
-        return self._writer.failure if self._writer is not None else None
 
     # -- called by sessions (event loop thread) ------------------------------------------------
 

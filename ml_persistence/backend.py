@@ -10,7 +10,6 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import schema
 from .buffer import EventBuffer
-from .spool import Spool
 from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, InvalidValueError, WriterError
 from .store import end_experiments_now
 from .writer import Writer, WriterOptions
@@ -93,11 +92,6 @@ def configure(
     return backend.options
 
 
-def spool_for(options: WriterOptions) -> Spool:
-    """Return an empty spool configured by ``options``."""
-    return Spool(options.spool_dir, options.max_spool_mb << 20)
-
-
 def all_backends() -> list["Backend"]:
     """Return every live backend of this process."""
     return list(_backends.values())
@@ -163,7 +157,7 @@ class Backend:
         self._retired = {"written": 0, "rejected": 0, "lost": 0}
         self._held_for_fork: Optional[threading.Lock] = None
         self.buffer = EventBuffer(
-            self.options.max_queue, self.options.wake_threshold, self._kick, spool_for(self.options)
+            self.options.max_queue, self.options.wake_threshold, self._kick, self.options.new_spool()
         )
 
     def __repr__(self) -> str:

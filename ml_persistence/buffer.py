@@ -29,9 +29,6 @@ class Barrier:
         if self.on_set is not None:
             self.on_set(self)
 
-    def is_set(self) -> bool:
-        return self._done.is_set()
-
     def wait(self, timeout: float | None) -> bool:
         """Wait until set; return False on timeout."""
         return self._done.wait(timeout)

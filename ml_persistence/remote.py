@@ -35,7 +35,6 @@ from .errors import (
     InvalidValueError,
     WriterError,
 )
-from .spool import Spool
 from .writer import WriterOptions
 
 T = TypeVar("T")
@@ -79,7 +78,7 @@ class AgentBackend:
             self.options.max_queue,
             self.options.wake_threshold,
             self._kick,
-            Spool(self.options.spool_dir, self.options.max_spool_mb << 20),
+            self.options.new_spool(),
         )
         self._sender: Optional[Sender] = None
 
@@ -225,7 +224,7 @@ class AgentBackend:
             "path": self.path,
             "client_id": self.client_id,
             "connected": bool(sender and sender.connected),
-            "queued": len(self.buffer) + (sender.unacked_count if sender else 0),
+            "queued": len(self.buffer) + (len(sender.unacked) if sender else 0),
             "spooled": len(self.buffer.spool),
             "spilled": self.buffer.spilled,
             "dropped": self.buffer.dropped,
@@ -305,10 +304,6 @@ class Sender:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-    @property
-    def unacked_count(self) -> int:
-        return len(self.unacked)
 
     def start(self) -> None:
         self._thread.start()

@@ -17,6 +17,7 @@ import msgspec
 
 from . import events as ev
 from .buffer import Barrier, Batch, EventBuffer, Request
+from .spool import Spool
 from .errors import WriterError
 from .store import Store, is_busy
 
@@ -38,6 +39,10 @@ class WriterOptions:
     max_backoff: float = 1.0
     spool_dir: Optional[str] = None  # where spilled events go (default: the system temp dir)
     max_spool_mb: int = 4096  # past this, events are dropped (and counted)
+
+    def new_spool(self) -> Spool:
+        """Return an empty spool with these settings."""
+        return Spool(self.spool_dir, self.max_spool_mb << 20)
 
     @property
     def wake_threshold(self) -> int:
