@@ -6,7 +6,7 @@ import sqlite3
 
 from .errors import MLPersistenceError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The tables as the seed's original implementation wrote them (user_version 0), constraints included.
 # Local-time text timestamps, as the original wrote them with datetime.now().
@@ -214,7 +214,27 @@ def _migrate_to_2(conn: sqlite3.Connection) -> list[str]:
     return ["created tables agent_clients, agent_requests"]
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
+# What `migrate-legacy` imported from older `experiments.db` files, so a second run imports nothing twice:
+# one row per legacy experiment (keyed by its id, name and start time in that file), with the
+# highest legacy episode and regime row ids already carried over.
+LEGACY_TABLES_V3 = """
+CREATE TABLE IF NOT EXISTS legacy_imports (
+    legacy_key TEXT PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    source_path TEXT,
+    last_episode_id INTEGER NOT NULL DEFAULT 0,
+    last_regime_id INTEGER NOT NULL DEFAULT 0,
+    imported_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)
+"""
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> list[str]:
+    conn.execute(LEGACY_TABLES_V3)
+    return ["created table legacy_imports"]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
