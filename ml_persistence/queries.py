@@ -170,6 +170,33 @@ def list_models(
     return _all(conn, sql, [*params, _limit(limit)])
 
 
+RANKABLE = ("val_metric", "test_metric", "train_metric")
+
+
+def rank_models(
+    conn: sqlite3.Connection,
+    experiment_ids: Sequence[int] = (),
+    by: str = "val_metric",
+    marked_only: bool = False,
+    limit: Optional[int] = None,
+) -> list[dict[str, Any]]:
+    """Return models best first by ``by`` (highest first, unscored last), with their experiment's name."""
+    if by not in RANKABLE:
+        raise ValueError(f"by must be one of {', '.join(RANKABLE)}; got {by!r}")
+    where, params = [], []
+    if experiment_ids:
+        where.append("m.experiment_id IN (SELECT value FROM json_each(?))")
+        params.append(msgspec.json.encode(list(experiment_ids)).decode())
+    if marked_only:
+        where.append("m.is_best = 1")
+    sql = (
+        "SELECT m.*, e.name AS experiment_name FROM models m JOIN experiments e ON e.id = m.experiment_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY m.{by} IS NULL, m.{by} DESC, m.id DESC LIMIT ?"
+    )
+    return _all(conn, sql, [*params, _limit(limit)])
+
+
 # -- datasets -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,101 @@
+"""The `ml-persistence` command line: look at, compare, export and maintain the experiment database.
+
+Exit status: 0 on success, 1 when something asked for does not exist (or a check fails), 2 on usage
+errors. Expected errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from typing import Optional, Sequence
+
+from ..backend import default_db_path
+from ..errors import MLPersistenceError
+from . import browse, follow, maintain, programs, transfer
+from .database import CLIError
+
+EXAMPLES = """\
+examples:
+  ml-persistence demo                      # a synthetic training run into ml_experiments.db
+  ml-persistence ls --status running       # what is training now (crashed runs show as crashed)
+  ml-persistence show 3                    # everything about experiment 3
+  ml-persistence compare 3 4 --metric val_sharpe
+  ml-persistence best --limit 5
+  ml-persistence tail 3                    # follow experiment 3's metrics live
+  ml-persistence export --what metrics --experiment 3 --out metrics.csv
+  ml-persistence backup backups/
+
+every command takes --db PATH (default: $ML_PERSISTENCE_DB, else ./ml_experiments.db)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH",
+                        help="database file (default: $ML_PERSISTENCE_DB, else ml_experiments.db)")
+    parser = argparse.ArgumentParser(
+        prog="ml-persistence", description="Look at, compare, export and maintain ml_persistence experiments.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", default=None, metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (programs, browse, follow, transfer, maintain):
+        module.register(sub, common)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _run_agent(argv: Sequence[str]) -> int:
+    # The agent imports ml_persistence, never the reverse: run it as its own program in this process.
+    os.execv(sys.executable, [sys.executable, "-m", "agent", *argv])
+    return 1  # not reached
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `ml-persistence` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:
+        return _run_agent(argv[1:])
+    args = _parser().parse_args(argv)
+    args.db = args.db or default_db_path()
+    try:
+        return args.run(args)
+    except CLIError as exc:
+        print(f"ml-persistence: {exc}", file=sys.stderr)
+        return exc.code
+    except (MLPersistenceError, sqlite3.Error, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _quiet_broken_pipe()
+        print(f"ml-persistence: error: {_describe(exc, args.db)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+def _describe(exc: BaseException, db: str) -> str:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return f"{db} is locked by another writer ({exc}); try again"
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        return f"{db} is not an SQLite database"
+    return str(exc) or type(exc).__name__
+
+
+def _quiet_broken_pipe() -> int:
+    # The reader went away (`... | head`): stop quietly, and keep Python from complaining at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

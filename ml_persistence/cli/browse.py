@@ -1,0 +1,314 @@
+"""Reading commands: ls, show, compare, best, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sqlite3
+import sys
+from typing import Any, Iterator
+
+from .. import queries
+from ..liveness import with_liveness
+from . import output as out
+from .database import CLIError, USAGE, experiment, open_read
+
+LIVE_STATUSES = ("running", "crashed", "stale")
+
+
+def _filtered_experiments(conn: sqlite3.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
+    # Effective statuses (crashed, stale) are derived from stored 'running' rows, so filter after.
+    stored = None if args.status in LIVE_STATUSES else args.status
+    found = queries.list_experiments(
+        conn, args.type, stored, args.tag, None if args.status else args.limit, args.name
+    )
+    found = [with_liveness(conn, e) for e in found]
+    if args.status:
+        found = [e for e in found if e["status"] == args.status]
+    return found if args.limit is None else found[: args.limit]
+
+
+def ls(args: argparse.Namespace) -> int:
+    """List experiments, newest first."""
+    if args.limit is not None and args.limit < 0:
+        raise CLIError("--limit must be >= 0", USAGE)
+    with open_read(args.db) as conn:
+        found = _filtered_experiments(conn, args)
+    if args.json:
+        out.print_json(found)
+        return 0
+    if not found:
+        print("no experiments" + (" match" if any((args.type, args.status, args.tag, args.name)) else ""))
+        return 0
+    headers = ["ID", "NAME", "TYPE", "STATUS", "START", "DURATION", "CKPTS", "BEST VAL", "TAGS"]
+    rows = [
+        [str(e["id"]), out.text(e["name"]), out.text(e["experiment_type"]), out.text(e["status"]),
+         out.moment(e["start_time"]), out.duration(out.run_duration(e)), str(e["num_checkpoints"]),
+         out.number(e["best_val_metric"]), out.text(e["tags"])]
+        for e in found
+    ]
+    print(out.table(headers, rows, right=(0, 5, 6, 7), flexible=(1, 8)))
+    return 0
+
+
+def _show_text(exp: dict[str, Any]) -> list[str]:
+    lines = [f"Experiment {exp['id']}: {out.text(exp['name'])}"]
+    status = exp["status"] + (f" (recorded as {exp['stored_status']})" if exp["status"] != exp["stored_status"] else "")
+    facts = [
+        ("type", exp.get("experiment_type")), ("status", status), ("description", exp.get("description")),
+        ("tags", exp.get("tags") or None), ("started", exp.get("start_time")), ("ended", exp.get("end_time")),
+        ("duration", out.duration(out.run_duration(exp))), ("checkpoints", exp.get("num_checkpoints")),
+        ("best val metric", exp.get("best_val_metric")), ("best test metric", exp.get("best_test_metric")),
+    ]
+    lines += [f"  {k:<17}{out.text(v)}" for k, v in facts if v is not None]
+    lines.append(out.section("Reproducibility"))
+    diff = exp.get("git_diff")
+    dirty = exp.get("git_dirty")
+    repro = [
+        ("git commit", exp.get("git_commit")), ("git branch", exp.get("git_branch")),
+        ("git dirty", None if dirty is None else ("yes" if dirty else "no")
+         + (f" ({len(diff.splitlines())}-line diff stored; see --json)" if diff else "")),
+        ("python", exp.get("python_version")), ("platform", exp.get("platform")),
+        ("host", exp.get("hostname")), ("pid", exp.get("pid")), ("random seed", exp.get("random_seed")),
+        ("command", exp.get("command")),
+        ("packages", f"{len(exp['packages'])} recorded" if isinstance(exp.get("packages"), dict) else None),
+    ]
+    lines += [f"  {k:<17}{out.text(v)}" for k, v in repro if v is not None] or ["  (nothing recorded)"]
+    return lines
+
+
+def _indented(block: str) -> str:
+    return "\n".join("  " + line for line in block.splitlines())
+
+
+def _tables(exp: dict[str, Any]) -> list[str]:
+    lines = [out.section("Hyperparameters")]
+    hp = exp["hyperparameters"]
+    lines.append(_indented(out.table(["NAME", "VALUE"], [[k, out.text(v)] for k, v in sorted(hp.items())], flexible=(1,)))
+                 if hp else "  (none)")
+    lines.append(out.section("Datasets"))
+    ds = exp["datasets"]
+    lines.append(_indented(out.table(
+        ["ID", "USAGE", "NAME", "VERSION", "SPLIT", "SAMPLES", "FROM", "TO"],
+        [[str(d["id"]), out.text(d["usage_type"]), out.text(d["name"]), out.text(d["version"]),
+          out.text(d["split_type"]), out.text(d["num_samples"]), out.text(d["start_date"]), out.text(d["end_date"])]
+         for d in ds], right=(0, 5), flexible=(2, 3))) if ds else "  (none)")
+    lines.append(out.section("Metrics"))
+    ms = exp["metrics"]
+    lines.append(_indented(out.table(
+        ["NAME", "COUNT", "FIRST", "LAST", "MIN", "MAX"],
+        [[n, str(s["count"]), out.number(s["first"]), out.number(s["last"]), out.number(s["min"]), out.number(s["max"])]
+         for n, s in ms.items()], right=(1, 2, 3, 4, 5), flexible=(0,))) if ms else "  (none)")
+    lines.append(out.section("Models (* = best)"))
+    models = exp["models"]
+    lines.append(_indented(out.table(
+        ["ID", "BEST", "EPISODE", "STEP", "TRAIN", "VAL", "TEST", "CHECKPOINT"],
+        [[str(m["id"]), "*" if m["id"] == exp["best_model_id"] else "", out.text(m["episode_num"]), out.text(m["global_step"]),
+          out.number(m["train_metric"]), out.number(m["val_metric"]), out.number(m["test_metric"]),
+          out.text(m["checkpoint_path"])] for m in models], right=(0, 2, 3, 4, 5, 6), flexible=(7,)))
+        if models else "  (none)")
+    lines.append(out.section("Artifacts"))
+    arts = exp["artifacts"]
+    lines.append(_indented(out.table(
+        ["ID", "TYPE", "NAME", "PATH", "MB"],
+        [[str(a["id"]), out.text(a["artifact_type"]), out.text(a["artifact_name"]), out.text(a["artifact_path"]),
+          out.number(a["file_size_mb"])] for a in arts], right=(0, 4), flexible=(2, 3))) if arts else "  (none)")
+    lines.append(out.section("Notes"))
+    lines.append("  " + (exp.get("notes") or "(none)"))
+    if exp.get("metadata"):
+        lines.append(out.section("Metadata"))
+        lines.append("  " + out.text(exp["metadata"]))
+    return lines
+
+
+def show(args: argparse.Namespace) -> int:
+    """Print everything about one experiment."""
+    with open_read(args.db) as conn:
+        exp = experiment(conn, args.id)
+        exp["datasets"] = queries.experiment_datasets(conn, args.id)
+        exp["metrics"] = queries.metrics_summary(conn, args.id, args.split)
+        exp["models"] = queries.list_models(conn, args.id, order_by="id", ascending=True)
+        exp["artifacts"] = queries.list_artifacts(conn, args.id)
+        best_model = queries.get_best_model(conn, args.id)
+    exp["best_model_id"] = None if best_model is None else best_model["id"]
+    if args.json:
+        out.print_json(exp)
+        return 0
+    print("\n".join(_show_text(exp) + _tables(exp)))
+    return 0
+
+
+def _same(values: list[Any]) -> bool:
+    first = values[0]
+    return all(type(v) is type(first) and (v == first or (v != v and first != first)) for v in values[1:])
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Show hyperparameters and metric summaries of several experiments side by side."""
+    ids = list(dict.fromkeys(args.ids))
+    if len(ids) < 2:
+        raise CLIError("compare needs at least two different experiment ids", USAGE)
+    missing = object()
+    with open_read(args.db) as conn:
+        exps = [experiment(conn, i) for i in ids]
+        names = args.metric or sorted({n for i in ids for n in queries.metric_names(conn, i)})
+        stats = {n: queries.compare_metrics(conn, ids, n, args.split) for n in names}
+    params = sorted({k for e in exps for k in e["hyperparameters"]})
+    grid = {name: [e["hyperparameters"].get(name, missing) for e in exps] for name in params}
+    hp_rows = [
+        {"param_name": name, "differs": not _same(values),
+         "values": {str(i): (None if v is missing else v) for i, v in zip(ids, values)}}
+        for name, values in grid.items()
+    ]
+    metric_rows = [
+        {"metric_name": n, "experiment_id": i, **stats[n][i]} for n in names for i in ids
+    ]
+    if args.json:
+        for e in exps:
+            e.pop("git_diff", None)
+        out.print_json({"experiments": exps, "hyperparameters": hp_rows, "metrics": metric_rows})
+        return 0
+    heads = [f"#{e['id']} {out.text(e['name'])}" for e in exps]
+    print(out.table(["", *heads], [
+        ["status", *(out.text(e["status"]) for e in exps)],
+        ["start", *(out.moment(e["start_time"]) for e in exps)],
+        ["duration", *(out.duration(out.run_duration(e)) for e in exps)],
+        ["best val", *(out.number(e["best_val_metric"]) for e in exps)],
+    ], flexible=range(1, len(ids) + 1)))
+    print(out.section("Hyperparameters (* = differs)"))
+    print(out.table(["", "NAME", *(f"#{i}" for i in ids)], [
+        ["*" if r["differs"] else "", r["param_name"], *("(unset)" if v is missing else out.text(v) for v in grid[r["param_name"]])]
+        for r in hp_rows
+    ], flexible=range(2, len(ids) + 2)) if hp_rows else "  (none)")
+    print(out.section("Metrics" + (f" (split {args.split})" if args.split else "")))
+    if not names:
+        print("  (none)")
+    for n in names:
+        rows = [[stat, *(out.number(stats[n][i][stat]) if stats[n][i]["count"] else "-" for i in ids)]
+                for stat in ("count", "first", "last", "min", "max", "mean")]
+        print(out.table([n, *(f"#{i}" for i in ids)], rows, right=range(1, len(ids) + 1)))
+        print()
+    return 0
+
+
+def best(args: argparse.Namespace) -> int:
+    """List the best models, highest metric first."""
+    if args.limit is not None and args.limit < 0:
+        raise CLIError("--limit must be >= 0", USAGE)
+    with open_read(args.db) as conn:
+        for i in args.experiment or ():
+            experiment(conn, i)
+        models = queries.rank_models(conn, args.experiment or (), args.by, args.marked, args.limit)
+    if args.json:
+        out.print_json(models)
+        return 0
+    if not models:
+        print("no models")
+        return 0
+    print(out.table(
+        ["MODEL", "EXP", "EXPERIMENT", "BEST", "EPISODE", "STEP", args.by.upper().replace("_", " "), "CHECKPOINT"],
+        [[str(m["id"]), str(m["experiment_id"]), out.text(m["experiment_name"]), "*" if m["is_best"] else "",
+          out.text(m["episode_num"]), out.text(m["global_step"]), out.number(m[args.by]), out.text(m["checkpoint_path"])]
+         for m in models],
+        right=(0, 1, 4, 5, 6), flexible=(2, 7),
+    ))
+    return 0
+
+
+_HISTORY_COLUMNS = ("episode", "step", "epoch", "value", "value_json", "split", "phase", "timestamp")
+
+
+def _history(conn: sqlite3.Connection, exp_id: int, name: str, split: str | None) -> Iterator[tuple[Any, ...]]:
+    sql = ("SELECT episode, step, epoch, value, value_json, split, phase, timestamp FROM metrics "
+           "WHERE experiment_id = ? AND metric_name = ?")
+    params: list[Any] = [exp_id, name]
+    if split is not None:
+        sql += " AND split = ?"
+        params.append(split)
+    cursor = conn.execute(sql + " ORDER BY id", params)
+    cursor.row_factory = None  # plain tuples: the history can be millions of rows
+    while batch := cursor.fetchmany(10_000):
+        for row in batch:
+            yield (*row[:3], math.nan if row[3] is None else row[3], *row[4:])
+
+
+def metrics(args: argparse.Namespace) -> int:
+    """Print the history of one metric, streamed."""
+    fmt = "json" if args.json else args.format
+    with open_read(args.db) as conn:
+        experiment(conn, args.id)
+        names = queries.metric_names(conn, args.id)
+        if args.name not in names:
+            have = ", ".join(names) if names else "none"
+            raise CLIError(f"experiment {args.id} has no metric {args.name!r} (it has: {have})")
+        rows = _history(conn, args.id, args.name, args.split)
+        if fmt == "csv":
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(_HISTORY_COLUMNS)
+            for row in rows:
+                writer.writerow(["" if v is None else (out.number(v) if isinstance(v, float) and not math.isfinite(v)
+                                                       else (repr(v) if isinstance(v, float) else v)) for v in row])
+        elif fmt == "json":
+            sys.stdout.write("[")
+            for n, row in enumerate(rows):
+                sys.stdout.write(("," if n else "") + "\n  " + out.json_line(dict(zip(_HISTORY_COLUMNS, row))))
+            sys.stdout.write("\n]\n")
+        else:
+            widths = (8, 10, 6, 14, 8, 8, 26)
+            print("  ".join(h.upper().rjust(w) if i < 4 else h.upper().ljust(w)
+                            for i, (h, w) in enumerate(zip(_HISTORY_COLUMNS[:4] + _HISTORY_COLUMNS[5:], widths))).rstrip())
+            for row in rows:
+                cells = [out.text(row[0]), out.text(row[1]), out.text(row[2]),
+                         out.number(row[3]) if row[4] is None else out.text(row[4])] + [out.text(v) for v in row[5:]]
+                print("  ".join(c.rjust(w) if i < 4 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the reading commands to the parser."""
+    p = sub.add_parser("ls", parents=[common], help="list experiments, newest first",
+                       description="List experiments, newest first. A run whose process died without ending it "
+                       "shows as 'crashed' (same host, recorded pid gone) or 'stale' (no activity for an hour).")
+    p.add_argument("--type", help="only this experiment_type (e.g. rl)")
+    p.add_argument("--status", help="only this status: running, completed, failed, crashed, stale, ...")
+    p.add_argument("--tag", action="append", help="only experiments with this tag (repeat: all of them)")
+    p.add_argument("--name", help="only names containing this text")
+    p.add_argument("--limit", type=int, help="at most this many")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(run=ls)
+
+    p = sub.add_parser("show", parents=[common], help="everything about one experiment",
+                       description="Reproducibility, hyperparameters, datasets, per-metric summary, models "
+                       "(best marked *), artifacts and notes of one experiment.")
+    p.add_argument("id", type=int, help="experiment id")
+    p.add_argument("--split", help="summarize only metric rows of this split")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=show)
+
+    p = sub.add_parser("compare", parents=[common], help="experiments side by side",
+                       description="Hyperparameters side by side (differing ones marked *) and per-metric "
+                       "summaries side by side.")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID", help="two or more experiment ids")
+    p.add_argument("--metric", action="append", help="only this metric (repeatable; default: all)")
+    p.add_argument("--split", help="only metric rows of this split")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=compare)
+
+    p = sub.add_parser("best", parents=[common], help="best models, highest val_metric first",
+                       description="Models across experiments (or of --experiment), best first.")
+    p.add_argument("--experiment", type=int, action="append", metavar="ID", help="only this experiment (repeatable)")
+    p.add_argument("--by", choices=queries.RANKABLE, default="val_metric", help="rank by (default: val_metric)")
+    p.add_argument("--marked", action="store_true", help="only models registered with is_best")
+    p.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(run=best)
+
+    p = sub.add_parser("metrics", parents=[common], help="the history of one metric",
+                       description="Every logged value of one metric, in logging order (streamed).")
+    p.add_argument("id", type=int, help="experiment id")
+    p.add_argument("name", help="metric name")
+    p.add_argument("--split", help="only rows of this split")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.set_defaults(run=metrics)

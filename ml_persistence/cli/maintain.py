@@ -1,0 +1,189 @@
+"""Maintenance commands: backup, vacuum, check, delete."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sqlite3
+import sys
+import time
+from typing import Any
+
+from .. import schema
+from ..liveness import with_liveness
+from .. import queries
+from . import output as out
+from .database import CLIError, USAGE, open_read, open_write
+
+# What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
+OWNED_TABLES = ("metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "models")
+
+
+def _size(path: str) -> int:
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _backup_target(dest: str, force: bool) -> str:
+    if os.path.isdir(dest):
+        stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+        return os.path.join(dest, f"ml_experiments_backup_{stamp}.db")
+    if os.path.exists(dest) and not force:
+        raise CLIError(f"{dest} exists; pass --force to replace it")
+    return dest
+
+
+def backup(args: argparse.Namespace) -> int:
+    """Copy the database consistently while writers keep going (SQLite's online backup API)."""
+    target = _backup_target(args.dest, args.force)
+    partial = f"{target}.partial-{os.getpid()}"
+    started = time.perf_counter()
+    source = open_read(args.db)
+    try:
+        copy = sqlite3.connect(partial, isolation_level=None)
+        try:
+            # One step: the copy is one read snapshot, and a WAL reader never blocks the writers.
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # a self-contained single file
+            problems = [r[0] for r in copy.execute("PRAGMA quick_check")]
+            counts = {t: copy.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("experiments", "metrics")}
+        finally:
+            copy.close()
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    finally:
+        source.close()
+    if problems != ["ok"]:
+        os.unlink(partial)
+        raise CLIError(f"the copy failed its integrity check: {problems[0]}")
+    os.replace(partial, target)
+    elapsed = time.perf_counter() - started
+    print(f"Backed up {args.db} to {target}: {counts['experiments']} experiments, {counts['metrics']} metric rows, "
+          f"{_mb(os.path.getsize(target))} in {elapsed:.2f} s")
+    return 0
+
+
+def vacuum(args: argparse.Namespace) -> int:
+    """Rebuild the file to reclaim free pages, then truncate the write-ahead log."""
+    before = _size(args.db)
+    conn = open_write(args.db, busy_timeout_ms=int(args.timeout * 1000))
+    try:
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError as exc:
+        raise CLIError(f"cannot vacuum {args.db} now ({exc}); try again when no trainer is writing") from exc
+    finally:
+        conn.close()
+    after = _size(args.db)
+    print(f"Vacuumed {args.db}: {_mb(before)} -> {_mb(after)}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Run SQLite's integrity and foreign-key checks; exit 1 on any problem."""
+    with open_read(args.db) as conn:
+        pragma = "quick_check" if args.quick else "integrity_check"
+        integrity = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
+        foreign = [
+            {"table": r[0], "rowid": r[1], "parent": r[2]} for r in conn.execute("PRAGMA foreign_key_check")
+        ]
+        version = schema.user_version(conn)
+    ok = integrity == ["ok"] and not foreign
+    if args.json:
+        out.print_json({"ok": ok, "schema_version": version, "integrity": integrity, "foreign_keys": foreign})
+    else:
+        print(f"{args.db}: schema version {version}")
+        print(f"  integrity: {'ok' if integrity == ['ok'] else f'{len(integrity)} problem(s)'}")
+        for line in integrity if integrity != ["ok"] else []:
+            print(f"    {line}")
+        print(f"  foreign keys: {'ok' if not foreign else f'{len(foreign)} dangling reference(s)'}")
+        for f in foreign[:50]:
+            print(f"    {f['table']} row {f['rowid']} points at a missing {f['parent']} row")
+        if len(foreign) > 50:
+            print(f"    ... and {len(foreign) - 50} more")
+    return 0 if ok else 1
+
+
+def _owned_counts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, int]:
+    return {
+        t: conn.execute(f"SELECT COUNT(*) FROM {t} WHERE experiment_id = ?", (experiment_id,)).fetchone()[0]
+        for t in OWNED_TABLES
+    }
+
+
+def _confirm(prompt: str) -> bool:
+    print(prompt + " [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def delete(args: argparse.Namespace) -> int:
+    """Delete experiments and everything that belongs to them, after asking."""
+    ids = list(dict.fromkeys(args.ids))
+    conn = open_write(args.db)
+    try:
+        plan: list[tuple[dict[str, Any], dict[str, int]]] = []
+        for i in ids:
+            exp = queries.get_experiment(conn, i)
+            if exp is None:
+                raise CLIError(f"no experiment {i}")
+            exp = with_liveness(conn, exp)
+            if exp["status"] == "running" and not args.force:
+                raise CLIError(f"experiment {i} is still running (pid {exp.get('pid')} on {exp.get('hostname')}); "
+                               "end it first or pass --force")
+            plan.append((exp, _owned_counts(conn, i)))
+        for exp, counts in plan:
+            owned = ", ".join(f"{n} {t.replace('_', ' ')}" for t, n in counts.items() if n) or "nothing else"
+            print(f"experiment {exp['id']} '{exp['name']}' ({exp['status']}): {owned}", file=sys.stderr)
+        if not args.yes and not _confirm(f"Delete {len(plan)} experiment(s) and everything above?"):
+            raise CLIError("nothing deleted")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i in ids:
+                for table in OWNED_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE experiment_id = ?", (i,))
+                conn.execute("DELETE FROM experiments WHERE id = ?", (i,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    print(f"Deleted experiment(s) {', '.join(map(str, ids))}. Checkpoint and artifact files on disk were not touched.")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the maintenance commands to the parser."""
+    p = sub.add_parser("backup", parents=[common], help="consistent copy, safe while training writes",
+                       description="Copy the database with SQLite's online backup API: one consistent snapshot, "
+                       "taken without blocking trainers or the agent. The copy is checked before it is kept.")
+    p.add_argument("dest", help="backup file, or a directory (a timestamped file is created in it)")
+    p.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    p.set_defaults(run=backup)
+
+    p = sub.add_parser("vacuum", parents=[common], help="reclaim free space",
+                       description="VACUUM the database and truncate its write-ahead log. Needs a moment with "
+                       "no other writer; waits up to --timeout seconds for one.")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for writers (default: 30)")
+    p.set_defaults(run=vacuum)
+
+    p = sub.add_parser("check", parents=[common], help="integrity and foreign-key checks (exit 1 on problems)",
+                       description="Run PRAGMA integrity_check and foreign_key_check. Exit status 1 on any problem.")
+    p.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead (faster, less thorough)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=check)
+
+    p = sub.add_parser("delete", parents=[common], help="delete experiments and everything they own",
+                       description="Delete experiments with their metrics, hyperparameters, models, artifacts "
+                       "and dataset links (datasets themselves are shared and kept). Asks first.")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID", help="experiment ids")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.add_argument("--force", action="store_true", help="delete even a running experiment")
+    p.set_defaults(run=delete)

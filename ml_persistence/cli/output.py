@@ -1,0 +1,155 @@
+"""What the command line prints: aligned tables that fit the terminal, value formats, strict JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import shutil
+import sys
+from typing import Any, Iterable, Optional, Sequence, TextIO
+
+import msgspec
+
+from ..liveness import parse_time
+
+MIN_COLUMN = 6
+GAP = "  "
+
+
+def number(value: Any) -> str:
+    """Format a metric-like number compactly; None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.6g}"
+    return str(value)
+
+
+def text(value: Any) -> str:
+    """Format any stored value for a table cell, on one line."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return number(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(text(v) for v in value)
+    if isinstance(value, dict):
+        return msgspec.json.encode(json_safe(value)).decode()
+    return " ".join(str(value).split())
+
+
+def duration(seconds: Optional[float]) -> str:
+    """Format a duration as '45.2s', '3m12s', '2h05m' or '3d04h'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def moment(stamp: Any) -> str:
+    """Format a stored timestamp to the minute."""
+    if not isinstance(stamp, str):
+        return "-"
+    return stamp.replace("T", " ")[:16]
+
+
+def run_duration(experiment: dict[str, Any]) -> Optional[float]:
+    """Return a finished run's duration, a running one's time so far, else None."""
+    if experiment.get("duration_seconds") is not None:
+        return experiment["duration_seconds"]
+    if experiment.get("status") == "running":
+        started = parse_time(experiment.get("start_time"))
+        if started is not None:
+            return dt.datetime.now().timestamp() - started
+    return None
+
+
+def terminal_width() -> Optional[int]:
+    """Return the width to fit tables to, or None when output goes to a pipe and COLUMNS is unset."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size((100, 24)).columns
+    return None
+
+
+def _clip(cell: str, width: int) -> str:
+    return cell if len(cell) <= width else cell[: max(0, width - 1)] + "…"
+
+
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    right: Sequence[int] = (),
+    flexible: Sequence[int] = (),
+    width: Optional[int] = None,
+) -> str:
+    """Render rows under headers; when too wide, clip the ``flexible`` columns (widest first)."""
+    body = [list(r) for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
+    limit = terminal_width() if width is None else width
+    if limit is not None:
+        excess = sum(widths) + len(GAP) * (len(widths) - 1) - limit
+        while excess > 0:
+            candidates = [i for i in flexible if widths[i] > MIN_COLUMN]
+            if not candidates:
+                break
+            widest = max(candidates, key=lambda i: widths[i])
+            others = max([widths[i] for i in candidates if i != widest] + [MIN_COLUMN])
+            cut = min(excess, widths[widest] - max(others, MIN_COLUMN)) or 1
+            widths[widest] -= cut
+            excess -= cut
+    lines = []
+    for cells in [list(headers), *body]:
+        parts = []
+        for i, cell in enumerate(cells):
+            cell = _clip(cell, widths[i])
+            parts.append(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]))
+        lines.append(GAP.join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def json_safe(value: Any) -> Any:
+    """Make a value strict JSON: NaN becomes null, ±inf the strings 'Infinity' / '-Infinity'."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def print_json(value: Any, out: TextIO = sys.stdout) -> None:
+    """Print a value as indented strict JSON."""
+    out.write(msgspec.json.format(msgspec.json.encode(json_safe(value)), indent=2).decode() + "\n")
+
+
+def json_line(value: Any) -> str:
+    """Return a value as one line of strict JSON."""
+    return msgspec.json.encode(json_safe(value)).decode()
+
+
+def section(title: str) -> str:
+    """Return a section heading."""
+    return f"\n{title}\n{'-' * len(title)}"

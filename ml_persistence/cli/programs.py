@@ -1,0 +1,54 @@
+"""Commands that run programs: init, demo, agent."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .. import core
+
+
+def init(args: argparse.Namespace) -> int:
+    """Create or upgrade the database."""
+    return core.run(args.db)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run the synthetic training loop into the database and summarize it."""
+    from ..demo import run_demo
+    from ..metrics import MetricsLogger
+    from ..tracker import ExperimentTracker
+
+    started = time.perf_counter()
+    exp_id = run_demo(args.db, episodes=args.episodes, steps_per_episode=args.steps, seed=args.seed)
+    elapsed = time.perf_counter() - started
+    exp = ExperimentTracker(args.db).get_experiment(exp_id)
+    summary = MetricsLogger(args.db).get_metrics_summary(exp_id)
+    points = sum(s["count"] for s in summary.values())
+    print(f"Demo experiment {exp_id} '{exp['name']}' {exp['status']} in {elapsed:.2f} s -> {args.db}")
+    print(f"  {points} metric points, {exp['num_checkpoints']} checkpoints, best val_sharpe {exp['best_val_metric']:.3f}")
+    for name in ("train_return", "val_sharpe", "policy_loss"):
+        s = summary[name]
+        print(f"  {name:<14} first {s['first']:+.4f}  last {s['last']:+.4f}  max {s['max']:+.4f}")
+    print(f"  next: ml-persistence ls --db {args.db}   |   ml-persistence show {exp_id} --db {args.db}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add init, demo and agent to the parser."""
+    p = sub.add_parser("init", parents=[common], help="create or upgrade the database",
+                       description="Create the database, or upgrade an older one in place "
+                       "(same as `python -m ml_persistence.core`).")
+    p.set_defaults(run=init)
+
+    p = sub.add_parser("demo", parents=[common], help="run a demo training loop into the database",
+                       description="A toy PPO-style agent trading a synthetic BTC-USD series, logged "
+                       "through the whole API: experiment, hyperparameters, datasets, metrics, checkpoints.")
+    p.add_argument("--episodes", type=int, default=50, help="episodes (default: 50)")
+    p.add_argument("--steps", type=int, default=200, help="environment steps per episode (default: 200)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    p.set_defaults(run=demo)
+
+    # Only listed here for --help: main() hands `agent ...` to the agent program before parsing.
+    sub.add_parser("agent", help="run the sidecar agent (same as ml-persistence-agent; see `agent --help`)",
+                   add_help=False)
