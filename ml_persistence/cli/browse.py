@@ -118,7 +118,8 @@ def _tables(exp: dict[str, Any]) -> list[str]:
     lines.append("  " + (exp.get("notes") or "(none)"))
     if exp.get("metadata"):
         lines.append(out.section("Metadata"))
-        lines.append("  " + out.text(exp["metadata"]))
+        meta = exp["metadata"]
+        lines += ([f"  {k:<17}{out.text(v)}" for k, v in meta.items()] if isinstance(meta, dict) else ["  " + out.text(meta)])
     return lines
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sqlite3
 import sys
 import time
 from typing import Any, Optional

@@ -14,7 +14,7 @@ from .. import schema
 from ..liveness import with_liveness
 from .. import queries
 from . import output as out
-from .database import CLIError, USAGE, open_read, open_write
+from .database import CLIError, open_read, open_write
 
 # What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
 OWNED_TABLES = ("metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "models")
