@@ -57,3 +57,69 @@ def test_migrate_legacy_errors_are_one_line(tmp_path: Path) -> None:
     assert junk.returncode == 1 and "Traceback" not in junk.stderr and len(junk.stderr.strip().splitlines()) == 1
     usage = cli("migrate-legacy", cwd=tmp_path)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def _library_db(tmp_path: Path) -> str:
+    script = """
+import math
+from ml_persistence import ExperimentTracker, ModelRegistry
+t = ExperimentTracker("lib.db")
+for run in range(2):
+    t.start_experiment(f"run {run}, \\"quoted\\"", experiment_type="rl", tags=["a", "b"])
+    t.log_hyperparameters_batch({"lr": 1e-3 * (run + 1), "gamma": 0.99})
+    for ep in range(50):
+        t.log_metrics_batch({"loss": 1 / (ep + 1), "odd": math.nan if ep % 7 == 0 else (math.inf if ep == 3 else ep)}, episode=ep)
+    ModelRegistry("lib.db").register_model(experiment_id=t.current_experiment_id, checkpoint_path=f"m{run}.pt", val_metric=run)
+    t.end_experiment("completed")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return str(tmp_path / "lib.db")
+
+
+def test_export_formats_round_trip_through_pandas(tmp_path: Path) -> None:
+    import math
+
+    import pandas as pd
+
+    db = _library_db(tmp_path)
+    expected = rows(db, "SELECT id, metric_name, episode, value FROM metrics WHERE experiment_id = 2 ORDER BY id")
+    for fmt, read in (("csv", pd.read_csv), ("jsonl", lambda p: pd.read_json(p, lines=True, precise_float=True)), ("parquet", pd.read_parquet)):
+        out = tmp_path / f"m.{fmt}"
+        done = cli("export", "--db", db, "--what", "metrics", "--experiment", "2", "--out", str(out), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert f"Exported {len(expected)} metrics rows" in done.stderr
+        frame = read(out)
+        assert list(frame["id"]) == [r[0] for r in expected]
+        for got, (_, _, _, want) in zip(frame["value"], expected):
+            want = math.nan if want is None else want
+            assert (math.isnan(got) and math.isnan(want)) or got == want, (fmt, got, want)
+
+
+def test_export_streams_to_stdout_and_checks_its_arguments(tmp_path: Path) -> None:
+    db = _library_db(tmp_path)
+    done = cli("export", "--db", db, "--what", "experiments", "--format", "jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    exported = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["id"], e["name"], e["num_checkpoints"]) for e in exported] == [
+        (1, 'run 0, "quoted"', 1), (2, 'run 1, "quoted"', 1)
+    ]
+    assert cli("export", "--db", db, "--experiment", "99", cwd=tmp_path).returncode == 1
+    assert cli("export", "--db", db, "--what", "nothing", cwd=tmp_path).returncode == 2
+    assert cli("export", "--db", db, "--what", "models", "--metric", "loss", cwd=tmp_path).returncode == 2
+    missing = cli("export", "--db", "missing.db", cwd=tmp_path)
+    assert missing.returncode == 1 and not (tmp_path / "missing.db").exists()
+
+
+def test_export_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    db = _library_db(tmp_path)
+    export = subprocess.Popen([sys.executable, "-m", "ml_persistence", "export", "--db", db, "--what", "metrics"],
+                              cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert export.stdout is not None and export.stdout.readline().startswith(b"id,")
+        export.stdout.close()  # like `| head -1`
+        _, err = export.communicate(timeout=60)
+    finally:
+        export.kill()
+    assert export.returncode == 0 and b"Traceback" not in err
