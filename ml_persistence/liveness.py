@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import socket
 import sqlite3
 from typing import Any, Mapping, Optional
@@ -19,7 +20,8 @@ def parse_time(text: Any) -> Optional[float]:
     if not isinstance(text, str) or not text:
         return None
     try:
-        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00")[:26])
+        # Python < 3.11 takes at most six fraction digits; an offset after them must survive.
+        moment = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace("Z", "+00:00")))
     except ValueError:
         return None
     return moment.timestamp()

@@ -248,12 +248,29 @@ def configure(conn: sqlite3.Connection, busy_timeout_ms: int = 5000) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
+def _refuse_foreign(conn: sqlite3.Connection) -> None:
+    """Refuse to add our tables to a legacy experiments.db, whose `experiments` table is another one."""
+    names = {r[0] for r in conn.execute("SELECT name FROM pragma_table_info('experiments')")}
+    if names and "experiment_type" not in names and "state_dim" in names:
+        raise SchemaError(
+            "this file looks like a legacy experiments.db, not an ml_persistence database; "
+            "import it with `ml-persistence migrate-legacy LEGACY_DB`"
+        )
+
+
 def ensure(conn: sqlite3.Connection) -> list[str]:
     """Create or upgrade the schema in place; return what was done (empty if nothing)."""
-    if user_version(conn) == SCHEMA_VERSION:
-        return []
+    current = user_version(conn) == SCHEMA_VERSION
+    if not current:
+        _refuse_foreign(conn)
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")  # also for a restored backup, which is single-file
+        except sqlite3.OperationalError:
+            if not current:
+                raise
+    if current:
+        return []
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = user_version(conn)

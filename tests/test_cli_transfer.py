@@ -123,3 +123,17 @@ def test_export_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     finally:
         export.kill()
     assert export.returncode == 0 and b"Traceback" not in err
+
+
+def test_a_legacy_file_is_never_upgraded_in_place(tmp_path: Path) -> None:
+    import pytest
+
+    from ml_persistence import schema
+
+    legacy = build_legacy(tmp_path / "experiments.db")
+    before = digest(legacy)
+    listed = cli("ls", "--db", str(legacy), cwd=tmp_path)
+    assert listed.returncode == 1 and "migrate-legacy" in listed.stderr and "Traceback" not in listed.stderr
+    with pytest.raises(schema.SchemaError, match="legacy experiments.db"):
+        schema.connect(str(legacy))
+    assert digest(legacy) == before

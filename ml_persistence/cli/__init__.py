@@ -60,11 +60,24 @@ def _run_agent(argv: Sequence[str]) -> int:
     return 1  # not reached
 
 
+def _agent_arguments(argv: list[str]) -> Optional[list[str]]:
+    """Return the agent's arguments if the command is `agent` (a leading --db is passed on), else None."""
+    db: list[str] = []
+    if argv[:1] == ["--db"] and len(argv) >= 2:
+        db, argv = argv[:2], argv[2:]
+    elif argv[:1] and argv[0].startswith("--db="):
+        db, argv = ["--db", argv[0][5:]], argv[1:]
+    if argv[:1] != ["agent"]:
+        return None
+    return [*db, *argv[1:]]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `ml-persistence` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["agent"]:
-        return _run_agent(argv[1:])
+    agent_args = _agent_arguments(argv)
+    if agent_args is not None:
+        return _run_agent(agent_args)
     args = _parser().parse_args(argv)
     args.db = args.db or default_db_path()
     try:

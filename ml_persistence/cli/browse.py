@@ -9,6 +9,8 @@ import sqlite3
 import sys
 from typing import Any, Iterator
 
+import msgspec
+
 from .. import queries
 from ..liveness import with_liveness
 from . import output as out
@@ -54,7 +56,7 @@ def ls(args: argparse.Namespace) -> int:
 
 def _show_text(exp: dict[str, Any]) -> list[str]:
     lines = [f"Experiment {exp['id']}: {out.text(exp['name'])}"]
-    status = exp["status"] + (f" (recorded as {exp['stored_status']})" if exp["status"] != exp["stored_status"] else "")
+    status = out.text(exp["status"]) + (f" (recorded as {exp['stored_status']})" if exp["status"] != exp["stored_status"] else "")
     facts = [
         ("type", exp.get("experiment_type")), ("status", status), ("description", exp.get("description")),
         ("tags", exp.get("tags") or None), ("started", exp.get("start_time")), ("ended", exp.get("end_time")),
@@ -115,7 +117,7 @@ def _tables(exp: dict[str, Any]) -> list[str]:
         [[str(a["id"]), out.text(a["artifact_type"]), out.text(a["artifact_name"]), out.text(a["artifact_path"]),
           out.number(a["file_size_mb"])] for a in arts], right=(0, 4), flexible=(2, 3))) if arts else "  (none)")
     lines.append(out.section("Notes"))
-    lines.append("  " + (exp.get("notes") or "(none)"))
+    lines += ["  " + line for line in (exp.get("notes") or "(none)").splitlines()]
     if exp.get("metadata"):
         lines.append(out.section("Metadata"))
         meta = exp["metadata"]
@@ -153,7 +155,12 @@ def compare(args: argparse.Namespace) -> int:
     missing = object()
     with open_read(args.db) as conn:
         exps = [experiment(conn, i) for i in ids]
-        names = args.metric or sorted({n for i in ids for n in queries.metric_names(conn, i)})
+        known = sorted({n for i in ids for n in queries.metric_names(conn, i)})
+        unknown = [n for n in args.metric or () if n not in known]
+        if unknown:
+            raise CLIError(f"no experiment among {', '.join(map(str, ids))} has metric {unknown[0]!r} "
+                           f"(they have: {', '.join(known) or 'none'})")
+        names = args.metric or known
         stats = {n: queries.compare_metrics(conn, ids, n, args.split) for n in names}
     params = sorted({k for e in exps for k in e["hyperparameters"]})
     grid = {name: [e["hyperparameters"].get(name, missing) for e in exps] for name in params}
@@ -186,7 +193,8 @@ def compare(args: argparse.Namespace) -> int:
     if not names:
         print("  (none)")
     for n in names:
-        rows = [[stat, *(out.number(stats[n][i][stat]) if stats[n][i]["count"] else "-" for i in ids)]
+        rows = [[stat, *(out.number(stats[n][i][stat]) if stats[n][i]["count"] or stat == "count" else "-"
+                         for i in ids)]
                 for stat in ("count", "first", "last", "min", "max", "mean")]
         print(out.table([n, *(f"#{i}" for i in ids)], rows, right=range(1, len(ids) + 1)))
         print()
@@ -234,6 +242,15 @@ def _history(conn: sqlite3.Connection, exp_id: int, name: str, split: str | None
             yield (*row[:3], math.nan if row[3] is None else row[3], *row[4:])
 
 
+def _decoded(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
 def metrics(args: argparse.Namespace) -> int:
     """Print the history of one metric, streamed."""
     fmt = "json" if args.json else args.format
@@ -253,7 +270,9 @@ def metrics(args: argparse.Namespace) -> int:
         elif fmt == "json":
             sys.stdout.write("[")
             for n, row in enumerate(rows):
-                sys.stdout.write(("," if n else "") + "\n  " + out.json_line(dict(zip(_HISTORY_COLUMNS, row))))
+                record = dict(zip(_HISTORY_COLUMNS, row))
+                record["value_json"] = _decoded(record["value_json"])
+                sys.stdout.write(("," if n else "") + "\n  " + out.json_line(record))
             sys.stdout.write("\n]\n")
         else:
             widths = (8, 10, 6, 14, 8, 8, 26)
@@ -282,7 +301,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("show", parents=[common], help="everything about one experiment",
                        description="Reproducibility, hyperparameters, datasets, per-metric summary, models "
                        "(best marked *), artifacts and notes of one experiment.")
-    p.add_argument("id", type=int, help="experiment id")
+    p.add_argument("id", type=int, metavar="ID", help="experiment id")
     p.add_argument("--split", help="summarize only metric rows of this split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=show)
@@ -307,8 +326,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser("metrics", parents=[common], help="the history of one metric",
                        description="Every logged value of one metric, in logging order (streamed).")
-    p.add_argument("id", type=int, help="experiment id")
-    p.add_argument("name", help="metric name")
+    p.add_argument("id", type=int, metavar="ID", help="experiment id")
+    p.add_argument("name", metavar="NAME", help="metric name")
     p.add_argument("--split", help="only rows of this split")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
     p.add_argument("--json", action="store_true", help="same as --format json")

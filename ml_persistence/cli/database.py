@@ -34,8 +34,11 @@ def _upgrade_if_old(path: str) -> None:
     probe = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
     try:
         version = schema.user_version(probe)
+        ours = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'").fetchone()
     finally:
         probe.close()
+    if version == 0 and not ours:
+        raise CLIError(f"{path} is not an ml_persistence database (it has no experiments table)")
     if version > schema.SCHEMA_VERSION:
         raise CLIError(
             f"{path} has schema version {version}, newer than this ml_persistence supports "

@@ -39,7 +39,7 @@ def _print(rows: list[tuple[Any, ...]], as_json: bool) -> None:
         else:
             shown = out.number(value) if row[7] is None else out.text(row[7])
             print(f"{str(row[1])[11:19]:>8}  {out.text(row[2]):>7}  {out.text(row[3]):>9}  "
-                  f"{row[4]:<24} {shown:>14}" + (f"  [{row[6]}]" if row[6] else ""))
+                  f"{row[4]:<24}  {shown:>14}" + (f"  [{row[6]}]" if row[6] else ""))
     sys.stdout.flush()
 
 
@@ -56,7 +56,7 @@ def tail(args: argparse.Namespace) -> int:
         recent = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [0, args.id, *extra, args.lines]).fetchall()
         conn.execute("COMMIT")
         if not args.json:
-            print(f"{'TIME':>8}  {'EPISODE':>7}  {'STEP':>9}  {'METRIC':<24} {'VALUE':>14}", file=sys.stderr)
+            print(f"{'TIME':>8}  {'EPISODE':>7}  {'STEP':>9}  {'METRIC':<24}  {'VALUE':>14}", file=sys.stderr)
         _print([tuple(r) for r in reversed(recent)], args.json)
         checked = time.monotonic()
         while exp["status"] in ("running", "stale"):
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("tail", parents=[common], help="follow an experiment's metrics live",
                        description="Print the last metric rows of an experiment, then every new row as it "
                        "is committed, until the experiment ends (or crashes) or you press Ctrl-C.")
-    p.add_argument("id", type=int, help="experiment id")
+    p.add_argument("id", type=int, metavar="ID", help="experiment id")
     p.add_argument("--metric", action="append", help="only this metric (repeatable)")
     p.add_argument("-n", "--lines", type=int, default=10, help="rows of history to print first (default: 10)")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between polls (default: 0.5)")

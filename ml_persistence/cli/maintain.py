@@ -18,6 +18,8 @@ from .database import CLIError, open_read, open_write
 
 # What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
 OWNED_TABLES = ("metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "models")
+OWNED_NOUNS = {"metrics": "metric row", "hyperparameters": "hyperparameter", "artifacts": "artifact",
+               "experiment_datasets": "dataset link", "legacy_imports": "legacy import record", "models": "model"}
 
 
 def _size(path: str) -> int:
@@ -31,7 +33,15 @@ def _mb(n: int) -> str:
 def _backup_target(dest: str, force: bool) -> str:
     if os.path.isdir(dest):
         stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-        return os.path.join(dest, f"ml_experiments_backup_{stamp}.db")
+        target = os.path.join(dest, f"ml_experiments_backup_{stamp}.db")
+        n = 1
+        while os.path.exists(target):  # two backups in one second keep both
+            n += 1
+            target = os.path.join(dest, f"ml_experiments_backup_{stamp}_{n}.db")
+        return target
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise CLIError(f"cannot back up to {dest}: directory {parent} does not exist")
     if os.path.exists(dest) and not force:
         raise CLIError(f"{dest} exists; pass --force to replace it")
     return dest
@@ -64,7 +74,8 @@ def backup(args: argparse.Namespace) -> int:
         raise CLIError(f"the copy failed its integrity check: {problems[0]}")
     os.replace(partial, target)
     elapsed = time.perf_counter() - started
-    print(f"Backed up {args.db} to {target}: {counts['experiments']} experiments, {counts['metrics']} metric rows, "
+    print(f"Backed up {args.db} to {target}: {out.plural(counts['experiments'], 'experiment')}, "
+          f"{out.plural(counts['metrics'], 'metric row')}, "
           f"{_mb(os.path.getsize(target))} in {elapsed:.2f} s")
     return 0
 
@@ -120,6 +131,8 @@ def _owned_counts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, int
 def _confirm(prompt: str) -> bool:
     print(prompt + " [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        print(file=sys.stderr)  # end of input: keep the next message off the prompt's line
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -134,15 +147,15 @@ def delete(args: argparse.Namespace) -> int:
             if exp is None:
                 raise CLIError(f"no experiment {i}")
             exp = with_liveness(conn, exp)
-            if exp["status"] == "running" and not args.force:
-                raise CLIError(f"experiment {i} is still running (pid {exp.get('pid')} on {exp.get('hostname')}); "
-                               "end it first or pass --force")
+            if exp["status"] in ("running", "stale") and not args.force:
+                raise CLIError(f"experiment {i} may still be running (status {exp['status']}, pid {exp.get('pid')} "
+                               f"on {exp.get('hostname')}); end it first or pass --force")
             plan.append((exp, _owned_counts(conn, i)))
         for exp, counts in plan:
-            owned = ", ".join(f"{n} {t.replace('_', ' ')}" for t, n in counts.items() if n) or "nothing else"
+            owned = ", ".join(out.plural(n, OWNED_NOUNS[t]) for t, n in counts.items() if n) or "nothing else"
             print(f"experiment {exp['id']} '{exp['name']}' ({exp['status']}): {owned}", file=sys.stderr)
-        if not args.yes and not _confirm(f"Delete {len(plan)} experiment(s) and everything above?"):
-            raise CLIError("nothing deleted")
+        if not args.yes and not _confirm(f"Delete {out.plural(len(plan), 'experiment')} and everything above?"):
+            raise CLIError("aborted; nothing deleted")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for i in ids:
@@ -164,7 +177,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("backup", parents=[common], help="consistent copy, safe while training writes",
                        description="Copy the database with SQLite's online backup API: one consistent snapshot, "
                        "taken without blocking trainers or the agent. The copy is checked before it is kept.")
-    p.add_argument("dest", help="backup file, or a directory (a timestamped file is created in it)")
+    p.add_argument("dest", metavar="DEST", help="backup file, or a directory (a timestamped file is created in it)")
     p.add_argument("--force", action="store_true", help="replace DEST if it exists")
     p.set_defaults(run=backup)
 
@@ -185,5 +198,5 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        "and dataset links (datasets themselves are shared and kept). Asks first.")
     p.add_argument("ids", type=int, nargs="+", metavar="ID", help="experiment ids")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    p.add_argument("--force", action="store_true", help="delete even a running experiment")
+    p.add_argument("--force", action="store_true", help="delete even a running (or stale) experiment")
     p.set_defaults(run=delete)

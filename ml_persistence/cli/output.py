@@ -150,6 +150,11 @@ def json_line(value: Any) -> str:
     return msgspec.json.encode(json_safe(value)).decode()
 
 
+def plural(count: int, noun: str) -> str:
+    """Return '1 experiment', '2 experiments'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def section(title: str) -> str:
     """Return a section heading."""
     return f"\n{title}\n{'-' * len(title)}"
