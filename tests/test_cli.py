@@ -1097,3 +1097,22 @@ def test_version_and_agent_help(tmp_path: Path) -> None:
 def test_agent_after_global_db_option(tmp_path: Path) -> None:
     done = cli("--db", "x.db", "agent", "--help", cwd=tmp_path)
     assert ok(done).stdout.startswith("usage: ml-persistence-agent")
+
+
+def test_control_characters_in_stored_text_never_reach_the_terminal(tmp_path: Path) -> None:
+    db = str(tmp_path / "esc.db")
+    script = (
+        "from ml_persistence import ExperimentTracker\n"
+        f"t = ExperimentTracker({db!r})\n"
+        "t.start_experiment('\\x1b[2J\\x1b]0;pwned\\x07run', tags=['\\x1b[31mred'])\n"
+        "t.log_metric('\\x1b[1mloss', 1.0, episode=0, split='\\x1b[4mval')\n"
+        "t.end_experiment('completed', notes='line one\\n\\x1b[5mline two')\n"
+    )
+    made = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    for args in (["ls"], ["show", "1"], ["compare", "1", "1"], ["metrics", "1", "\x1b[1mloss"], ["tail", "1"]):
+        done = cli(*args, "--db", db, cwd=tmp_path)
+        assert "\x1b" not in done.stdout + done.stderr, args
+    shown = ok(cli("show", "1", "--db", db, cwd=tmp_path)).stdout
+    assert "\\x1b[2J\\x1b]0;pwned\\x07run" in shown and "  \\x1b[5mline two" in shown

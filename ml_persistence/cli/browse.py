@@ -117,7 +117,7 @@ def _tables(exp: dict[str, Any]) -> list[str]:
         [[str(a["id"]), out.text(a["artifact_type"]), out.text(a["artifact_name"]), out.text(a["artifact_path"]),
           out.number(a["file_size_mb"])] for a in arts], right=(0, 4), flexible=(2, 3))) if arts else "  (none)")
     lines.append(out.section("Notes"))
-    lines += ["  " + line for line in (exp.get("notes") or "(none)").splitlines()]
+    lines += ["  " + out.printable(line) for line in (exp.get("notes") or "(none)").splitlines()]
     if exp.get("metadata"):
         lines.append(out.section("Metadata"))
         meta = exp["metadata"]

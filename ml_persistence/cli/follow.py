@@ -39,7 +39,7 @@ def _print(rows: list[tuple[Any, ...]], as_json: bool) -> None:
         else:
             shown = out.number(value) if row[7] is None else out.text(row[7])
             print(f"{str(row[1])[11:19]:>8}  {out.text(row[2]):>7}  {out.text(row[3]):>9}  "
-                  f"{row[4]:<24}  {shown:>14}" + (f"  [{row[6]}]" if row[6] else ""))
+                  f"{out.text(row[4]):<24}  {shown:>14}" + (f"  [{out.text(row[6])}]" if row[6] else ""))
     sys.stdout.flush()
 
 

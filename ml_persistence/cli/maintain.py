@@ -153,7 +153,7 @@ def delete(args: argparse.Namespace) -> int:
             plan.append((exp, _owned_counts(conn, i)))
         for exp, counts in plan:
             owned = ", ".join(out.plural(n, OWNED_NOUNS[t]) for t, n in counts.items() if n) or "nothing else"
-            print(f"experiment {exp['id']} '{exp['name']}' ({exp['status']}): {owned}", file=sys.stderr)
+            print(f"experiment {exp['id']} '{out.text(exp['name'])}' ({exp['status']}): {owned}", file=sys.stderr)
         if not args.yes and not _confirm(f"Delete {out.plural(len(plan), 'experiment')} and everything above?"):
             raise CLIError("aborted; nothing deleted")
         conn.execute("BEGIN IMMEDIATE")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import re
 import shutil
 import sys
 from typing import Any, Iterable, Optional, Sequence, TextIO
@@ -15,6 +16,13 @@ from ..liveness import parse_time
 
 MIN_COLUMN = 6
 GAP = "  "
+# Control characters (an ESC starting a terminal escape sequence, say) are shown, never sent raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: str) -> str:
+    """Return ``value`` with control characters written as \\xNN, so stored text cannot drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 def number(value: Any) -> str:
@@ -42,7 +50,7 @@ def text(value: Any) -> str:
         return ",".join(text(v) for v in value)
     if isinstance(value, dict):
         return msgspec.json.encode(json_safe(value)).decode()
-    return " ".join(str(value).split())
+    return printable(" ".join(str(value).split()))
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -99,7 +107,8 @@ def table(
     width: Optional[int] = None,
 ) -> str:
     """Render rows under headers; when too wide, clip the ``flexible`` columns (widest first)."""
-    body = [list(r) for r in rows]
+    headers = [printable(h) for h in headers]
+    body = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
     limit = terminal_width() if width is None else width
     if limit is not None:
