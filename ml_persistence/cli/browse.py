@@ -50,7 +50,7 @@ def ls(args: argparse.Namespace) -> int:
          out.number(e["best_val_metric"]), out.text(e["tags"])]
         for e in found
     ]
-    print(out.table(headers, rows, right=(0, 5, 6, 7), flexible=(1, 8)))
+    print(out.table(headers, rows, right=(0, 5, 6, 7), flexible=(1, 8), optional=(8, 4)))
     return 0
 
 

@@ -15,6 +15,7 @@ import msgspec
 from ..liveness import parse_time
 
 MIN_COLUMN = 6
+READABLE = 12
 GAP = "  "
 # Control characters (an ESC starting a terminal escape sequence, say) are shown, never sent raw.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -99,34 +100,53 @@ def _clip(cell: str, width: int) -> str:
     return cell if len(cell) <= width else cell[: max(0, width - 1)] + "…"
 
 
+def _shrink(widths: list[int], flexible: Sequence[int], excess: int, floor: int) -> int:
+    """Clip the widest flexible columns, none below ``floor``; return the excess left."""
+    while excess > 0:
+        candidates = [i for i in flexible if widths[i] > floor]
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda i: widths[i])
+        others = max([widths[i] for i in candidates if i != widest] + [floor])
+        cut = min(excess, widths[widest] - others) or 1
+        widths[widest] -= cut
+        excess -= cut
+    return excess
+
+
 def table(
     headers: Sequence[str],
     rows: Iterable[Sequence[str]],
     right: Sequence[int] = (),
     flexible: Sequence[int] = (),
+    optional: Sequence[int] = (),
     width: Optional[int] = None,
 ) -> str:
-    """Render rows under headers; when too wide, clip the ``flexible`` columns (widest first)."""
+    """Render rows under headers, fitted to the terminal.
+
+    When too wide: clip the ``flexible`` columns (widest first) to a readable width, then leave out
+    the ``optional`` columns in the order given, then clip further.
+    """
     headers = [printable(h) for h in headers]
     body = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
+    shown = list(range(len(headers)))
     limit = terminal_width() if width is None else width
     if limit is not None:
-        excess = sum(widths) + len(GAP) * (len(widths) - 1) - limit
-        while excess > 0:
-            candidates = [i for i in flexible if widths[i] > MIN_COLUMN]
-            if not candidates:
-                break
-            widest = max(candidates, key=lambda i: widths[i])
-            others = max([widths[i] for i in candidates if i != widest] + [MIN_COLUMN])
-            cut = min(excess, widths[widest] - max(others, MIN_COLUMN)) or 1
-            widths[widest] -= cut
-            excess -= cut
+        def excess() -> int:
+            return sum(widths[i] for i in shown) + len(GAP) * (len(shown) - 1) - limit
+
+        if _shrink(widths, flexible, excess(), READABLE) > 0:
+            for i in optional:
+                if excess() <= 0:
+                    break
+                shown.remove(i)
+            _shrink(widths, [i for i in flexible if i in shown], excess(), MIN_COLUMN)
     lines = []
     for cells in [list(headers), *body]:
         parts = []
-        for i, cell in enumerate(cells):
-            cell = _clip(cell, widths[i])
+        for i in shown:
+            cell = _clip(cells[i], widths[i])
             parts.append(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]))
         lines.append(GAP.join(parts).rstrip())
     return "\n".join(lines)
