@@ -122,6 +122,15 @@ class ArtifactLogged(Event):
     ts: float
 
 
+class ExperimentResumed(Event):
+    """A process took over a 'running' experiment (after a restart): it now owns the run."""
+
+    experiment_id: int
+    hostname: Optional[str]
+    pid: int
+    ts: float
+
+
 AnyEvent = Union[
     ExperimentStarted,
     ExperimentEnded,
@@ -131,6 +140,7 @@ AnyEvent = Union[
     DatasetRegistered,
     DatasetLinked,
     ArtifactLogged,
+    ExperimentResumed,
 ]
 
 def check(event: Event) -> None:

@@ -91,8 +91,10 @@ def effective_status(
     host = hostname if hostname is not None else socket.gethostname()
     pid = experiment.get("pid")
     started = parse_time(experiment.get("start_time"))
+    # The owner's claim: when it started the run, or later resumed it (resume_experiment sets updated_at).
+    claimed = max((t for t in (started, parse_time(experiment.get("updated_at"))) if t is not None), default=None)
     if pid and experiment.get("hostname") == host:
-        return "running" if process_alive(int(pid), started) else "crashed"
+        return "running" if process_alive(int(pid), claimed) else "crashed"
     latest = max((t for t in (last_activity, started) if t is not None), default=None)
     now = dt.datetime.now().timestamp() if now is None else now
     if latest is not None and now - latest > STALE_AFTER_SECONDS:

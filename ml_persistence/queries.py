@@ -60,7 +60,7 @@ _FIGURES = (
 _SUMMARY = f"""
 SELECT e.id, e.name, e.description, e.experiment_type, e.status, e.start_time, e.end_time,
        e.duration_seconds, e.tags, e.notes, e.random_seed, e.git_commit, e.git_branch,
-       e.hostname, e.pid, e.metadata, {_FIGURES}
+       e.hostname, e.pid, e.metadata, e.updated_at, {_FIGURES}
 FROM experiments e
 """
 

@@ -18,6 +18,7 @@ from .events import (
     DatasetRegistered,
     Event,
     ExperimentEnded,
+    ExperimentResumed,
     ExperimentStarted,
     HyperparametersLogged,
     MetricsLogged,
@@ -159,6 +160,8 @@ class Store:
                 link_rows.append((event.experiment_id, event.dataset_id, event.usage_type))
             elif type(event) is ExperimentEnded:
                 await self._end_experiment(event)
+            elif type(event) is ExperimentResumed:
+                await self.conn.execute(RESUME_EXPERIMENT_SQL, resume_experiment_params(event))
             else:
                 await self._insert_one(event)
         await self._insert_metrics(metric_events)
@@ -325,6 +328,17 @@ END_EXPERIMENT_SQL = (
     "notes = CASE WHEN ? IS NULL THEN notes WHEN notes IS NULL OR notes = '' THEN ? "
     "ELSE notes || char(10) || ? END WHERE id = ?"
 )
+
+
+# The resuming process becomes the run's owner: liveness then checks its pid, claimed at updated_at.
+RESUME_EXPERIMENT_SQL = (
+    "UPDATE experiments SET hostname = ?, pid = ?, updated_at = ? WHERE id = ? AND status = 'running'"
+)
+
+
+def resume_experiment_params(event: ExperimentResumed) -> tuple:
+    """Bind values of RESUME_EXPERIMENT_SQL for ``event``."""
+    return (event.hostname, event.pid, local_text(event.ts), event.experiment_id)
 
 
 def end_experiment_params(event: ExperimentEnded) -> tuple:

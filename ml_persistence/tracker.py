@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from types import TracebackType
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -15,6 +16,7 @@ from .events import (
     ArtifactLogged,
     Environment,
     ExperimentEnded,
+    ExperimentResumed,
     ExperimentStarted,
     HyperparametersLogged,
     MetricsLogged,
@@ -110,8 +112,13 @@ class ExperimentTracker:
         """Make an existing experiment the one log calls go to (e.g. after a restart)."""
         self._check_open()
         experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
-        if experiment_id is None or not self._backend.read(queries.experiment_exists, experiment_id):
+        found = None if experiment_id is None else self._backend.read(queries.get_experiment, experiment_id)
+        if found is None:
             raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
+        if found["status"] == "running":
+            # This process now owns the run: it shows as alive, and is ended at exit like a started one.
+            self._backend.append(encode(ExperimentResumed(experiment_id, socket.gethostname(), os.getpid(), time.time())))
+            self._backend.running[experiment_id] = os.getpid()
         self._experiment_id = experiment_id
         return experiment_id
 

@@ -467,9 +467,42 @@ def test_trainer_that_exits_normally_shows_completed(tmp_path: Path) -> None:
     assert ls_json(db, tmp_path, "--status", "crashed") == []
 
 
+RESUMER = r'''
+import sys
+
+from ml_persistence import ExperimentTracker
+
+tracker = ExperimentTracker(sys.argv[1])
+tracker.resume_experiment(int(sys.argv[2]))
+tracker.log_metric("loss", 2.5, step=100)
+tracker.flush()
+print("resumed", flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_a_resumed_run_belongs_to_the_resuming_process(tmp_path: Path) -> None:
+    db = str(tmp_path / "live.db")
+    with trainer(db, tmp_path) as (proc, _lines, exp_id):
+        proc.kill()
+        proc.wait(timeout=60)
+    assert _status(db, tmp_path, exp_id) == "crashed"
+    with child([db, str(exp_id)], tmp_path, python_script=RESUMER) as (resumer, lines):
+        assert lines.next() == "resumed"
+        [alive] = ls_json(db, tmp_path)
+        assert (alive["status"], alive["pid"]) == ("running", resumer.pid)
+        refused = cli("delete", str(exp_id), "--yes", "--db", db, cwd=tmp_path)
+        assert refused.returncode == 1 and "--force" in refused.stderr
+        tell(resumer, "done")
+        assert resumer.wait(timeout=60) == 0
+    # The resuming process ended the run at its exit, as if it had started it.
+    assert rows(db, "SELECT status, COUNT(*) FROM experiments") == [("completed", 1)]
+
+
 def _set_running(db: str, exp_id: int, hostname: str, pid: int, started: dt.datetime) -> None:
     execute(db, "UPDATE experiments SET status = 'running', end_time = NULL, duration_seconds = NULL, "
-            "hostname = ?, pid = ?, start_time = ? WHERE id = ?", (hostname, pid, stamp(started), exp_id))
+            "hostname = ?, pid = ?, start_time = ?, updated_at = ? WHERE id = ?",
+            (hostname, pid, stamp(started), stamp(started), exp_id))
 
 
 def _status(db: str, cwd: Path, exp_id: int) -> str:
