@@ -87,7 +87,7 @@ def list_experiments(
     if name is not None:
         where.append("instr(e.name, ?) > 0")
         params.append(name)
-    sql = _SUMMARY + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.id DESC LIMIT ?"
+    sql = _SUMMARY + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.start_time DESC, e.id DESC LIMIT ?"
     return _all(conn, sql, [*params, _limit(limit)])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import queue
@@ -1046,16 +1047,16 @@ def _legacy(path: Path) -> str:
     return str(path)
 
 
-def test_reading_a_legacy_database_upgrades_it_once(tmp_path: Path) -> None:
+def test_reading_a_database_of_the_original_schema_leaves_it_untouched(tmp_path: Path) -> None:
     db = _legacy(tmp_path / "legacy.db")
     assert rows(db, "PRAGMA user_version") == [(0,)]
+    before = hashlib.sha256(Path(db).read_bytes()).hexdigest()
     done = ok(cli("ls", "--json", "--db", db, cwd=tmp_path))
-    assert done.stderr.strip() == f"ml-persistence: upgraded {db} from schema version 0 to 3"
+    assert done.stderr == ""
     found = strict_json(done.stdout)
     # The unfinished run has no pid (the original recorded none) and no activity since 2023: stale.
     assert [(e["id"], e["name"], e["status"], e["tags"]) for e in found] == [
         (2, "old unfinished", "stale", []), (1, "old run", "completed", ["rl"])]
-    assert rows(db, "PRAGMA user_version") == [(3,)]
     again = ok(cli("show", "1", "--db", db, cwd=tmp_path))
     assert again.stderr == ""
     parts = sections(again.stdout)
@@ -1063,6 +1064,13 @@ def test_reading_a_legacy_database_upgrades_it_once(tmp_path: Path) -> None:
     assert [line.split() for line in parts["Hyperparameters"]] == [["NAME", "VALUE"], ["lr", "0.001"]]
     assert [line.split()[:2] for line in parts["Metrics"]] == [["NAME", "COUNT"], ["reward", "1"]]
     ok(cli("check", "--db", db, cwd=tmp_path))
+    exported = ok(cli("export", "--what", "metrics", "--db", db, cwd=tmp_path)).stdout.splitlines()
+    assert exported[0].split(",")[-1] == "metadata" and len(exported) == 2
+    assert hashlib.sha256(Path(db).read_bytes()).hexdigest() == before
+    assert rows(db, "PRAGMA user_version") == [(0,)]
+    # A writing command upgrades it, as the library does.
+    ok(cli("init", "--db", db, cwd=tmp_path))
+    assert rows(db, "PRAGMA user_version") == [(3,)]
 
 
 def test_show_an_experiment_without_a_status(copy: str, tmp_path: Path) -> None:
@@ -1137,7 +1145,7 @@ def test_control_characters_in_stored_text_never_reach_the_terminal(tmp_path: Pa
     script = (
         "from ml_persistence import ExperimentTracker\n"
         f"t = ExperimentTracker({db!r})\n"
-        "t.start_experiment('\\x1b[2J\\x1b]0;pwned\\x07run', tags=['\\x1b[31mred'])\n"
+        "t.start_experiment('\\x1b[2J\\x1b]0;pwned\\x07run', tags=['\\x1b[31mred'], metadata={'\\x1b[31mkey': 1})\n"
         "t.log_metric('\\x1b[1mloss', 1.0, episode=0, split='\\x1b[4mval')\n"
         "t.end_experiment('completed', notes='line one\\n\\x1b[5mline two')\n"
     )
@@ -1149,3 +1157,74 @@ def test_control_characters_in_stored_text_never_reach_the_terminal(tmp_path: Pa
         assert "\x1b" not in done.stdout + done.stderr, args
     shown = ok(cli("show", "1", "--db", db, cwd=tmp_path)).stdout
     assert "\\x1b[2J\\x1b]0;pwned\\x07run" in shown and "  \\x1b[5mline two" in shown
+
+
+# -- found by a hostile review ------------------------------------------------------------------
+
+
+def test_agent_command_never_runs_an_agent_py_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "agent.py").write_text("print('the user agent.py ran')\n")
+    done = ok(cli("agent", "--help", cwd=tmp_path))
+    assert "the user agent.py ran" not in done.stdout and "--listen" in done.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["show", str(2**64)], ["metrics", str(2**63), "loss"], ["compare", "1", str(2**70)], ["ls", "--limit", "-1"],
+    ["best", "--limit", str(2**64)], ["tail", "1", "--interval", "nan"], ["tail", "1", "--interval", "inf"],
+    ["delete", str(2**64)], ["export", "--experiment", str(2**64)], ["vacuum", "--timeout", "0"],
+    ["demo", "--episodes", "0"],
+])
+def test_out_of_range_numbers_are_usage_errors(copy: str, tmp_path: Path, args: list[str]) -> None:
+    done = cli(*args, "--db", copy, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_delete_unlinks_rows_of_other_experiments_that_named_its_models(tmp_path: Path) -> None:
+    db = str(tmp_path / "links.db")
+    script = (
+        "from ml_persistence import ExperimentTracker, ModelRegistry\n"
+        f"t, r = ExperimentTracker({db!r}), ModelRegistry({db!r})\n"
+        "a = t.start_experiment('a')\n"
+        "m = r.register_model(a, 'a.pt', val_metric=1.0)\n"
+        "t.end_experiment()\n"
+        "b = t.start_experiment('b')\n"
+        "t.log_metric('eval_of_a', 0.5, step=1, model_id=m)\n"
+        "t.log_artifact('cmp.png', 'plot', model_id=m)\n"
+        "t.end_experiment()\n"
+    )
+    made = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    ok(cli("delete", "1", "--yes", "--db", db, cwd=tmp_path))
+    ok(cli("check", "--db", db, cwd=tmp_path))
+    assert rows(db, "SELECT metric_name, model_id FROM metrics") == [("eval_of_a", None)]
+    assert rows(db, "SELECT artifact_path, model_id FROM artifacts") == [("cmp.png", None)]
+
+
+def test_backup_onto_the_database_itself_is_refused(copy: str, tmp_path: Path) -> None:
+    before = hashlib.sha256(Path(copy).read_bytes()).hexdigest()
+    done = cli("backup", copy, "--force", "--db", copy, cwd=tmp_path)
+    assert done.returncode == 2 and "the database itself" in done.stderr
+    assert hashlib.sha256(Path(copy).read_bytes()).hexdigest() == before
+
+
+def test_check_reports_a_corrupt_file_instead_of_failing(copy: str, tmp_path: Path) -> None:
+    size = Path(copy).stat().st_size
+    assert size > 8192
+    with open(copy, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * 4096)  # a page in the middle of the file
+    done = cli("check", "--json", "--db", copy, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    report = strict_json(done.stdout)
+    assert report["ok"] is False and (report["integrity"] != ["ok"] or report["foreign_keys"])
+
+
+def test_ls_orders_by_start_time_across_imported_runs(copy: str, tmp_path: Path) -> None:
+    from test_legacy import build_legacy
+
+    legacy = build_legacy(tmp_path / "experiments.db")
+    ok(cli("migrate-legacy", str(legacy), "--db", copy, cwd=tmp_path))
+    listed = ls_json(copy, tmp_path)
+    starts = [e["start_time"] for e in listed]
+    assert starts == sorted(starts, reverse=True) and listed[0]["name"] == "lstm-forecast"

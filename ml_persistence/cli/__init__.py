@@ -16,6 +16,7 @@ from ..backend import default_db_path
 from ..errors import MLPersistenceError
 from . import browse, follow, maintain, programs, transfer
 from .database import CLIError
+from .output import printable
 
 EXAMPLES = """\
 examples:
@@ -54,9 +55,17 @@ def _version() -> str:
     return __version__
 
 
+# Run as `python -c`, minus the current directory on sys.path: `-m agent` would run any agent.py
+# that happens to sit in the user's working directory.
+_AGENT_PROGRAM = (
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "from agent.cli import main; sys.exit(main())"
+)
+
+
 def _run_agent(argv: Sequence[str]) -> int:
-    # The agent imports ml_persistence, never the reverse: run it as its own program in this process.
-    os.execv(sys.executable, [sys.executable, "-m", "agent", *argv])
+    # The agent imports ml_persistence, never the reverse: it runs as its own program in this process.
+    os.execv(sys.executable, [sys.executable, "-c", _AGENT_PROGRAM, *argv])
     return 1  # not reached
 
 
@@ -83,12 +92,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.run(args)
     except CLIError as exc:
-        print(f"ml-persistence: {exc}", file=sys.stderr)
+        print(f"ml-persistence: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except (MLPersistenceError, sqlite3.Error, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
-        print(f"ml-persistence: error: {_describe(exc, args.db)}", file=sys.stderr)
+        print(f"ml-persistence: error: {printable(_describe(exc, args.db))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("", file=sys.stderr)

@@ -9,10 +9,9 @@ import sqlite3
 import sys
 from typing import Any, Iterator
 
-import msgspec
-
 from .. import queries
 from ..liveness import with_liveness
+from . import arguments
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
@@ -121,7 +120,7 @@ def _tables(exp: dict[str, Any]) -> list[str]:
     if exp.get("metadata"):
         lines.append(out.section("Metadata"))
         meta = exp["metadata"]
-        lines += ([f"  {k:<17}{out.text(v)}" for k, v in meta.items()] if isinstance(meta, dict) else ["  " + out.text(meta)])
+        lines += ([f"  {out.printable(str(k)):<17}{out.text(v)}" for k, v in meta.items()] if isinstance(meta, dict) else ["  " + out.text(meta)])
     return lines
 
 
@@ -142,9 +141,14 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind(value: Any) -> Any:
+    # 1 and 1.0 are the same setting; True, 1 and "1" are not.
+    return float if type(value) in (int, float) else type(value)
+
+
 def _same(values: list[Any]) -> bool:
     first = values[0]
-    return all(type(v) is type(first) and (v == first or (v != v and first != first)) for v in values[1:])
+    return all(_kind(v) is _kind(first) and (v == first or (v != v and first != first)) for v in values[1:])
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -242,15 +246,6 @@ def _history(conn: sqlite3.Connection, exp_id: int, name: str, split: str | None
             yield (*row[:3], math.nan if row[3] is None else row[3], *row[4:])
 
 
-def _decoded(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    try:
-        return msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return text
-
-
 def metrics(args: argparse.Namespace) -> int:
     """Print the history of one metric, streamed."""
     fmt = "json" if args.json else args.format
@@ -271,7 +266,7 @@ def metrics(args: argparse.Namespace) -> int:
             sys.stdout.write("[")
             for n, row in enumerate(rows):
                 record = dict(zip(_HISTORY_COLUMNS, row))
-                record["value_json"] = _decoded(record["value_json"])
+                record["value_json"] = out.decoded_json(record["value_json"])
                 sys.stdout.write(("," if n else "") + "\n  " + out.json_line(record))
             sys.stdout.write("\n]\n")
         else:
@@ -294,14 +289,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--status", help="only this status: running, completed, failed, crashed, stale, ...")
     p.add_argument("--tag", action="append", help="only experiments with this tag (repeat: all of them)")
     p.add_argument("--name", help="only names containing this text")
-    p.add_argument("--limit", type=int, help="at most this many")
+    p.add_argument("--limit", type=arguments.count, help="at most this many")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=ls)
 
     p = sub.add_parser("show", parents=[common], help="everything about one experiment",
                        description="Reproducibility, hyperparameters, datasets, per-metric summary, models "
                        "(best marked *), artifacts and notes of one experiment.")
-    p.add_argument("id", type=int, metavar="ID", help="experiment id")
+    p.add_argument("id", type=arguments.row_id, metavar="ID", help="experiment id")
     p.add_argument("--split", help="summarize only metric rows of this split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=show)
@@ -309,24 +304,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("compare", parents=[common], help="experiments side by side",
                        description="Hyperparameters side by side (differing ones marked *) and per-metric "
                        "summaries side by side.")
-    p.add_argument("ids", type=int, nargs="+", metavar="ID", help="two or more experiment ids")
-    p.add_argument("--metric", action="append", help="only this metric (repeatable; default: all)")
+    p.add_argument("ids", type=arguments.row_id, nargs="+", metavar="ID", help="two or more experiment ids")
+    p.add_argument("--metric", action="append", metavar="NAME", help="only this metric (repeatable; default: all)")
     p.add_argument("--split", help="only metric rows of this split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=compare)
 
     p = sub.add_parser("best", parents=[common], help="best models, highest val_metric first",
                        description="Models across experiments (or of --experiment), best first.")
-    p.add_argument("--experiment", type=int, action="append", metavar="ID", help="only this experiment (repeatable)")
+    p.add_argument("--experiment", type=arguments.row_id, action="append", metavar="ID", help="only this experiment (repeatable)")
     p.add_argument("--by", choices=queries.RANKABLE, default="val_metric", help="rank by (default: val_metric)")
     p.add_argument("--marked", action="store_true", help="only models registered with is_best")
-    p.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    p.add_argument("--limit", type=arguments.count, default=10, help="at most this many (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=best)
 
     p = sub.add_parser("metrics", parents=[common], help="the history of one metric",
                        description="Every logged value of one metric, in logging order (streamed).")
-    p.add_argument("id", type=int, metavar="ID", help="experiment id")
+    p.add_argument("id", type=arguments.row_id, metavar="ID", help="experiment id")
     p.add_argument("name", metavar="NAME", help="metric name")
     p.add_argument("--split", help="only rows of this split")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")

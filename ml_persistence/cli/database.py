@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -30,39 +29,60 @@ def _require_file(path: str) -> None:
         raise CLIError(f"{path} is a directory, not a database file", USAGE)
 
 
-def _upgrade_if_old(path: str) -> None:
-    probe = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
-        version = schema.user_version(probe)
-        ours = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'").fetchone()
-    finally:
-        probe.close()
-    if version == 0 and not ours:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.path.exists(path + "-wal"):
+            raise
+        # A WAL file on a read-only medium: no writer can be active (it would have a -wal file), so
+        # the file can be read as immutable instead of failing to create its shared-memory index.
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return conn
+
+
+def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
+    """Check the schema; make an older one read like the current one, without writing the file."""
+    version = schema.user_version(conn)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "experiments" not in tables:
         raise CLIError(f"{path} is not an ml_persistence database (it has no experiments table)")
     if version > schema.SCHEMA_VERSION:
         raise CLIError(
             f"{path} has schema version {version}, newer than this ml_persistence supports "
             f"({schema.SCHEMA_VERSION}); upgrade ml_persistence"
         )
-    if version < schema.SCHEMA_VERSION:
-        # The library upgrades a file in place on open; reading commands do the same, once.
-        try:
-            schema.connect(path).close()
-        except sqlite3.Error as exc:
-            raise CLIError(
-                f"{path} has schema version {version} and could not be upgraded to "
-                f"{schema.SCHEMA_VERSION}: {exc}"
-            ) from exc
-        print(f"ml-persistence: upgraded {path} from schema version {version} to {schema.SCHEMA_VERSION}",
-              file=sys.stderr)
+    experiment_columns = schema.columns(conn, "experiments")
+    if "state_dim" in experiment_columns and "experiment_type" not in experiment_columns:
+        raise CLIError(f"{path} looks like a legacy experiments.db; import it with "
+                       f"`ml-persistence migrate-legacy {path}`")
+    missing = [t for t in schema.TABLES if t not in tables]
+    if missing:
+        raise CLIError(f"{path} is not an ml_persistence database (no {', '.join(missing)} table)")
+    added: dict[str, list[str]] = {}
+    for table, column, _ in schema.ADDED_COLUMNS_V1:
+        if column not in schema.columns(conn, table):
+            added.setdefault(table, []).append(column)
+    # Columns newer versions add read as NULL through temporary views, which shadow the tables for
+    # this connection only: a file of the original implementation is read without being upgraded.
+    for table, names in added.items():
+        nulls = ", ".join(f"NULL AS {name}" for name in names)
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {nulls} FROM main.{table}")
 
 
 def open_read(path: str) -> sqlite3.Connection:
     """Open an existing database read-only (WAL readers never block writers), rows as sqlite3.Row."""
     _require_file(path)
-    _upgrade_if_old(path)
-    conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn = _connect_read_only(path)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        _read_as_current(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     conn.row_factory = sqlite3.Row
     return conn
 

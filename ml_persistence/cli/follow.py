@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from ..liveness import with_liveness
 from .. import queries
+from . import arguments
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
@@ -34,7 +35,7 @@ def _print(rows: list[tuple[Any, ...]], as_json: bool) -> None:
         if as_json:
             record = dict(zip(_COLUMNS, (*row[:5], value, row[6])))
             if row[7] is not None:
-                record["value_json"] = row[7]
+                record["value_json"] = out.decoded_json(row[7])
             print(out.json_line(record))
         else:
             shown = out.number(value) if row[7] is None else out.text(row[7])
@@ -59,6 +60,9 @@ def tail(args: argparse.Namespace) -> int:
             print(f"{'TIME':>8}  {'EPISODE':>7}  {'STEP':>9}  {'METRIC':<24}  {'VALUE':>14}", file=sys.stderr)
         _print([tuple(r) for r in reversed(recent)], args.json)
         checked = time.monotonic()
+        if exp["status"] == "stale":
+            print(f"ml-persistence: experiment {args.id} is stale (started elsewhere, nothing logged for an hour); "
+                  "following anyway, Ctrl-C to stop", file=sys.stderr)
         while exp["status"] in ("running", "stale"):
             time.sleep(args.interval)
             rows = conn.execute(sql + " ORDER BY id", [last, args.id, *extra]).fetchall()
@@ -84,9 +88,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("tail", parents=[common], help="follow an experiment's metrics live",
                        description="Print the last metric rows of an experiment, then every new row as it "
                        "is committed, until the experiment ends (or crashes) or you press Ctrl-C.")
-    p.add_argument("id", type=int, metavar="ID", help="experiment id")
-    p.add_argument("--metric", action="append", help="only this metric (repeatable)")
-    p.add_argument("-n", "--lines", type=int, default=10, help="rows of history to print first (default: 10)")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between polls (default: 0.5)")
+    p.add_argument("id", type=arguments.row_id, metavar="ID", help="experiment id")
+    p.add_argument("--metric", action="append", metavar="NAME", help="only this metric (repeatable)")
+    p.add_argument("-n", "--lines", type=arguments.count, default=10, help="rows of history to print first (default: 10)")
+    p.add_argument("--interval", type=arguments.seconds, default=0.5, help="seconds between polls (default: 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=tail)

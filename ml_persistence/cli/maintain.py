@@ -13,11 +13,13 @@ from typing import Any
 from .. import schema
 from ..liveness import with_liveness
 from .. import queries
+from . import arguments
 from . import output as out
 from .database import CLIError, open_read, open_write
 
 # What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
 OWNED_TABLES = ("metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "models")
+MODEL_REFERENCES = ("metrics", "hyperparameters", "artifacts")
 OWNED_NOUNS = {"metrics": "metric row", "hyperparameters": "hyperparameter", "artifacts": "artifact",
                "experiment_datasets": "dataset link", "legacy_imports": "legacy import record", "models": "model"}
 
@@ -30,7 +32,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _backup_target(dest: str, force: bool) -> str:
+def _backup_target(db: str, dest: str, force: bool) -> str:
     if os.path.isdir(dest):
         stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
         target = os.path.join(dest, f"ml_experiments_backup_{stamp}.db")
@@ -42,6 +44,8 @@ def _backup_target(dest: str, force: bool) -> str:
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise CLIError(f"cannot back up to {dest}: directory {parent} does not exist")
+    if os.path.exists(dest) and os.path.exists(db) and os.path.samefile(dest, db):
+        raise CLIError(f"{dest} is the database itself; back up to another file", 2)
     if os.path.exists(dest) and not force:
         raise CLIError(f"{dest} exists; pass --force to replace it")
     return dest
@@ -49,7 +53,7 @@ def _backup_target(dest: str, force: bool) -> str:
 
 def backup(args: argparse.Namespace) -> int:
     """Copy the database consistently while writers keep going (SQLite's online backup API)."""
-    target = _backup_target(args.dest, args.force)
+    target = _backup_target(args.db, args.dest, args.force)
     partial = f"{target}.partial-{os.getpid()}"
     started = time.perf_counter()
     source = open_read(args.db)
@@ -100,11 +104,17 @@ def check(args: argparse.Namespace) -> int:
     """Run SQLite's integrity and foreign-key checks; exit 1 on any problem."""
     with open_read(args.db) as conn:
         pragma = "quick_check" if args.quick else "integrity_check"
-        integrity = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
-        foreign = [
-            {"table": r[0], "rowid": r[1], "parent": r[2]} for r in conn.execute("PRAGMA foreign_key_check")
-        ]
         version = schema.user_version(conn)
+        try:
+            integrity = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
+        except sqlite3.DatabaseError as exc:
+            integrity = [f"{pragma} failed: {exc}"]
+        try:
+            foreign = [
+                {"table": r[0], "rowid": r[1], "parent": r[2]} for r in conn.execute("PRAGMA foreign_key_check")
+            ]
+        except sqlite3.DatabaseError as exc:
+            foreign = [{"table": None, "rowid": None, "parent": None, "error": f"foreign_key_check failed: {exc}"}]
     ok = integrity == ["ok"] and not foreign
     if args.json:
         out.print_json({"ok": ok, "schema_version": version, "integrity": integrity, "foreign_keys": foreign})
@@ -115,7 +125,8 @@ def check(args: argparse.Namespace) -> int:
             print(f"    {line}")
         print(f"  foreign keys: {'ok' if not foreign else f'{len(foreign)} dangling reference(s)'}")
         for f in foreign[:50]:
-            print(f"    {f['table']} row {f['rowid']} points at a missing {f['parent']} row")
+            print(f"    {f['error']}" if "error" in f else
+                  f"    {f['table']} row {f['rowid']} points at a missing {f['parent']} row")
         if len(foreign) > 50:
             print(f"    ... and {len(foreign) - 50} more")
     return 0 if ok else 1
@@ -159,6 +170,9 @@ def delete(args: argparse.Namespace) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for i in ids:
+                for table in MODEL_REFERENCES:  # rows of other experiments may name one of these models
+                    conn.execute(f"UPDATE {table} SET model_id = NULL WHERE model_id IN "
+                                 "(SELECT id FROM models WHERE experiment_id = ?)", (i,))
                 for table in OWNED_TABLES:
                     conn.execute(f"DELETE FROM {table} WHERE experiment_id = ?", (i,))
                 conn.execute("DELETE FROM experiments WHERE id = ?", (i,))
@@ -184,7 +198,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("vacuum", parents=[common], help="reclaim free space",
                        description="VACUUM the database and truncate its write-ahead log. Needs a moment with "
                        "no other writer; waits up to --timeout seconds for one.")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for writers (default: 30)")
+    p.add_argument("--timeout", type=arguments.seconds, default=30.0, help="seconds to wait for writers (default: 30)")
     p.set_defaults(run=vacuum)
 
     p = sub.add_parser("check", parents=[common], help="integrity and foreign-key checks (exit 1 on problems)",
@@ -196,7 +210,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("delete", parents=[common], help="delete experiments and everything they own",
                        description="Delete experiments with their metrics, hyperparameters, models, artifacts "
                        "and dataset links (datasets themselves are shared and kept). Asks first.")
-    p.add_argument("ids", type=int, nargs="+", metavar="ID", help="experiment ids")
+    p.add_argument("ids", type=arguments.row_id, nargs="+", metavar="ID", help="experiment ids")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--force", action="store_true", help="delete even a running (or stale) experiment")
     p.set_defaults(run=delete)

@@ -169,6 +169,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def decoded_json(text: Any) -> Any:
+    """Return stored JSON text decoded, or the text itself if it is not JSON."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
 def print_json(value: Any, out: TextIO = sys.stdout) -> None:
     """Print a value as indented strict JSON."""
     out.write(msgspec.json.format(msgspec.json.encode(json_safe(value)), indent=2).decode() + "\n")

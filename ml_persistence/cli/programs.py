@@ -6,6 +6,7 @@ import argparse
 import time
 
 from .. import core
+from . import arguments
 
 
 def init(args: argparse.Namespace) -> int:
@@ -44,8 +45,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("demo", parents=[common], help="run a demo training loop into the database",
                        description="A toy PPO-style agent trading a synthetic BTC-USD series, logged "
                        "through the whole API: experiment, hyperparameters, datasets, metrics, checkpoints.")
-    p.add_argument("--episodes", type=int, default=50, help="episodes (default: 50)")
-    p.add_argument("--steps", type=int, default=200, help="environment steps per episode (default: 200)")
+    p.add_argument("--episodes", type=arguments.positive, default=50, help="episodes (default: 50)")
+    p.add_argument("--steps", type=arguments.positive, default=200, help="environment steps per episode (default: 200)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.set_defaults(run=demo)
 

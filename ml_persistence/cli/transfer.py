@@ -8,6 +8,7 @@ import sys
 from typing import BinaryIO
 
 from .. import queries
+from . import arguments
 from . import output as out
 from .database import CLIError, open_read
 
@@ -47,6 +48,9 @@ def export(args: argparse.Namespace) -> int:
             write(sys.stdout.buffer)
             sys.stdout.buffer.flush()
             return 0
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent):
+            raise CLIError(f"cannot write {args.out}: directory {parent} does not exist")
         partial = f"{args.out}.partial-{os.getpid()}"  # a failed export leaves no half-written file behind
         try:
             with open(partial, "wb") as target:
@@ -85,7 +89,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        description="Export one kind of row, streamed (constant memory however many rows). "
                        "Columns are the database's own column names.")
     p.add_argument("--what", choices=WHATS, default="experiments", help="what to export (default: experiments)")
-    p.add_argument("--experiment", type=int, action="append", metavar="ID", help="only this experiment (repeatable)")
+    p.add_argument("--experiment", type=arguments.row_id, action="append", metavar="ID", help="only this experiment (repeatable)")
     p.add_argument("--metric", action="append", metavar="NAME", help="with --what metrics: only this metric (repeatable)")
     p.add_argument("--format", choices=FORMATS,
                    help="csv, jsonl or parquet (default: from --out's extension, else csv); "
