@@ -84,9 +84,11 @@ def _indented(block: str) -> str:
 
 
 def _tables(exp: dict[str, Any]) -> list[str]:
+    full = out.terminal_width()
+    width = None if full is None else full - 2  # the tables are indented by two
     lines = [out.section("Hyperparameters")]
     hp = exp["hyperparameters"]
-    lines.append(_indented(out.table(["NAME", "VALUE"], [[k, out.text(v)] for k, v in sorted(hp.items())], flexible=(1,)))
+    lines.append(_indented(out.table(["NAME", "VALUE"], [[k, out.text(v)] for k, v in sorted(hp.items())], flexible=(1,), width=width))
                  if hp else "  (none)")
     lines.append(out.section("Datasets"))
     ds = exp["datasets"]
@@ -94,27 +96,27 @@ def _tables(exp: dict[str, Any]) -> list[str]:
         ["ID", "USAGE", "NAME", "VERSION", "SPLIT", "SAMPLES", "FROM", "TO"],
         [[str(d["id"]), out.text(d["usage_type"]), out.text(d["name"]), out.text(d["version"]),
           out.text(d["split_type"]), out.text(d["num_samples"]), out.text(d["start_date"]), out.text(d["end_date"])]
-         for d in ds], right=(0, 5), flexible=(2, 3))) if ds else "  (none)")
+         for d in ds], right=(0, 5), flexible=(2, 3), width=width)) if ds else "  (none)")
     lines.append(out.section("Metrics"))
     ms = exp["metrics"]
     lines.append(_indented(out.table(
         ["NAME", "COUNT", "FIRST", "LAST", "MIN", "MAX"],
         [[n, str(s["count"]), out.number(s["first"]), out.number(s["last"]), out.number(s["min"]), out.number(s["max"])]
-         for n, s in ms.items()], right=(1, 2, 3, 4, 5), flexible=(0,))) if ms else "  (none)")
+         for n, s in ms.items()], right=(1, 2, 3, 4, 5), flexible=(0,), width=width)) if ms else "  (none)")
     lines.append(out.section("Models (* = best)"))
     models = exp["models"]
     lines.append(_indented(out.table(
         ["ID", "BEST", "EPISODE", "STEP", "TRAIN", "VAL", "TEST", "CHECKPOINT"],
         [[str(m["id"]), "*" if m["id"] == exp["best_model_id"] else "", out.text(m["episode_num"]), out.text(m["global_step"]),
           out.number(m["train_metric"]), out.number(m["val_metric"]), out.number(m["test_metric"]),
-          out.text(m["checkpoint_path"])] for m in models], right=(0, 2, 3, 4, 5, 6), flexible=(7,)))
+          out.text(m["checkpoint_path"])] for m in models], right=(0, 2, 3, 4, 5, 6), flexible=(7,), width=width))
         if models else "  (none)")
     lines.append(out.section("Artifacts"))
     arts = exp["artifacts"]
     lines.append(_indented(out.table(
         ["ID", "TYPE", "NAME", "PATH", "MB"],
         [[str(a["id"]), out.text(a["artifact_type"]), out.text(a["artifact_name"]), out.text(a["artifact_path"]),
-          out.number(a["file_size_mb"])] for a in arts], right=(0, 4), flexible=(2, 3))) if arts else "  (none)")
+          out.number(a["file_size_mb"])] for a in arts], right=(0, 4), flexible=(2, 3), width=width)) if arts else "  (none)")
     lines.append(out.section("Notes"))
     lines += ["  " + out.printable(line) for line in (exp.get("notes") or "(none)").splitlines()]
     if exp.get("metadata"):
@@ -137,7 +139,10 @@ def show(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(exp)
         return 0
-    print("\n".join(_show_text(exp) + _tables(exp)))
+    width = out.terminal_width()
+    # Long values (a command line, a metadata list) are clipped on a terminal; --json has them whole.
+    text = "\n".join(_show_text(exp) + _tables(exp))
+    print("\n".join(out.clip(line, width) for line in text.split("\n")))
     return 0
 
 

@@ -96,6 +96,11 @@ def terminal_width() -> Optional[int]:
     return None
 
 
+def clip(line: str, width: Optional[int]) -> str:
+    """Return ``line`` cut to ``width`` characters (with '…'), or whole when width is None."""
+    return line if width is None else _clip(line, width)
+
+
 def _clip(cell: str, width: int) -> str:
     return cell if len(cell) <= width else cell[: max(0, width - 1)] + "…"
 
