@@ -171,6 +171,13 @@ def cli_many(argvs: Sequence[Sequence[str]], cwd: Path) -> list[subprocess.Compl
                 proc.wait()
 
 
+def run_script(script: str, cwd: Path) -> None:
+    """Run a Python script that uses the library, in a child process; it must succeed."""
+    made = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+
+
 def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert done.returncode == 0, (done.args, done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
@@ -1149,9 +1156,7 @@ def test_control_characters_in_stored_text_never_reach_the_terminal(tmp_path: Pa
         "t.log_metric('\\x1b[1mloss', 1.0, episode=0, split='\\x1b[4mval')\n"
         "t.end_experiment('completed', notes='line one\\n\\x1b[5mline two')\n"
     )
-    made = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
+    run_script(script, tmp_path)
     for args in (["ls"], ["show", "1"], ["compare", "1", "1"], ["metrics", "1", "\x1b[1mloss"], ["tail", "1"]):
         done = cli(*args, "--db", db, cwd=tmp_path)
         assert "\x1b" not in done.stdout + done.stderr, args
@@ -1192,9 +1197,7 @@ def test_delete_unlinks_rows_of_other_experiments_that_named_its_models(tmp_path
         "t.log_artifact('cmp.png', 'plot', model_id=m)\n"
         "t.end_experiment()\n"
     )
-    made = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
+    run_script(script, tmp_path)
     ok(cli("delete", "1", "--yes", "--db", db, cwd=tmp_path))
     ok(cli("check", "--db", db, cwd=tmp_path))
     assert rows(db, "SELECT metric_name, model_id FROM metrics") == [("eval_of_a", None)]
