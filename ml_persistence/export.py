@@ -3,7 +3,7 @@
 Rows come straight from one SELECT, fetched ``batch_rows`` at a time, so memory stays flat however
 many rows a table holds; every query streams in id order (no temporary sort of the big tables).
 Columns are the database's own, in PRAGMA table_info order, plus a few derived ones:
-experiments get num_checkpoints, best_val_metric, best_test_metric (as queries._FIGURES);
+experiments get num_checkpoints, best_val_metric, best_test_metric (as queries.SUMMARY_FIGURES);
 datasets get experiment_id and usage_type, one row per linked experiment (unlinked datasets once,
 with NULLs). JSON text columns (tags, metadata, hyperparameters, packages, feature_columns,
 target_columns, value_json) are written as the text the database holds, never decoded.
@@ -52,7 +52,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
 import msgspec
 
 from .errors import MLPersistenceError
-from .queries import _FIGURES
+from .queries import SUMMARY_FIGURES
 
 WHATS = ("experiments", "metrics", "models", "hyperparameters", "datasets", "artifacts")
 FORMATS = ("csv", "jsonl", "parquet")
@@ -162,7 +162,7 @@ def _experiments_query(conn: sqlite3.Connection, ids: Optional[str]) -> _Query:
     _require("experiments", declared, "id")
     figures = [("num_checkpoints", "INTEGER"), ("best_val_metric", "REAL"), ("best_test_metric", "REAL")]
     columns = _table_columns("t", "experiments", declared + figures)
-    tail = f"FROM (SELECT e.*, {_FIGURES} FROM experiments e) AS t"
+    tail = f"FROM (SELECT e.*, {SUMMARY_FIGURES} FROM experiments e) AS t"
     if ids is not None:
         tail += f" WHERE t.id {_IN_IDS}"
     return _Query("experiments", columns, tail + " ORDER BY t.id", {"ids": ids} if ids else {})

@@ -51,7 +51,7 @@ _BEST = (
     "FROM models m WHERE m.experiment_id = e.id)"
 )
 # As the original's experiment_summary: the best-marked models' figure, else the best of all models.
-_FIGURES = (
+SUMMARY_FIGURES = (
     "(SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) AS num_checkpoints, "
     + _BEST.format("val_metric") + " AS best_val_metric, "
     + _BEST.format("test_metric") + " AS best_test_metric"
@@ -60,7 +60,7 @@ _FIGURES = (
 _SUMMARY = f"""
 SELECT e.id, e.name, e.description, e.experiment_type, e.status, e.start_time, e.end_time,
        e.duration_seconds, e.tags, e.notes, e.random_seed, e.git_commit, e.git_branch,
-       e.hostname, e.pid, e.metadata, e.updated_at, {_FIGURES}
+       e.hostname, e.pid, e.metadata, e.updated_at, {SUMMARY_FIGURES}
 FROM experiments e
 """
 
@@ -93,7 +93,7 @@ def list_experiments(
 
 def get_experiment(conn: sqlite3.Connection, experiment_id: int) -> Optional[dict[str, Any]]:
     """Return every column of one experiment plus its summary figures, or None."""
-    exp = _one(conn, f"SELECT e.*, {_FIGURES} FROM experiments e WHERE e.id = ?", (experiment_id,))
+    exp = _one(conn, f"SELECT e.*, {SUMMARY_FIGURES} FROM experiments e WHERE e.id = ?", (experiment_id,))
     if exp is not None:
         exp["hyperparameters"] = get_hyperparameters(conn, experiment_id)
     return exp
