@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgspec
 
-from . import schema, validate
+from . import schema, timestamps, validate
 from .errors import InvalidValueError, MLPersistenceError
 
 # The legacy schema as the older project wrote it; anything else found in a file is "unknown".
@@ -544,9 +544,12 @@ def _duration(start: Any, end: Any) -> Optional[float]:
     """Return end - start in seconds when both are ISO timestamps, else None."""
     if not isinstance(start, str) or not isinstance(end, str):
         return None
+    began, ended = timestamps.parse(start), timestamps.parse(end)
+    if began is None or ended is None:
+        return None
     try:
-        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-    except (ValueError, TypeError):  # TypeError: one has a UTC offset, the other not
+        return (ended - began).total_seconds()
+    except TypeError:  # one has a UTC offset, the other not
         return None
 
 

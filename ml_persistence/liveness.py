@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import socket
 import sqlite3
 from typing import Any, Mapping, Optional
+
+from . import timestamps
 
 # A run on another host (or with no recorded pid) that logged nothing for this long shows as "stale".
 STALE_AFTER_SECONDS = 3600.0
@@ -16,15 +17,9 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def parse_time(text: Any) -> Optional[float]:
-    """Return the epoch seconds of a stored local-time timestamp, or None if it does not parse."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        # Python < 3.11 takes at most six fraction digits; an offset after them must survive.
-        moment = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace("Z", "+00:00")))
-    except ValueError:
-        return None
-    return moment.timestamp()
+    """Return the epoch seconds of a stored timestamp (local time unless it carries an offset), or None."""
+    moment = timestamps.parse(text)
+    return None if moment is None else moment.timestamp()
 
 
 def _boot_time() -> Optional[float]:

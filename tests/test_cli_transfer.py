@@ -85,7 +85,12 @@ def test_export_formats_round_trip_through_pandas(tmp_path: Path) -> None:
 
     db = _library_db(tmp_path)
     expected = rows(db, "SELECT id, metric_name, episode, value FROM metrics WHERE experiment_id = 2 ORDER BY id")
-    for fmt, read in (("csv", pd.read_csv), ("jsonl", lambda p: pd.read_json(p, lines=True, precise_float=True)), ("parquet", pd.read_parquet)):
+    readers = {
+        "csv": lambda p: pd.read_csv(p, float_precision="round_trip"),
+        "jsonl": lambda p: pd.read_json(p, lines=True, precise_float=True),
+        "parquet": pd.read_parquet,
+    }
+    for fmt, read in readers.items():
         out = tmp_path / f"m.{fmt}"
         done = cli("export", "--db", db, "--what", "metrics", "--experiment", "2", "--out", str(out), cwd=tmp_path)
         assert done.returncode == 0, done.stderr

@@ -144,13 +144,18 @@ def kinds(db: str, what: str) -> dict[str, str]:
     return {c: "int" if "INT" in d else "real" if "REAL" in d else "text" for c, d in declared.items()}
 
 
+# pandas 2 turns a missing value into the text "None" under dtype "str"; its "string" keeps it missing.
+TEXT = "str" if int(pd.__version__.split(".")[0]) >= 3 else "string"
+
+
 def read_back(fmt: str, data: bytes, column_kinds: dict[str, str]) -> pd.DataFrame:
     """Read an export with pandas, telling it the column types (text that looks numeric stays text)."""
-    dtype = {c: {"int": "Int64", "real": "float64", "text": "str"}[k] for c, k in column_kinds.items()}
+    dtype = {c: {"int": "Int64", "real": "float64", "text": TEXT}[k] for c, k in column_kinds.items()}
     if fmt == "csv":
         # Only empty cells are missing, and "nan" in numeric columns: text like "None" or "NA" stays text.
         na = {c: ["", "nan"] if k != "text" else [""] for c, k in column_kinds.items()}
-        return pd.read_csv(io.BytesIO(data), dtype=dtype, keep_default_na=False, na_values=na)
+        return pd.read_csv(io.BytesIO(data), dtype=dtype, keep_default_na=False, na_values=na,
+                           float_precision="round_trip")
     if fmt == "jsonl":
         with warnings.catch_warnings():
             # pandas 3 deprecates it but still turns *_at/timestamp text into datetimes without it.
