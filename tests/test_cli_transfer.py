@@ -82,11 +82,12 @@ def test_export_formats_round_trip_through_pandas(tmp_path: Path) -> None:
     import math
 
     import pandas as pd
+    from test_export import CSV_EXACT
 
     db = _library_db(tmp_path)
     expected = rows(db, "SELECT id, metric_name, episode, value FROM metrics WHERE experiment_id = 2 ORDER BY id")
     readers = {
-        "csv": lambda p: pd.read_csv(p, float_precision="round_trip"),
+        "csv": lambda p: pd.read_csv(p, **CSV_EXACT),
         "jsonl": lambda p: pd.read_json(p, lines=True, precise_float=True),
         "parquet": pd.read_parquet,
     }

@@ -145,7 +145,10 @@ def kinds(db: str, what: str) -> dict[str, str]:
 
 
 # pandas 2 turns a missing value into the text "None" under dtype "str"; its "string" keeps it missing.
-TEXT = "str" if int(pd.__version__.split(".")[0]) >= 3 else "string"
+PANDAS_3 = int(pd.__version__.split(".")[0]) >= 3
+TEXT = "str" if PANDAS_3 else "string"
+# pandas 2's C parser rounds some floats unless asked for exact round trips (pandas 3's default).
+CSV_EXACT: dict[str, str] = {} if PANDAS_3 else {"float_precision": "round_trip"}
 
 
 def read_back(fmt: str, data: bytes, column_kinds: dict[str, str]) -> pd.DataFrame:
@@ -154,8 +157,7 @@ def read_back(fmt: str, data: bytes, column_kinds: dict[str, str]) -> pd.DataFra
     if fmt == "csv":
         # Only empty cells are missing, and "nan" in numeric columns: text like "None" or "NA" stays text.
         na = {c: ["", "nan"] if k != "text" else [""] for c, k in column_kinds.items()}
-        return pd.read_csv(io.BytesIO(data), dtype=dtype, keep_default_na=False, na_values=na,
-                           float_precision="round_trip")
+        return pd.read_csv(io.BytesIO(data), dtype=dtype, keep_default_na=False, na_values=na, **CSV_EXACT)
     if fmt == "jsonl":
         with warnings.catch_warnings():
             # pandas 3 deprecates it but still turns *_at/timestamp text into datetimes without it.
