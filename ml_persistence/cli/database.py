@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from typing import Any
-from urllib.parse import quote
 
 from .. import queries, schema
 from ..liveness import with_liveness
+from ..readonly import ReadError, open_read_only
 
 NOT_FOUND = 1
 USAGE = 2
@@ -22,69 +22,19 @@ class CLIError(Exception):
         self.code = code
 
 
+def open_read(path: str) -> sqlite3.Connection:
+    """Open an existing database read-only (see readonly.open_read_only), errors as CLIError."""
+    try:
+        return open_read_only(path)
+    except ReadError as exc:
+        raise CLIError(str(exc), exc.code) from None
+
+
 def _require_file(path: str) -> None:
     if not os.path.exists(path):
         raise CLIError(f"no database at {path} (create one with `ml-persistence init --db {path}`)")
     if os.path.isdir(path):
         raise CLIError(f"{path} is a directory, not a database file", USAGE)
-
-
-def _connect_read_only(path: str) -> sqlite3.Connection:
-    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    try:
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError:
-        conn.close()
-        if os.path.exists(path + "-wal"):
-            raise
-        # A WAL file on a read-only medium: no writer can be active (it would have a -wal file), so
-        # the file can be read as immutable instead of failing to create its shared-memory index.
-        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
-    return conn
-
-
-def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
-    """Check the schema; make an older one read like the current one, without writing the file."""
-    version = schema.user_version(conn)
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "experiments" not in tables:
-        raise CLIError(f"{path} is not an ml_persistence database (it has no experiments table)")
-    if version > schema.SCHEMA_VERSION:
-        raise CLIError(
-            f"{path} has schema version {version}, newer than this ml_persistence supports "
-            f"({schema.SCHEMA_VERSION}); upgrade ml_persistence"
-        )
-    experiment_columns = schema.columns(conn, "experiments")
-    if "state_dim" in experiment_columns and "experiment_type" not in experiment_columns:
-        raise CLIError(f"{path} looks like a legacy experiments.db; import it with "
-                       f"`ml-persistence migrate-legacy {path}`")
-    missing = [t for t in schema.TABLES if t not in tables]
-    if missing:
-        raise CLIError(f"{path} is not an ml_persistence database (no {', '.join(missing)} table)")
-    added: dict[str, list[str]] = {}
-    for table, column, _ in schema.ADDED_COLUMNS_V1:
-        if column not in schema.columns(conn, table):
-            added.setdefault(table, []).append(column)
-    # Columns newer versions add read as NULL through temporary views, which shadow the tables for
-    # this connection only: a file of the original implementation is read without being upgraded.
-    for table, names in added.items():
-        nulls = ", ".join(f"NULL AS {name}" for name in names)
-        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {nulls} FROM main.{table}")
-
-
-def open_read(path: str) -> sqlite3.Connection:
-    """Open an existing database read-only (WAL readers never block writers), rows as sqlite3.Row."""
-    _require_file(path)
-    conn = _connect_read_only(path)
-    try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        _read_as_current(conn, path)
-    except BaseException:
-        conn.close()
-        raise
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def open_write(path: str, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:

@@ -15,6 +15,7 @@ from ..liveness import with_liveness
 from .. import queries
 from . import arguments
 from . import output as out
+from ..readonly import ReadError, connect_read_only
 from .database import CLIError, open_read, open_write
 
 # What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
@@ -102,9 +103,17 @@ def vacuum(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Run SQLite's integrity and foreign-key checks; exit 1 on any problem."""
-    with open_read(args.db) as conn:
+    # Opened without the schema checks of open_read: a damaged file must get a report, not an error.
+    try:
+        conn = connect_read_only(args.db)
+    except ReadError as exc:
+        raise CLIError(str(exc), exc.code) from None
+    with conn:
         pragma = "quick_check" if args.quick else "integrity_check"
-        version = schema.user_version(conn)
+        try:
+            version: object = schema.user_version(conn)
+        except sqlite3.DatabaseError as exc:
+            version = f"unreadable ({exc})"
         try:
             integrity = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
         except sqlite3.DatabaseError as exc:

@@ -1,0 +1,84 @@
+"""Opening a database to read it: read-only, never created, never upgraded, older schemas included."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from urllib.parse import quote
+
+from . import schema
+from .errors import MLPersistenceError
+
+
+class ReadError(MLPersistenceError):
+    """The file cannot be read as an ml_persistence database; ``code`` 1 (missing, foreign) or 2 (misuse)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _require_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise ReadError(f"no database at {path} (create one with `ml-persistence init --db {path}`)")
+    if os.path.isdir(path):
+        raise ReadError(f"{path} is a directory, not a database file", 2)
+
+
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """Open an existing file read-only, without looking at what it holds (a damaged file opens too)."""
+    _require_file(path)
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.path.exists(path + "-wal"):
+            raise
+        # A WAL file on a read-only medium: no writer can be active (it would have a -wal file), so
+        # the file can be read as immutable instead of failing to create its shared-memory index.
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return conn
+
+
+def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
+    """Check the schema; make an older one read like the current one, without writing the file."""
+    version = schema.user_version(conn)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "experiments" not in tables:
+        raise ReadError(f"{path} is not an ml_persistence database (it has no experiments table)")
+    if version > schema.SCHEMA_VERSION:
+        raise ReadError(
+            f"{path} has schema version {version}, newer than this ml_persistence supports "
+            f"({schema.SCHEMA_VERSION}); upgrade ml_persistence"
+        )
+    experiment_columns = schema.columns(conn, "experiments")
+    if "state_dim" in experiment_columns and "experiment_type" not in experiment_columns:
+        raise ReadError(f"{path} looks like a legacy experiments.db; import it with "
+                       f"`ml-persistence migrate-legacy {path}`")
+    missing = [t for t in schema.TABLES if t not in tables]
+    if missing:
+        raise ReadError(f"{path} is not an ml_persistence database (no {', '.join(missing)} table)")
+    added: dict[str, list[str]] = {}
+    for table, column, _ in schema.ADDED_COLUMNS_V1:
+        if column not in schema.columns(conn, table):
+            added.setdefault(table, []).append(column)
+    # Columns newer versions add read as NULL through temporary views, which shadow the tables for
+    # this connection only: a file of the original implementation is read without being upgraded.
+    for table, names in added.items():
+        nulls = ", ".join(f"NULL AS {name}" for name in names)
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {nulls} FROM main.{table}")
+
+
+def open_read_only(path: str) -> sqlite3.Connection:
+    """Open an existing database read-only (WAL readers never block writers), rows as sqlite3.Row."""
+    conn = connect_read_only(path)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        _read_as_current(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    conn.row_factory = sqlite3.Row
+    return conn
