@@ -33,6 +33,14 @@ def positive(text: str) -> int:
     return _integer(text, 1, "a positive integer")
 
 
+def port(text: str) -> int:
+    """A TCP port, 0 for any free one."""
+    value = _integer(text, 0, "a port (0-65535)")
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port (0-65535), got {text}")
+    return value
+
+
 def seconds(text: str) -> float:
     """A finite, positive number of seconds."""
     try:

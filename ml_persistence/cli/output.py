@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional, Sequence, TextIO
 import msgspec
 
 from ..liveness import parse_time
+from ..strictjson import decoded_json as decoded_json, json_safe  # re-exported for the commands
 
 MIN_COLUMN = 6
 READABLE = 12
@@ -155,33 +156,6 @@ def table(
             parts.append(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]))
         lines.append(GAP.join(parts).rstrip())
     return "\n".join(lines)
-
-
-def json_safe(value: Any) -> Any:
-    """Make a value strict JSON: NaN becomes null, ±inf the strings 'Infinity' / '-Infinity'."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
-def decoded_json(text: Any) -> Any:
-    """Return stored JSON text decoded, or the text itself if it is not JSON."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return text
 
 
 def print_json(value: Any, out: TextIO = sys.stdout) -> None:

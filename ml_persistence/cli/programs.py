@@ -35,6 +35,23 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def ui(args: argparse.Namespace) -> int:
+    """Serve the read-only web UI."""
+    from ..address import read_token
+    from ..ui import missing_extra, serve
+    from .database import CLIError, open_read
+
+    problem = missing_extra()
+    if problem:
+        raise CLIError(problem)
+    open_read(args.db).close()
+    token = read_token(args.token_file)
+    try:
+        return serve(args.db, args.host, args.port, token, args.open)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add init, demo and agent to the parser."""
     p = sub.add_parser("init", parents=[common], help="create or upgrade the database",
@@ -49,6 +66,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--steps", type=arguments.positive, default=200, help="environment steps per episode (default: 200)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.set_defaults(run=demo)
+
+    p = sub.add_parser("ui", parents=[common], help="a local web UI: runs, curves, comparisons",
+                       description="Serve a read-only web UI over the database: the runs, each run's curves "
+                       "(downsampled for large runs), comparisons, updating live. Binds 127.0.0.1 by default; "
+                       "any other address requires a token (made for you unless --token-file gives one). "
+                       "Needs: pip install 'ml_persistence[ui]'.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=arguments.port, default=8765, help="port (default: 8765; 0 = any free port)")
+    p.add_argument("--open", action="store_true", help="open it in the web browser")
+    p.add_argument("--token-file", metavar="PATH", help="file holding the access token")
+    p.set_defaults(run=ui)
 
     # Only listed here for --help: main() hands `agent ...` to the agent program before parsing.
     sub.add_parser("agent", help="run the sidecar agent (same as ml-persistence-agent; see `agent --help`)",

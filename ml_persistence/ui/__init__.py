@@ -1,0 +1,66 @@
+"""The local, read-only web UI (`ml-persistence ui`); needs the `ui` extra: pip install 'ml_persistence[ui]'."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+import webbrowser
+from typing import Optional
+
+from ..protocol import is_loopback
+from ..readonly import open_read_only
+
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+def missing_extra() -> Optional[str]:
+    """Return a message naming what is missing when the `ui` extra is not installed, else None."""
+    missing = []
+    for module in ("starlette", "uvicorn", "plotly"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if not missing:
+        return None
+    return (f"the web UI needs {', '.join(missing)}: install it with "
+            "pip install 'ml_persistence[ui]'")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Return a listening socket on host:port (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_browser: bool = False) -> int:
+    """Serve the UI until SIGINT/SIGTERM; off loopback a token is required (one is made if none is given)."""
+    import uvicorn
+
+    from .server import create_app
+
+    open_read_only(db_path).close()  # a clear error now rather than on every request
+    loopback = is_loopback(host)
+    if not loopback and token is None:
+        token = secrets.token_urlsafe(24)
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
+    hosts = (LOOPBACK_NAMES | {host}) if loopback else set()
+    app = create_app(db_path, token=token, hosts=hosts)
+    print(f"ml-persistence ui: serving {db_path} (read-only) at {url}", flush=True)
+    if not loopback:
+        print("ml-persistence ui: listening beyond this machine: the runs are readable by whoever has the "
+              "URL above (its token)", file=sys.stderr, flush=True)
+    if open_browser:
+        webbrowser.open(url)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server.run(sockets=[sock])
+    return 0

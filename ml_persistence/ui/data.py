@@ -1,0 +1,171 @@
+"""What the web UI shows, read from the database: run lists, one run, downsampled curves, comparisons."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import mimetypes
+import os
+import sqlite3
+from typing import Any, Optional, Sequence
+
+from .. import queries
+from ..liveness import with_liveness
+
+AXES = {"episode": "episode", "step": "step", "time": "julianday(timestamp)"}
+MAX_POINTS = 5000
+# Served inline; anything else is a download. SVG is left out on purpose: it can carry script.
+INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+                ".webp": "image/webp", ".txt": "text/plain", ".log": "text/plain", ".json": "text/plain",
+                ".csv": "text/plain", ".yaml": "text/plain", ".yml": "text/plain", ".md": "text/plain"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def finite(value: Any) -> Any:
+    """Make a float safe for a chart: NaN and ±inf become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def experiments(conn: sqlite3.Connection, experiment_type: Optional[str], status: Optional[str],
+                tags: Sequence[str], name: Optional[str]) -> dict[str, Any]:
+    """Return the filtered run list (effective statuses) and the filter choices."""
+    stored = None if status in ("running", "crashed", "stale") else status
+    found = [with_liveness(conn, e) for e in queries.list_experiments(conn, experiment_type, stored, tags, None, name)]
+    if status:
+        found = [e for e in found if e["status"] == status]
+    types = [r[0] for r in conn.execute(
+        "SELECT DISTINCT experiment_type FROM experiments WHERE experiment_type IS NOT NULL ORDER BY 1")]
+    statuses = [r[0] for r in conn.execute("SELECT DISTINCT status FROM experiments WHERE status IS NOT NULL")]
+    tag_rows = conn.execute(
+        "SELECT DISTINCT value FROM experiments, json_each(CASE WHEN json_valid(tags) THEN tags ELSE '[]' END) "
+        "ORDER BY 1")
+    for e in found:
+        e.pop("metadata", None)
+    return {
+        "experiments": found,
+        "types": types,
+        "statuses": sorted(set(statuses) | {"crashed", "stale"}),
+        "tags": [r[0] for r in tag_rows],
+    }
+
+
+def _axes(conn: sqlite3.Connection, experiment_id: int, name: str) -> list[str]:
+    episode, step = conn.execute(
+        "SELECT COUNT(episode), COUNT(step) FROM metrics WHERE experiment_id = ? AND metric_name = ?",
+        (experiment_id, name),
+    ).fetchone()
+    return [a for a, n in (("episode", episode), ("step", step)) if n] + ["time"]
+
+
+def artifact_file(path: Optional[str], db_path: str) -> Optional[str]:
+    """Return where a registered artifact's file is: as given, else beside the database; or None."""
+    if not path:
+        return None
+    candidates = [path] if os.path.isabs(path) else [
+        os.path.join(os.path.dirname(os.path.abspath(db_path)), path), os.path.abspath(path)]
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def run(conn: sqlite3.Connection, experiment_id: int, db_path: str) -> Optional[dict[str, Any]]:
+    """Return everything the run page shows, or None."""
+    exp = queries.get_experiment(conn, experiment_id)
+    if exp is None:
+        return None
+    exp = with_liveness(conn, exp)
+    best = queries.get_best_model(conn, experiment_id)
+    artifacts = queries.list_artifacts(conn, experiment_id)
+    for a in artifacts:
+        available = artifact_file(a["artifact_path"], db_path) is not None
+        a["url"] = f"/api/experiments/{experiment_id}/artifacts/{a['id']}" if available else None
+        a["is_image"] = str(a["artifact_path"]).lower().endswith(IMAGE_SUFFIXES)
+    summary = queries.metrics_summary(conn, experiment_id)
+    (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM metrics WHERE experiment_id = ?",
+                           (experiment_id,)).fetchone()
+    return {
+        "experiment": exp,
+        "datasets": queries.experiment_datasets(conn, experiment_id),
+        "models": queries.list_models(conn, experiment_id, order_by="id", ascending=True),
+        "best_model_id": None if best is None else best["id"],
+        "artifacts": artifacts,
+        "metrics": [{"name": n, **s, "axes": _axes(conn, experiment_id, n)} for n, s in summary.items()],
+        "last_metric_id": last,
+    }
+
+
+def series(conn: sqlite3.Connection, experiment_id: int, name: str, axis: str, points: int) -> dict[str, Any]:
+    """Return one metric against ``axis``; past 2 * points rows, the min and max of each of ``points`` buckets.
+
+    Keeping each bucket's extremes keeps the spikes and dips a plain stride would skip.
+    """
+    x = AXES[axis]
+    points = max(10, min(points, MAX_POINTS))
+    scope = f"FROM metrics WHERE experiment_id = ? AND metric_name = ? AND {x} IS NOT NULL"
+    params = (experiment_id, name)
+    lo, hi, total = conn.execute(f"SELECT MIN({x}), MAX({x}), COUNT(*) {scope}", params).fetchone()
+    (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM metrics WHERE experiment_id = ?",
+                           (experiment_id,)).fetchone()
+    xs: list[Any] = []
+    ys: list[Any] = []
+    if total <= 2 * points or hi == lo:
+        for xv, yv in conn.execute(f"SELECT {x}, value {scope} ORDER BY {x}, id", params):
+            xs.append(xv)
+            ys.append(finite(yv))
+    else:
+        scale = points / (hi - lo) * (1 - 1e-12)
+        buckets = conn.execute(
+            f"SELECT MIN({x}), MAX({x}), MIN(value), MAX(value) {scope} "
+            f"GROUP BY CAST(({x} - ?) * ? AS INTEGER) ORDER BY 1", (*params, lo, scale))
+        for x_first, x_last, low, high in buckets:
+            xs += [x_first, x_last]
+            ys += [finite(low), finite(high)]
+    if axis == "time":
+        xs = [_time_text(v) for v in xs]
+    return {"name": name, "x": axis, "xs": xs, "ys": ys, "total": total,
+            "downsampled": total > 2 * points and hi != lo, "last_metric_id": last}
+
+
+def _time_text(julian: Optional[float]) -> Optional[str]:
+    if julian is None:
+        return None
+    seconds = (julian - 2440587.5) * 86400.0  # the stored local-time text, read back as it was written
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+
+
+def compare(conn: sqlite3.Connection, ids: Sequence[int]) -> Optional[dict[str, Any]]:
+    """Return runs side by side (hyperparameters with differing ones marked), or None if one is missing."""
+    runs = []
+    for i in ids:
+        exp = queries.get_experiment(conn, i)
+        if exp is None:
+            return None
+        exp = with_liveness(conn, exp)
+        exp.pop("git_diff", None)
+        exp.pop("packages", None)
+        runs.append(exp)
+    missing = object()
+    names = sorted({k for e in runs for k in e["hyperparameters"]})
+    rows = []
+    for name in names:
+        values = [e["hyperparameters"].get(name, missing) for e in runs]
+        shown = [None if v is missing else v for v in values]
+        differs = any(repr(v) != repr(values[0]) for v in values[1:])
+        rows.append({"param_name": name, "differs": differs, "values": {str(i): v for i, v in zip(ids, shown)}})
+    metrics = sorted({n for i in ids for n in queries.metric_names(conn, i)})
+    return {"experiments": runs, "hyperparameters": rows, "metrics": metrics}
+
+
+def artifact(conn: sqlite3.Connection, experiment_id: int, artifact_id: int, db_path: str) -> Optional[tuple[str, str, bool]]:
+    """Return (file, media type, inline) for a registered artifact of this run whose file exists, else None."""
+    row = conn.execute("SELECT artifact_path FROM artifacts WHERE id = ? AND experiment_id = ?",
+                       (artifact_id, experiment_id)).fetchone()
+    if row is None:
+        return None
+    found = artifact_file(row[0], db_path)
+    if found is None:
+        return None
+    suffix = os.path.splitext(found)[1].lower()
+    if suffix in INLINE_TYPES:
+        return found, INLINE_TYPES[suffix], True
+    return found, mimetypes.guess_type(found)[0] or "application/octet-stream", False

@@ -1,0 +1,169 @@
+"""The web UI's HTTP side: a Starlette app of JSON routes and static files over a read-only database."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any, Callable, Optional
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..readonly import ReadError, open_read_only
+from ..strictjson import json_safe
+from . import data
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+TOKEN_COOKIE = "mlp_token"
+SECURITY_HEADERS = {
+    # Plotly sets inline styles; no inline or remote script is allowed anywhere.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def plotly_js() -> str:
+    """Return the path of plotly.min.js inside the installed plotly package."""
+    import plotly
+
+    return os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+
+
+class StrictJSON(JSONResponse):
+    """JSON with NaN as null and ±inf as "Infinity"/"-Infinity" strings (never invalid JSON)."""
+
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(json_safe(content))
+
+
+def _error(status: int, message: str) -> StrictJSON:
+    return StrictJSON({"error": message}, status_code=status)
+
+
+def _int(text: Optional[str], default: int) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+class Guard(BaseHTTPMiddleware):
+    """Token check (when the server has a token), Host check against DNS rebinding, security headers."""
+
+    def __init__(self, app: Any, token: Optional[str], hosts: set[str]) -> None:
+        super().__init__(app)
+        self.token = token
+        self.hosts = hosts
+
+    async def dispatch(self, request: Request, call_next: Callable) -> Response:
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+        if self.hosts and host not in self.hosts:
+            return _error(400, "unexpected Host header")
+        if self.token is not None:
+            given = request.query_params.get("token")
+            if given is not None and hmac.compare_digest(given, self.token):
+                # The token moves from the URL into a cookie, and out of the address bar.
+                response: Response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
+                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+                return self._secured(response)
+            header = request.headers.get("authorization", "")
+            presented = request.cookies.get(TOKEN_COOKIE) or (header[7:] if header.startswith("Bearer ") else "")
+            if not hmac.compare_digest(presented.encode(), self.token.encode()):
+                return self._secured(_error(401, "a token is required: open the URL the server printed"))
+        return self._secured(await call_next(request))
+
+    @staticmethod
+    def _secured(response: Response) -> Response:
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+
+def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[str]] = None) -> Starlette:
+    """Build the app for ``db_path``; ``token`` protects every route; ``hosts`` are the accepted Host names."""
+
+    def read(work: Callable[[Any], Any]) -> Any:
+        try:
+            conn = open_read_only(db_path)
+        except ReadError as exc:
+            return _error(503, str(exc))
+        try:
+            return work(conn)
+        finally:
+            conn.close()
+
+    def index(request: Request) -> Response:
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+    def list_experiments(request: Request) -> Response:
+        q = request.query_params
+        return read(lambda conn: StrictJSON(data.experiments(
+            conn, q.get("type") or None, q.get("status") or None, q.getlist("tag"), q.get("q") or None)))
+
+    def experiment(request: Request) -> Response:
+        exp_id = request.path_params["experiment_id"]
+
+        def work(conn: Any) -> Response:
+            found = data.run(conn, exp_id, db_path)
+            return StrictJSON(found) if found is not None else _error(404, f"no experiment {exp_id}")
+
+        return read(work)
+
+    def metric(request: Request) -> Response:
+        exp_id = request.path_params["experiment_id"]
+        name = request.query_params.get("name")
+        axis = request.query_params.get("x", "step")
+        if not name or axis not in data.AXES:
+            return _error(400, f"name and x ({', '.join(data.AXES)}) are required")
+        points = _int(request.query_params.get("points"), 2000)
+        return read(lambda conn: StrictJSON(data.series(conn, exp_id, name, axis, points)))
+
+    def compare(request: Request) -> Response:
+        ids = [i for i in (_int(p, -1) for p in request.query_params.get("ids", "").split(",")) if i >= 0]
+        if len(ids) < 1:
+            return _error(400, "ids=1,2,... is required")
+
+        def work(conn: Any) -> Response:
+            found = data.compare(conn, list(dict.fromkeys(ids)))
+            return StrictJSON(found) if found is not None else _error(404, "no such experiment")
+
+        return read(work)
+
+    def artifact(request: Request) -> Response:
+        exp_id, art_id = request.path_params["experiment_id"], request.path_params["artifact_id"]
+        found = read(lambda conn: data.artifact(conn, exp_id, art_id, db_path))
+        if isinstance(found, Response):
+            return found
+        if found is None:
+            return _error(404, "no such artifact file for this experiment")
+        path, media_type, inline = found
+        response = FileResponse(path, media_type=media_type,
+                                content_disposition_type="inline" if inline else "attachment",
+                                filename=os.path.basename(path))
+        response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; img-src 'self'"
+        return response
+
+    def plotly(request: Request) -> Response:
+        return FileResponse(plotly_js(), media_type="text/javascript")
+
+    routes = [
+        Route("/", index),
+        Route("/api/experiments", list_experiments),
+        Route("/api/experiments/{experiment_id:int}", experiment),
+        Route("/api/experiments/{experiment_id:int}/metric", metric),
+        Route("/api/experiments/{experiment_id:int}/artifacts/{artifact_id:int}", artifact),
+        Route("/api/compare", compare),
+        Route("/static/plotly.min.js", plotly),
+        Mount("/static", StaticFiles(directory=STATIC)),
+    ]
+    middleware = [Middleware(Guard, token=token, hosts=hosts or set())]
+    return Starlette(routes=routes, middleware=middleware)
