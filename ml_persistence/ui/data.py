@@ -51,12 +51,33 @@ def experiments(conn: sqlite3.Connection, experiment_type: Optional[str], status
     }
 
 
-def _axes(conn: sqlite3.Connection, experiment_id: int, name: str) -> list[str]:
-    episode, step = conn.execute(
-        "SELECT COUNT(episode), COUNT(step) FROM metrics WHERE experiment_id = ? AND metric_name = ?",
-        (experiment_id, name),
-    ).fetchone()
-    return [a for a, n in (("episode", episode), ("step", step)) if n] + ["time"]
+# Metric names by a loose index scan: one index seek per name, however many rows each has.
+_NAMES = """
+WITH RECURSIVE names(name) AS (
+    SELECT MIN(metric_name) FROM metrics WHERE experiment_id = :id
+    UNION ALL
+    SELECT (SELECT MIN(metric_name) FROM metrics WHERE experiment_id = :id AND metric_name > names.name)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT name FROM names WHERE name IS NOT NULL
+"""
+_SCOPE = "FROM metrics WHERE experiment_id = ? AND metric_name = ?"
+
+
+def _catalog(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any]]:
+    """Return each metric's name, count, first and last value and axes, from the index alone (fast on big runs)."""
+    out = []
+    for (name,) in conn.execute(_NAMES, {"id": experiment_id}).fetchall():
+        params = (experiment_id, name)
+        (count,) = conn.execute(f"SELECT COUNT(*) {_SCOPE}", params).fetchone()
+        ends = f"SELECT id, value, episode, step {_SCOPE} ORDER BY id"
+        first = conn.execute(ends + " LIMIT 1", params).fetchone()
+        last = conn.execute(ends + " DESC LIMIT 1", params).fetchone()
+        # The axes a metric was logged against, judged by its first and last rows.
+        axes = [a for i, a in ((2, "episode"), (3, "step")) if first[i] is not None or last[i] is not None]
+        out.append({"name": name, "count": count, "first": finite(first[1]), "last": finite(last[1]),
+                    "axes": [*axes, "time"], "last_id": last[0]})
+    return out
 
 
 def artifact_file(path: Optional[str], db_path: str) -> Optional[str]:
@@ -80,50 +101,46 @@ def run(conn: sqlite3.Connection, experiment_id: int, db_path: str) -> Optional[
         available = artifact_file(a["artifact_path"], db_path) is not None
         a["url"] = f"/api/experiments/{experiment_id}/artifacts/{a['id']}" if available else None
         a["is_image"] = str(a["artifact_path"]).lower().endswith(IMAGE_SUFFIXES)
-    summary = queries.metrics_summary(conn, experiment_id)
-    (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM metrics WHERE experiment_id = ?",
-                           (experiment_id,)).fetchone()
+    metrics = _catalog(conn, experiment_id)
     return {
         "experiment": exp,
         "datasets": queries.experiment_datasets(conn, experiment_id),
         "models": queries.list_models(conn, experiment_id, order_by="id", ascending=True),
         "best_model_id": None if best is None else best["id"],
         "artifacts": artifacts,
-        "metrics": [{"name": n, **s, "axes": _axes(conn, experiment_id, n)} for n, s in summary.items()],
-        "last_metric_id": last,
+        "metrics": metrics,
+        "last_metric_id": max((m["last_id"] for m in metrics), default=0),
     }
 
 
 def series(conn: sqlite3.Connection, experiment_id: int, name: str, axis: str, points: int) -> dict[str, Any]:
     """Return one metric against ``axis``; past 2 * points rows, the min and max of each of ``points`` buckets.
 
-    Keeping each bucket's extremes keeps the spikes and dips a plain stride would skip.
+    Buckets are runs of consecutive rows in logging order (row id), so one pass over the metric's
+    rows does it. Keeping each bucket's extremes keeps the spikes and dips a plain stride would skip.
     """
     x = AXES[axis]
     points = max(10, min(points, MAX_POINTS))
-    scope = f"FROM metrics WHERE experiment_id = ? AND metric_name = ? AND {x} IS NOT NULL"
     params = (experiment_id, name)
-    lo, hi, total = conn.execute(f"SELECT MIN({x}), MAX({x}), COUNT(*) {scope}", params).fetchone()
-    (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM metrics WHERE experiment_id = ?",
-                           (experiment_id,)).fetchone()
-    xs: list[Any] = []
-    ys: list[Any] = []
-    if total <= 2 * points or hi == lo:
-        for xv, yv in conn.execute(f"SELECT {x}, value {scope} ORDER BY {x}, id", params):
-            xs.append(xv)
-            ys.append(finite(yv))
+    (total,) = conn.execute(f"SELECT COUNT(*) {_SCOPE}", params).fetchone()
+    first_id, last_id = (conn.execute(f"SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) {_SCOPE}", params)
+                         .fetchone())
+    pairs: list[tuple[Any, Any]] = []
+    downsampled = total > 2 * points
+    if not downsampled:
+        pairs = conn.execute(f"SELECT {x}, value {_SCOPE} AND {x} IS NOT NULL ORDER BY {x}, id", params).fetchall()
     else:
-        scale = points / (hi - lo) * (1 - 1e-12)
         buckets = conn.execute(
-            f"SELECT MIN({x}), MAX({x}), MIN(value), MAX(value) {scope} "
-            f"GROUP BY CAST(({x} - ?) * ? AS INTEGER) ORDER BY 1", (*params, lo, scale))
+            f"SELECT MIN({x}), MAX({x}), MIN(value), MAX(value) {_SCOPE} AND {x} IS NOT NULL "
+            "GROUP BY (id - ?) * ? / ?", (*params, first_id, points, last_id - first_id + 1))
         for x_first, x_last, low, high in buckets:
-            xs += [x_first, x_last]
-            ys += [finite(low), finite(high)]
+            pairs += [(x_first, low), (x_last, high)]
+        pairs.sort(key=lambda p: p[0])
+    xs = [p[0] for p in pairs]
     if axis == "time":
         xs = [_time_text(v) for v in xs]
-    return {"name": name, "x": axis, "xs": xs, "ys": ys, "total": total,
-            "downsampled": total > 2 * points and hi != lo, "last_metric_id": last}
+    return {"name": name, "x": axis, "xs": xs, "ys": [finite(p[1]) for p in pairs], "total": total,
+            "downsampled": downsampled, "last_metric_id": last_id}
 
 
 def _time_text(julian: Optional[float]) -> Optional[str]:
