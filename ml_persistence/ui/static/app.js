@@ -1,0 +1,1382 @@
+/*
+ * ml_persistence web UI (read-only). Plain browser JavaScript, no build step.
+ *
+ * Every string that comes from the database reaches the page through textContent,
+ * createTextNode or setAttribute (see el() below); nothing is parsed as HTML.
+ * Strings handed to Plotly (titles, trace names) go through escapeForPlotly first,
+ * because Plotly renders a subset of HTML in them.
+ */
+(function () {
+  'use strict';
+
+  const POINTS = 2000;            // per-series resolution asked of the server
+  const RUNS_REFRESH_MS = 5000;   // runs list auto-refresh
+  const SERIES_CONCURRENCY = 6;   // metric series fetched at once
+  const AXES = ['step', 'episode', 'time'];  // preference order for the default x axis
+  const AXIS_LABELS = { step: 'step', episode: 'episode', time: 'time' };
+  const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2',
+    '#be185d', '#4d7c0f', '#7c3aed', '#b45309', '#0f766e', '#475569'];
+  const FONT = '-apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
+  const PLOTLY_CONFIG = {
+    responsive: true,
+    displaylogo: false,
+    modeBarButtonsToRemove: ['lasso2d', 'select2d'],
+  };
+  const STATUS_HINTS = {
+    running: 'The process is alive and the run is in progress.',
+    crashed: 'The process died without ending the run (killed, out of memory, power loss).',
+    stale: 'Marked running, but nothing was logged for a long time and its process cannot be checked from here.',
+    interrupted: 'The run was interrupted.',
+    failed: 'The run ended with an error.',
+    completed: 'The run finished.',
+  };
+
+  const pollMs = () => Number(window.ML_UI_POLL_MS) || 2000;
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  /** Create an element. attrs: class, dataset, on<event> handlers, DOM properties
+   *  (checked, disabled, value, selected), everything else through setAttribute.
+   *  Children: nodes, arrays, or anything else as a text node. */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    if (attrs) {
+      for (const [key, value] of Object.entries(attrs)) {
+        if (value === null || value === undefined || value === false) continue;
+        if (key === 'class') {
+          node.className = Array.isArray(value) ? value.filter(Boolean).join(' ') : String(value);
+        } else if (key === 'dataset') {
+          for (const [k, v] of Object.entries(value)) {
+            if (v !== null && v !== undefined) node.dataset[k] = String(v);
+          }
+        } else if (key.startsWith('on') && typeof value === 'function') {
+          node.addEventListener(key.slice(2), value);
+        } else if (key === 'checked' || key === 'disabled' || key === 'selected' || key === 'value') {
+          node[key] = value;
+        } else {
+          node.setAttribute(key, value === true ? '' : String(value));
+        }
+      }
+    }
+    appendChildren(node, children);
+    return node;
+  }
+
+  function appendChildren(node, children) {
+    for (const child of children) {
+      if (child === null || child === undefined || child === false) continue;
+      if (Array.isArray(child)) appendChildren(node, child);
+      else if (child instanceof Node) node.appendChild(child);
+      else node.appendChild(document.createTextNode(String(child)));
+    }
+  }
+
+  /** Replace a node's children (flattening arrays, skipping null/false like el()). */
+  function setChildren(node, ...children) {
+    node.textContent = '';
+    appendChildren(node, children);
+    return node;
+  }
+
+  /** Entity-escape a user string before Plotly sees it (it renders <b>, <a>, <br> ...). */
+  function escapeForPlotly(value) {
+    const map = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+    return String(value === null || value === undefined ? '' : value).replace(/[&<>"']/g, (c) => map[c]);
+  }
+
+  /** Only same-site paths and http(s) URLs end up in href/src. */
+  function safeUrl(url) {
+    if (typeof url !== 'string') return null;
+    const s = url.trim();
+    if (!s || /^[\\/]{2}/.test(s)) return null;
+    if (/^[a-z][a-z0-9+.-]*:/i.test(s)) return /^https?:/i.test(s) ? s : null;
+    return s;
+  }
+
+  function cssToken(value) {
+    return String(value || 'unknown').toLowerCase().replace(/[^a-z0-9_-]+/g, '-');
+  }
+
+  // ---------------------------------------------------------------- formatting
+
+  /** Numbers, or the "Infinity"/"-Infinity"/"NaN" strings the server uses for non-finite floats. */
+  function toNumber(v) {
+    if (typeof v === 'number') return v;
+    if (typeof v === 'boolean') return v ? 1 : 0;
+    if (v === 'Infinity' || v === 'inf') return Infinity;
+    if (v === '-Infinity' || v === '-inf') return -Infinity;
+    if (v === 'NaN' || v === 'nan') return NaN;
+    return null;
+  }
+
+  function fmtNum(v) {
+    if (v === null || v === undefined || v === '') return '—';
+    const n = toNumber(v);
+    if (n === null) return String(v);
+    if (Number.isNaN(n)) return 'NaN';
+    if (n === Infinity) return '∞';
+    if (n === -Infinity) return '−∞';
+    if (Number.isInteger(n) && Math.abs(n) < 1e15) return String(n);
+    const a = Math.abs(n);
+    if (a >= 1e-3 && a < 1e6) return String(Number(n.toPrecision(5)));
+    return n.toExponential(3);
+  }
+
+  function fmtInt(v) {
+    return v === null || v === undefined ? '—' : String(v);
+  }
+
+  /** 45.2s, 3m12s, 2h05m, 3d04h. */
+  function formatDuration(seconds) {
+    if (seconds === null || seconds === undefined) return '—';
+    let s = toNumber(seconds);
+    if (s === null || !Number.isFinite(s)) return '—';
+    if (s < 0) s = 0;
+    if (s < 59.95) return s.toFixed(1) + 's';
+    const total = Math.round(s);
+    const pad = (n) => String(n).padStart(2, '0');
+    if (total < 3600) return Math.floor(total / 60) + 'm' + pad(total % 60) + 's';
+    if (total < 86400) return Math.floor(total / 3600) + 'h' + pad(Math.floor((total % 3600) / 60)) + 'm';
+    return Math.floor(total / 86400) + 'd' + pad(Math.floor((total % 86400) / 3600)) + 'h';
+  }
+
+  /** Parse the stored timestamp text ('2024-05-01 10:30:00.123456', local time, or ISO with offset). */
+  function parseTimestamp(text) {
+    if (typeof text !== 'string') return null;
+    const m = /^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}(?::\d{2})?)(\.\d+)?\s*(Z|[+-]\d{2}:?\d{2})?$/i.exec(text.trim());
+    if (!m) return null;
+    let iso = m[1] + 'T' + m[2];
+    if (m[3]) iso += m[3].slice(0, 4).padEnd(4, '0');
+    if (m[4]) iso += /^z$/i.test(m[4]) ? 'Z' : m[4].slice(0, 3) + ':' + m[4].slice(-2);
+    const d = new Date(iso);
+    return Number.isNaN(d.getTime()) ? null : d;
+  }
+
+  function fmtTime(text) {
+    if (text === null || text === undefined || text === '') return '—';
+    return String(text).replace('T', ' ').replace(/\.\d+/, '');
+  }
+
+  /** Stored duration, or for a running run the time since it started. */
+  function effectiveDuration(exp) {
+    if (exp.status === 'running') {
+      const start = parseTimestamp(exp.start_time);
+      if (start) return Math.max(0, (Date.now() - start.getTime()) / 1000);
+    }
+    const d = toNumber(exp.duration_seconds);
+    return d === null || !Number.isFinite(d) ? null : d;
+  }
+
+  function formatValue(v) {
+    if (v === null || v === undefined) return 'null';
+    if (typeof v === 'string') return v;
+    if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+    try { return JSON.stringify(v); } catch (e) { return String(v); }
+  }
+
+  // ---------------------------------------------------------------- smoothing
+
+  /**
+   * TensorBoard-style exponential moving average with debiasing.
+   * values: array of numbers; null / non-finite entries are passed through as null and
+   * do not affect the average. weight: 0 (no smoothing) .. <1.
+   */
+  function mlpSmooth(values, weight) {
+    const w = Math.min(Math.max(Number(weight) || 0, 0), 0.999999);
+    const out = new Array(values ? values.length : 0);
+    let last = 0;
+    let count = 0;
+    for (let i = 0; i < out.length; i++) {
+      const v = values[i];
+      if (typeof v !== 'number' || !Number.isFinite(v)) {
+        out[i] = null;
+        continue;
+      }
+      last = last * w + (1 - w) * v;
+      count += 1;
+      const debias = w === 0 ? 1 : 1 - Math.pow(w, count);
+      out[i] = last / debias;
+    }
+    return out;
+  }
+  window.mlpSmooth = mlpSmooth;
+
+  // ---------------------------------------------------------------- API
+
+  class ApiError extends Error {
+    constructor(message, status) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function api(path, signal) {
+    let resp;
+    try {
+      resp = await fetch(path, { signal, headers: { Accept: 'application/json' }, credentials: 'same-origin' });
+    } catch (e) {
+      if (e && e.name === 'AbortError') throw e;
+      throw new ApiError('Could not reach the server (' + (e && e.message ? e.message : 'network error') + ').', 0);
+    }
+    let body = null;
+    try { body = await resp.json(); } catch (e) { body = null; }
+    if (!resp.ok) {
+      const msg = body && typeof body.error === 'string' ? body.error : 'HTTP ' + resp.status + ' ' + resp.statusText;
+      throw new ApiError(msg, resp.status);
+    }
+    if (body === null) throw new ApiError('The server sent an unreadable answer for ' + path + '.', resp.status);
+    return body;
+  }
+
+  function isAbort(e) {
+    return e && e.name === 'AbortError';
+  }
+
+  /** Run async tasks with at most `limit` in flight. */
+  async function pool(items, limit, fn) {
+    let next = 0;
+    const workers = [];
+    for (let w = 0; w < Math.min(limit, items.length); w++) {
+      workers.push((async () => {
+        while (next < items.length) {
+          const item = items[next++];
+          await fn(item);
+        }
+      })());
+    }
+    await Promise.all(workers);
+  }
+
+  // ---------------------------------------------------------------- page plumbing
+
+  const appEl = () => document.getElementById('app');
+  let lastUpdated = 0;
+
+  function markRendered(page) {
+    const now = Math.max(Date.now(), lastUpdated + 1);
+    lastUpdated = now;
+    document.body.dataset.page = page;
+    document.body.dataset.updated = String(now);
+  }
+
+  function showError(message) {
+    const box = document.getElementById('error');
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  function clearError() {
+    const box = document.getElementById('error');
+    if (!box.hidden || box.textContent) {
+      box.textContent = '';
+      box.hidden = true;
+    }
+  }
+
+  function setCrumbs(...parts) {
+    const nav = document.getElementById('crumbs');
+    const items = [];
+    parts.forEach((p, i) => {
+      if (i) items.push(el('span', { class: 'crumb-sep', 'aria-hidden': 'true' }, '/'));
+      items.push(p.href ? el('a', { href: p.href }, p.text) : el('span', { class: 'crumb-current' }, p.text));
+    });
+    setChildren(nav, ...items);
+  }
+
+  /** Everything a page starts (fetches, timers) dies with its context. */
+  class PageContext {
+    constructor() {
+      this.controller = new AbortController();
+      this.timers = new Set();
+      this.disposed = false;
+    }
+    get signal() { return this.controller.signal; }
+    timeout(fn, ms) {
+      const id = setTimeout(() => {
+        this.timers.delete(id);
+        if (!this.disposed) fn();
+      }, ms);
+      this.timers.add(id);
+      return id;
+    }
+    clear(id) {
+      if (id !== null && id !== undefined) {
+        clearTimeout(id);
+        this.timers.delete(id);
+      }
+    }
+    dispose() {
+      this.disposed = true;
+      this.controller.abort();
+      for (const id of this.timers) clearTimeout(id);
+      this.timers.clear();
+    }
+  }
+
+  let current = null;
+
+  function parseHash() {
+    let h = location.hash.replace(/^#/, '');
+    if (!h.startsWith('/')) h = '/' + h;
+    const q = h.indexOf('?');
+    const path = q >= 0 ? h.slice(0, q) : h;
+    const params = new URLSearchParams(q >= 0 ? h.slice(q + 1) : '');
+    return { path, params };
+  }
+
+  function purgeCharts() {
+    if (!window.Plotly) return;
+    for (const gd of document.querySelectorAll('#app .js-plotly-plot')) {
+      try { window.Plotly.purge(gd); } catch (e) { /* already gone */ }
+    }
+  }
+
+  function route() {
+    if (current) current.dispose();
+    const ctx = new PageContext();
+    current = ctx;
+    purgeCharts();
+    clearError();
+    delete document.body.dataset.page;
+    const { path, params } = parseHash();
+    let m;
+    if (path === '/' || path === '' || path === '/runs') {
+      runsPage(ctx, params);
+    } else if ((m = /^\/run\/([^/]*)\/?$/.exec(path))) {
+      let id = m[1];
+      try { id = decodeURIComponent(id); } catch (e) { /* keep raw */ }
+      runPage(ctx, id);
+    } else if (path === '/compare' || path === '/compare/') {
+      comparePage(ctx, params);
+    } else {
+      setCrumbs({ text: 'Runs', href: '#/' }, { text: 'Not found' });
+      document.title = 'Not found — ml_persistence';
+      setChildren(appEl(), el('p', { class: 'empty' }, 'There is no page here. ', el('a', { href: '#/' }, 'Back to all runs')));
+      showError('Unknown page: ' + path);
+      markRendered('notfound');
+    }
+  }
+
+  // ---------------------------------------------------------------- shared widgets
+
+  function statusBadge(status, storedStatus, id) {
+    const s = status || 'unknown';
+    let title = STATUS_HINTS[s] || '';
+    if (storedStatus && storedStatus !== s) title += (title ? ' ' : '') + 'Stored status: ' + storedStatus + '.';
+    return el('span', {
+      id: id || null,
+      class: ['status', 'status-' + cssToken(s)],
+      title: title || null,
+      dataset: { status: s },
+    }, s);
+  }
+
+  function tagList(tags, onTag) {
+    if (!Array.isArray(tags) || !tags.length) return el('span', { class: 'muted' }, '—');
+    return el('span', { class: 'tags' }, tags.map((t) => (onTag
+      ? el('button', { type: 'button', class: 'tag', title: 'Show only runs tagged ' + t, onclick: () => onTag(t) }, t)
+      : el('span', { class: 'tag' }, t))));
+  }
+
+  function numCell(v, raw) {
+    return el('td', { class: 'num', title: raw === undefined ? null : formatValue(raw) }, v);
+  }
+
+  function emptyNote(text) {
+    return el('p', { class: 'empty' }, text);
+  }
+
+  function section(id, title, ...content) {
+    return el('section', { id, class: 'panel' }, el('h2', null, title), ...content);
+  }
+
+  function simpleTable(className, headers, rows) {
+    return el('div', { class: 'table-wrap' },
+      el('table', { class: ['data', className] },
+        el('thead', null, el('tr', null, headers.map((h) => (typeof h === 'string'
+          ? el('th', null, h)
+          : el('th', { class: h.num ? 'num' : null }, h.text))))),
+        el('tbody', null, rows)));
+  }
+
+  function chooseDefaultAxis(metrics) {
+    const counts = { step: 0, episode: 0, time: 0 };
+    for (const m of metrics || []) {
+      for (const a of Array.isArray(m.axes) ? m.axes : AXES) if (a in counts) counts[a] += 1;
+    }
+    let best = 'step';
+    for (const a of AXES) if (counts[a] > counts[best]) best = a;
+    return best;
+  }
+
+  /** The axis a metric is drawn against: the chosen one if it has it, else its best alternative. */
+  function axisFor(metric, chosen) {
+    const axes = metric && Array.isArray(metric.axes) ? metric.axes : null;
+    if (!axes || axes.includes(chosen)) return chosen;
+    for (const a of AXES) if (axes.includes(a)) return a;
+    return chosen;
+  }
+
+  function axisSelect(value, onChange) {
+    return el('label', { class: 'control' }, 'x axis ',
+      el('select', { id: 'x-axis', onchange: (ev) => onChange(ev.target.value) },
+        AXES.map((a) => el('option', { value: a, selected: a === value }, AXIS_LABELS[a]))));
+  }
+
+  function smoothingControl(value, onInput) {
+    const out = el('output', { id: 'smoothing-value', for: 'smoothing' }, value.toFixed(2));
+    const input = el('input', {
+      id: 'smoothing', type: 'range', min: '0', max: '0.99', step: '0.01', value: String(value),
+      oninput: (ev) => {
+        const v = Math.min(Math.max(Number(ev.target.value) || 0, 0), 0.99);
+        out.textContent = v.toFixed(2);
+        onInput(v);
+      },
+    });
+    return el('label', { class: 'control' }, 'smoothing ', input, out);
+  }
+
+  function logControl(value, onChange) {
+    return el('label', { class: 'control' },
+      el('input', { id: 'log-scale', type: 'checkbox', checked: value, onchange: (ev) => onChange(ev.target.checked) }),
+      ' log scale');
+  }
+
+  /** Coalesce bursts of events (range slider) into one call per frame. */
+  function perFrame(fn) {
+    let pending = false;
+    return () => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => { pending = false; fn(); });
+    };
+  }
+
+  // ---------------------------------------------------------------- chart helpers
+
+  function lineTrace(xs, ys, name, color, extra) {
+    const n = xs.length;
+    return Object.assign({
+      type: n > 5000 ? 'scattergl' : 'scatter',
+      mode: n === 1 ? 'markers' : 'lines',
+      x: xs,
+      y: ys,
+      name: escapeForPlotly(name),
+      line: { color, width: 1.6 },
+      marker: { color, size: 5 },
+      connectgaps: false,
+    }, extra || {});
+  }
+
+  /** Raw + smoothed traces for one series. */
+  function seriesTraces(series, name, color, smoothing, extra) {
+    const traces = [];
+    if (smoothing > 0) {
+      traces.push(lineTrace(series.xs, series.ys, name + ' (raw)', color,
+        Object.assign({ opacity: 0.25, showlegend: false, hoverinfo: 'skip' }, extra || {})));
+      traces.push(lineTrace(series.xs, mlpSmooth(series.ys, smoothing), name, color, extra));
+    } else {
+      traces.push(lineTrace(series.xs, series.ys, name, color, extra));
+    }
+    return traces;
+  }
+
+  function baseLayout(title, axis, log) {
+    return {
+      title: { text: escapeForPlotly(title), x: 0.01, xanchor: 'left', font: { size: 13, color: '#1f2937' } },
+      autosize: true,
+      margin: { l: 58, r: 18, t: 38, b: 42 },
+      font: { family: FONT, size: 11, color: '#374151' },
+      paper_bgcolor: '#ffffff',
+      plot_bgcolor: '#ffffff',
+      xaxis: {
+        title: { text: AXIS_LABELS[axis] || axis, standoff: 6 },
+        type: axis === 'time' ? 'date' : 'linear',
+        gridcolor: '#eef0f3', zeroline: false, linecolor: '#d1d5db', automargin: true,
+      },
+      yaxis: {
+        type: log ? 'log' : 'linear',
+        gridcolor: '#eef0f3', zeroline: false, linecolor: '#d1d5db', automargin: true,
+        exponentformat: 'e',
+      },
+      showlegend: false,
+      hovermode: 'closest',
+      hoverlabel: { font: { family: FONT } },
+      uirevision: axis + '|' + (log ? 'log' : 'lin'),
+    };
+  }
+
+  function plotlyMissing(div) {
+    setChildren(div, el('p', { class: 'empty' }, 'Charts are unavailable: /static/plotly.min.js did not load.'));
+  }
+
+  // ================================================================= RUNS PAGE
+
+  const SORTERS = {
+    id: (e) => toNumber(e.id),
+    name: (e) => e.name,
+    status: (e) => e.status,
+    experiment_type: (e) => e.experiment_type,
+    tags: (e) => (Array.isArray(e.tags) && e.tags.length ? e.tags.join(', ') : null),
+    start_time: (e) => e.start_time,
+    duration: (e) => effectiveDuration(e),
+    num_checkpoints: (e) => toNumber(e.num_checkpoints),
+    best_val_metric: (e) => toNumber(e.best_val_metric),
+  };
+  const RUN_COLUMNS = [
+    { key: 'id', text: 'ID', num: true },
+    { key: 'name', text: 'Name' },
+    { key: 'status', text: 'Status' },
+    { key: 'experiment_type', text: 'Type' },
+    { key: 'tags', text: 'Tags' },
+    { key: 'start_time', text: 'Started' },
+    { key: 'duration', text: 'Duration', num: true },
+    { key: 'num_checkpoints', text: 'Checkpoints', num: true },
+    { key: 'best_val_metric', text: 'Best val', num: true },
+  ];
+
+  function isBlank(v) {
+    return v === null || v === undefined || v === '' || (typeof v === 'number' && Number.isNaN(v));
+  }
+
+  function compareValues(a, b) {
+    if (typeof a === 'number' && typeof b === 'number') return a < b ? -1 : a > b ? 1 : 0;
+    return String(a).localeCompare(String(b), undefined, { numeric: true, sensitivity: 'base' });
+  }
+
+  function sortRuns(runs, sort) {
+    if (!sort.key || !SORTERS[sort.key]) return runs.slice();
+    const get = SORTERS[sort.key];
+    const sign = sort.dir === 'desc' ? -1 : 1;
+    return runs.slice().sort((x, y) => {
+      const a = get(x);
+      const b = get(y);
+      const ab = isBlank(a);
+      const bb = isBlank(b);
+      if (ab || bb) return ab && bb ? 0 : ab ? 1 : -1;   // nulls last, whatever the direction
+      return sign * compareValues(a, b) || (toNumber(x.id) - toNumber(y.id));
+    });
+  }
+
+  function runsPage(ctx, params) {
+    document.title = 'Runs — ml_persistence';
+    setCrumbs({ text: 'Runs' });
+    const filters = {
+      type: params.get('type') || '',
+      status: params.get('status') || '',
+      tag: params.get('tag') || '',
+      q: params.get('q') || '',
+    };
+    const sort = {
+      key: SORTERS[params.get('sort')] ? params.get('sort') : null,
+      dir: params.get('dir') === 'desc' ? 'desc' : 'asc',
+    };
+    const checked = new Set();   // run ids ticked for comparison (a fresh Runs page starts empty)
+    let data = null;
+    let seq = 0;
+    let refreshTimer = null;
+    let searchTimer = null;
+
+    function rememberInHash() {
+      const parts = [];
+      for (const k of ['type', 'status', 'tag', 'q']) if (filters[k]) parts.push(k + '=' + encodeURIComponent(filters[k]));
+      if (sort.key) parts.push('sort=' + encodeURIComponent(sort.key), 'dir=' + sort.dir);
+      const hash = '#/' + (parts.length ? '?' + parts.join('&') : '');
+      if (location.hash !== hash && !(hash === '#/' && location.hash === '')) {
+        history.replaceState(history.state, '', location.pathname + location.search + hash);
+      }
+    }
+
+    const filterSelect = (id, key, label) => el('label', { class: 'control' }, label + ' ',
+      el('select', {
+        id,
+        onchange: (ev) => { filters[key] = ev.target.value; rememberInHash(); load(); },
+      }, el('option', { value: '' }, 'all')));
+    const typeLabel = filterSelect('filter-type', 'type', 'Type');
+    const statusLabel = filterSelect('filter-status', 'status', 'Status');
+    const tagLabel = filterSelect('filter-tag', 'tag', 'Tag');
+    const search = el('input', {
+      id: 'search', type: 'search', placeholder: 'Filter by name…', value: filters.q, autocomplete: 'off',
+      'aria-label': 'Filter runs by name',
+      oninput: (ev) => {
+        ctx.clear(searchTimer);
+        searchTimer = ctx.timeout(() => {
+          filters.q = ev.target.value;
+          rememberInHash();
+          load();
+        }, 200);
+      },
+    });
+    const compareButton = el('button', {
+      id: 'compare-button', type: 'button', class: 'primary', disabled: true,
+      onclick: () => {
+        const ids = [...checked].sort((a, b) => a - b);
+        if (ids.length >= 2) location.hash = '#/compare?ids=' + ids.map((i) => encodeURIComponent(i)).join(',');
+      },
+    }, 'Compare');
+    const count = el('span', { id: 'run-count', class: 'muted' });
+    const selectAll = el('input', {
+      type: 'checkbox', id: 'select-all', 'aria-label': 'Select all shown runs',
+      onchange: (ev) => {
+        for (const e of data ? data.experiments : []) {
+          if (ev.target.checked) checked.add(Number(e.id)); else checked.delete(Number(e.id));
+        }
+        renderBody();
+      },
+    });
+
+    const headerCells = RUN_COLUMNS.map((c) => el('th', {
+      dataset: { sort: c.key }, class: ['sortable', c.num ? 'num' : null], tabindex: '0', scope: 'col',
+      onclick: () => toggleSort(c.key),
+      onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); toggleSort(c.key); } },
+    }, c.text, el('span', { class: 'sort-indicator', 'aria-hidden': 'true' })));
+    const tbody = el('tbody');
+    const table = el('table', { id: 'runs-table', class: 'data runs' },
+      el('thead', null, el('tr', null, el('th', { class: 'col-check' }, selectAll), headerCells)),
+      tbody);
+
+    setChildren(appEl(),
+      el('div', { class: 'page-head' }, el('h1', null, 'Runs'), count),
+      el('div', { class: 'toolbar' }, search, typeLabel, statusLabel, tagLabel,
+        el('span', { class: 'spacer' }), compareButton),
+      el('div', { class: 'table-wrap' }, table));
+
+    function toggleSort(key) {
+      if (sort.key === key) sort.dir = sort.dir === 'asc' ? 'desc' : 'asc';
+      else { sort.key = key; sort.dir = 'asc'; }
+      rememberInHash();
+      renderBody();
+      markRendered('runs');
+    }
+
+    function setOptions(label, values, selected) {
+      const select = label.querySelector('select');
+      const list = (Array.isArray(values) ? values : []).filter((v) => v !== null && v !== undefined).map(String);
+      if (selected && !list.includes(selected)) list.push(selected);
+      const wanted = JSON.stringify(list);
+      if (select.dataset.options !== wanted) {
+        setChildren(select, el('option', { value: '' }, 'all'), list.map((v) => el('option', { value: v }, v)));
+        select.dataset.options = wanted;
+      }
+      select.value = selected;
+    }
+
+    function updateHeaders() {
+      for (const th of headerCells) {
+        const active = th.dataset.sort === sort.key;
+        th.classList.toggle('sorted', active);
+        th.setAttribute('aria-sort', active ? (sort.dir === 'asc' ? 'ascending' : 'descending') : 'none');
+        th.querySelector('.sort-indicator').textContent = active ? (sort.dir === 'asc' ? '▲' : '▼') : '';
+      }
+    }
+
+    function updateCompareButton() {
+      const n = checked.size;
+      compareButton.disabled = n < 2;
+      compareButton.textContent = n ? 'Compare (' + n + ')' : 'Compare';
+      compareButton.title = n < 2 ? 'Tick two or more runs to compare them' : '';
+    }
+
+    function onTag(tag) {
+      filters.tag = tag;
+      rememberInHash();
+      load();
+    }
+
+    function renderBody() {
+      updateHeaders();
+      const runs = sortRuns(data ? data.experiments : [], sort);
+      const rows = runs.map((e) => {
+        const id = Number(e.id);
+        const isChecked = checked.has(id);
+        const best = e.best_val_metric;
+        const running = e.status === 'running';
+        return el('tr', { dataset: { id: e.id, status: e.status }, class: isChecked ? 'selected' : null },
+          el('td', { class: 'col-check' }, el('input', {
+            type: 'checkbox', class: 'compare-check', dataset: { id: e.id }, checked: isChecked,
+            'aria-label': 'Select run ' + e.id + ' for comparison',
+            onchange: (ev) => {
+              if (ev.target.checked) checked.add(id); else checked.delete(id);
+              ev.target.closest('tr').classList.toggle('selected', ev.target.checked);
+              updateCompareButton();
+              syncSelectAll(runs);
+            },
+          })),
+          el('td', { class: 'num id' }, String(e.id)),
+          el('td', { class: 'name' },
+            el('a', { class: 'run-link', href: '#/run/' + encodeURIComponent(e.id) }, isBlank(e.name) ? '(unnamed)' : String(e.name)),
+            isBlank(e.description) ? null : el('div', { class: 'desc', title: String(e.description) }, String(e.description))),
+          el('td', null, statusBadge(e.status, e.stored_status)),
+          el('td', null, isBlank(e.experiment_type) ? el('span', { class: 'muted' }, '—') : String(e.experiment_type)),
+          el('td', null, tagList(e.tags, onTag)),
+          el('td', { class: 'nowrap', title: e.start_time || null }, fmtTime(e.start_time)),
+          el('td', { class: ['num', 'nowrap', running ? 'live' : null] }, formatDuration(effectiveDuration(e))),
+          numCell(fmtInt(e.num_checkpoints)),
+          numCell(fmtNum(best), best === null || best === undefined ? undefined : best));
+      });
+      if (!rows.length) {
+        const filtered = filters.type || filters.status || filters.tag || filters.q;
+        rows.push(el('tr', { class: 'empty-row' }, el('td', { colspan: String(RUN_COLUMNS.length + 1) },
+          filtered ? 'No runs match these filters.' : 'No runs recorded yet.')));
+      }
+      setChildren(tbody, ...rows);
+      const total = data ? data.experiments.length : 0;
+      count.textContent = total === 1 ? '1 run' : total + ' runs';
+      updateCompareButton();
+      syncSelectAll(runs);
+    }
+
+    function syncSelectAll(runs) {
+      const n = runs.filter((e) => checked.has(Number(e.id))).length;
+      selectAll.checked = runs.length > 0 && n === runs.length;
+      selectAll.indeterminate = n > 0 && n < runs.length;
+    }
+
+    function schedule() {
+      ctx.clear(refreshTimer);
+      refreshTimer = ctx.timeout(load, RUNS_REFRESH_MS);
+    }
+
+    async function load() {
+      const mine = ++seq;
+      ctx.clear(refreshTimer);
+      const parts = [];
+      if (filters.type) parts.push('type=' + encodeURIComponent(filters.type));
+      if (filters.status) parts.push('status=' + encodeURIComponent(filters.status));
+      if (filters.tag) parts.push('tag=' + encodeURIComponent(filters.tag));
+      if (filters.q) parts.push('q=' + encodeURIComponent(filters.q));
+      try {
+        const res = await api('/api/experiments' + (parts.length ? '?' + parts.join('&') : ''), ctx.signal);
+        if (ctx.disposed || mine !== seq) return;
+        clearError();
+        data = { experiments: Array.isArray(res.experiments) ? res.experiments : [] };
+        const visible = new Set(data.experiments.map((e) => Number(e.id)));
+        for (const id of [...checked]) if (!visible.has(id)) checked.delete(id);
+        setOptions(typeLabel, res.types, filters.type);
+        setOptions(statusLabel, res.statuses, filters.status);
+        setOptions(tagLabel, res.tags, filters.tag);
+        renderBody();
+        markRendered('runs');
+      } catch (e) {
+        if (isAbort(e) || ctx.disposed || mine !== seq) return;
+        showError('Could not load the runs: ' + e.message);
+        if (!data) renderBody();
+        markRendered('runs');
+      } finally {
+        if (!ctx.disposed && mine === seq) schedule();
+      }
+    }
+
+    updateHeaders();
+    load();
+  }
+
+  // ================================================================= RUN PAGE
+
+  async function runPage(ctx, idText) {
+    setCrumbs({ text: 'Runs', href: '#/' }, { text: 'Run ' + idText });
+    document.title = 'Run ' + idText + ' — ml_persistence';
+    if (!/^\d+$/.test(idText)) {
+      setChildren(appEl(), emptyNote('No such run.'), el('p', null, el('a', { href: '#/' }, 'Back to all runs')));
+      showError('Not a run id: ' + idText);
+      markRendered('run');
+      return;
+    }
+    const id = idText;
+    const detailUrl = '/api/experiments/' + encodeURIComponent(id);
+    setChildren(appEl(), el('p', { class: 'loading' }, 'Loading run ' + id + '…'));
+
+    let detail;
+    try {
+      detail = await api(detailUrl, ctx.signal);
+    } catch (e) {
+      if (isAbort(e) || ctx.disposed) return;
+      setChildren(appEl(), emptyNote(e.status === 404 ? 'Run ' + id + ' does not exist.' : 'The run could not be loaded.'),
+        el('p', null, el('a', { href: '#/' }, 'Back to all runs')));
+      showError((e.status === 404 ? 'Run ' + id + ' not found: ' : 'Could not load run ' + id + ': ') + e.message);
+      markRendered('run');
+      return;
+    }
+    if (ctx.disposed) return;
+
+    const state = {
+      detail,
+      x: chooseDefaultAxis(detail.metrics),
+      userX: false,
+      smoothing: 0,
+      log: false,
+      series: new Map(),   // metric name -> {axis, xs, ys, total, downsampled, sig}
+      charts: new Map(),   // metric name -> div.chart
+      sectionSigs: new Map(),
+      polling: null,
+    };
+
+    // ---- static skeleton
+    const title = el('h1', { id: 'run-title' });
+    const badgeSlot = el('span', { class: 'badge-slot' });
+    const liveDot = el('span', { id: 'live-indicator', class: 'live-indicator', hidden: true, title: 'Updating live' }, 'live');
+    const idNote = el('span', { class: 'run-id muted' }, '#' + id);
+    const description = el('p', { class: 'description' });
+    const facts = el('dl', { id: 'run-facts', class: 'facts' });
+    const chartsDiv = el('div', { id: 'charts', class: 'charts' });
+    const chartsEmpty = emptyNote('No metrics logged yet.');
+    const redrawAll = perFrame(() => { drawAll(); markRendered('run'); });
+
+    const controls = el('div', { class: 'toolbar chart-controls' },
+      axisSelect(state.x, async (v) => {
+        state.x = v;
+        state.userX = true;
+        await loadSeries(metricList().map((m) => m.name), true);
+        if (!ctx.disposed) markRendered('run');
+      }),
+      smoothingControl(state.smoothing, (v) => { state.smoothing = v; redrawAll(); }),
+      logControl(state.log, (v) => { state.log = v; redrawAll(); }));
+
+    const sections = {
+      metricsSummary: section('metric-summary', 'Metrics'),
+      repro: section('repro', 'Reproducibility'),
+      hyperparameters: section('hyperparameters', 'Hyperparameters'),
+      datasets: section('datasets', 'Datasets'),
+      models: section('models', 'Models & checkpoints'),
+      artifacts: section('artifacts', 'Artifacts'),
+      notes: section('notes', 'Notes'),
+      metadata: section('metadata', 'Metadata'),
+    };
+
+    setChildren(appEl(),
+      el('div', { class: 'run-head' }, el('div', { class: 'title-line' }, title, badgeSlot, liveDot, idNote), description),
+      facts,
+      el('div', { class: 'charts-head' }, el('h2', null, 'Charts'), controls),
+      chartsEmpty,
+      chartsDiv,
+      el('div', { class: 'panels' },
+        sections.hyperparameters, sections.repro, sections.metricsSummary, sections.datasets,
+        sections.models, sections.artifacts, sections.notes, sections.metadata));
+
+    function metricList() {
+      return Array.isArray(state.detail.metrics) ? state.detail.metrics : [];
+    }
+
+    // ---- header, facts, sections
+    function renderHead() {
+      const exp = state.detail.experiment || {};
+      const name = isBlank(exp.name) ? '(unnamed run)' : String(exp.name);
+      title.textContent = name;
+      document.title = name + ' — ml_persistence';
+      setCrumbs({ text: 'Runs', href: '#/' }, { text: name });
+      setChildren(badgeSlot, statusBadge(exp.status, exp.stored_status, 'run-status'));
+      description.textContent = isBlank(exp.description) ? '' : String(exp.description);
+      description.hidden = isBlank(exp.description);
+      const fact = (label, value, extra) => [el('div', { class: 'fact' }, el('dt', null, label), el('dd', extra || null, value))];
+      setChildren(facts,
+        ...fact('Type', isBlank(exp.experiment_type) ? '—' : String(exp.experiment_type)),
+        ...fact('Started', fmtTime(exp.start_time), { title: exp.start_time || null }),
+        ...fact('Ended', fmtTime(exp.end_time), { title: exp.end_time || null }),
+        ...fact('Duration', formatDuration(effectiveDuration(exp)), { class: exp.status === 'running' ? 'live' : null }),
+        ...fact('Checkpoints', fmtInt(exp.num_checkpoints)),
+        ...fact('Best val metric', fmtNum(exp.best_val_metric)),
+        ...(exp.best_test_metric !== undefined ? fact('Best test metric', fmtNum(exp.best_test_metric)) : []),
+        ...fact('Tags', tagList(exp.tags)));
+    }
+
+    function kvTable(className, pairs) {
+      return el('table', { class: ['kv', className] }, el('tbody', null, pairs.map(([k, v]) =>
+        el('tr', null, el('th', { scope: 'row' }, k), el('td', null, v)))));
+    }
+
+    function textOrDash(v) {
+      return isBlank(v) ? el('span', { class: 'muted' }, '—') : formatValue(v);
+    }
+
+    function renderSections() {
+      const d = state.detail;
+      const exp = d.experiment || {};
+      const update = (key, sectionEl, data, build) => {
+        const sig = JSON.stringify(data === undefined ? null : data);
+        if (state.sectionSigs.get(key) === sig) return;
+        state.sectionSigs.set(key, sig);
+        setChildren(sectionEl, sectionEl.querySelector('h2'), ...[].concat(build()));
+      };
+
+      update('metrics', sections.metricsSummary, d.metrics, () => {
+        const ms = metricList();
+        if (!ms.length) return emptyNote('No metrics logged.');
+        return simpleTable('metric-summary-table',
+          ['Metric', { text: 'Points', num: true }, { text: 'First', num: true }, { text: 'Last', num: true },
+            { text: 'Min', num: true }, { text: 'Max', num: true }, 'Axes'],
+          ms.map((m) => el('tr', { dataset: { metric: m.name } },
+            el('td', null, String(m.name)), numCell(fmtInt(m.count)), numCell(fmtNum(m.first), m.first),
+            numCell(fmtNum(m.last), m.last), numCell(fmtNum(m.min), m.min), numCell(fmtNum(m.max), m.max),
+            el('td', { class: 'muted' }, Array.isArray(m.axes) ? m.axes.join(', ') : '—'))));
+      });
+
+      const repro = {
+        commit: exp.git_commit, branch: exp.git_branch, dirty: exp.git_dirty, python: exp.python_version,
+        platform: exp.platform, host: exp.hostname, pid: exp.pid, command: exp.command, seed: exp.random_seed,
+      };
+      update('repro', sections.repro, repro, () => {
+        let dirty = '—';
+        if (repro.dirty !== null && repro.dirty !== undefined) {
+          const isDirty = repro.dirty === true || repro.dirty === 1 || repro.dirty === '1' || repro.dirty === 'true';
+          dirty = el('span', { class: isDirty ? 'flag-warn' : null }, isDirty ? 'yes (uncommitted changes)' : 'no');
+        }
+        return kvTable('repro-table', [
+          ['Git commit', isBlank(repro.commit) ? textOrDash(null) : el('code', null, String(repro.commit))],
+          ['Git branch', textOrDash(repro.branch)],
+          ['Git dirty', dirty],
+          ['Python', textOrDash(repro.python)],
+          ['Platform', textOrDash(repro.platform)],
+          ['Host', textOrDash(repro.host)],
+          ['PID', textOrDash(repro.pid)],
+          ['Command', isBlank(repro.command) ? textOrDash(null) : el('code', { class: 'command' }, String(repro.command))],
+          ['Random seed', textOrDash(repro.seed)],
+        ]);
+      });
+
+      update('hyperparameters', sections.hyperparameters, exp.hyperparameters, () => {
+        const hp = exp.hyperparameters && typeof exp.hyperparameters === 'object' ? Object.entries(exp.hyperparameters) : [];
+        if (!hp.length) return emptyNote('No hyperparameters recorded.');
+        return simpleTable('hp-table', ['Name', 'Value'],
+          hp.map(([k, v]) => el('tr', { dataset: { param: k } }, el('td', { class: 'param' }, k), el('td', { class: 'value' }, formatValue(v)))));
+      });
+
+      update('datasets', sections.datasets, d.datasets, () => {
+        const ds = Array.isArray(d.datasets) ? d.datasets : [];
+        if (!ds.length) return emptyNote('No datasets linked.');
+        return simpleTable('datasets-table',
+          ['Name', 'Version', 'Split', 'Usage', { text: 'Samples', num: true }, 'Date range', 'Path'],
+          ds.map((x) => el('tr', { dataset: { id: x.id } },
+            el('td', null, textOrDash(x.name)), el('td', null, textOrDash(x.version)),
+            el('td', null, textOrDash(x.split_type)),
+            el('td', null, isBlank(x.usage_type) ? textOrDash(null) : el('span', { class: 'usage' }, String(x.usage_type))),
+            numCell(fmtInt(x.num_samples)),
+            el('td', { class: 'nowrap' }, isBlank(x.start_date) && isBlank(x.end_date) ? textOrDash(null)
+              : fmtTime(x.start_date) + ' → ' + fmtTime(x.end_date)),
+            el('td', { class: 'path' }, textOrDash(x.data_path)))));
+      });
+
+      update('models', sections.models, [d.models, d.best_model_id], () => {
+        const ms = Array.isArray(d.models) ? d.models : [];
+        if (!ms.length) return emptyNote('No checkpoints saved.');
+        return simpleTable('models-table',
+          [{ text: '' }, { text: 'ID', num: true }, 'Name', 'Version', { text: 'Episode', num: true },
+            { text: 'Step', num: true }, { text: 'Train', num: true }, { text: 'Val', num: true },
+            { text: 'Test', num: true }, 'Checkpoint', 'Saved'],
+          ms.map((m) => {
+            const best = d.best_model_id !== null && d.best_model_id !== undefined && Number(m.id) === Number(d.best_model_id);
+            return el('tr', { dataset: { id: m.id }, class: best ? 'best' : null },
+              el('td', { class: 'star', title: best ? 'Best model' : null }, best ? '★' : ''),
+              numCell(fmtInt(m.id)), el('td', null, textOrDash(m.name)), el('td', null, textOrDash(m.version)),
+              numCell(fmtInt(m.episode_num)), numCell(fmtInt(m.global_step)),
+              numCell(fmtNum(m.train_metric), m.train_metric), numCell(fmtNum(m.val_metric), m.val_metric),
+              numCell(fmtNum(m.test_metric), m.test_metric),
+              el('td', { class: 'path' }, textOrDash(m.checkpoint_path)),
+              el('td', { class: 'nowrap' }, fmtTime(m.created_at)));
+          }));
+      });
+
+      update('artifacts', sections.artifacts, d.artifacts, () => {
+        const as = Array.isArray(d.artifacts) ? d.artifacts : [];
+        if (!as.length) return emptyNote('No artifacts.');
+        return el('ul', { class: 'artifact-list' }, as.map((a) => {
+          const url = safeUrl(a.url);
+          const name = isBlank(a.artifact_name) ? (isBlank(a.artifact_path) ? 'artifact ' + a.id : String(a.artifact_path)) : String(a.artifact_name);
+          let body;
+          if (url && a.is_image) {
+            body = el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'artifact-image-link', title: 'Open ' + name },
+              el('img', { class: 'artifact-preview', src: url, alt: name }));
+          } else if (url) {
+            body = el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'artifact-link' }, name);
+          } else {
+            body = el('span', { class: 'artifact-missing', title: 'The file is not available' }, name);
+          }
+          const size = toNumber(a.file_size_mb);
+          return el('li', { class: 'artifact', dataset: { id: a.id } },
+            el('div', { class: 'artifact-head' },
+              isBlank(a.artifact_type) ? null : el('span', { class: 'artifact-type' }, String(a.artifact_type)),
+              url && a.is_image ? el('span', { class: 'artifact-name' }, name) : body,
+              size !== null && Number.isFinite(size) ? el('span', { class: 'muted' }, fmtNum(size) + ' MB') : null),
+            url && a.is_image ? body : null,
+            isBlank(a.description) ? null : el('div', { class: 'artifact-desc' }, String(a.description)),
+            isBlank(a.artifact_path) ? null : el('div', { class: 'path muted' }, String(a.artifact_path)));
+        }));
+      });
+
+      update('notes', sections.notes, exp.notes, () =>
+        (isBlank(exp.notes) ? emptyNote('No notes.') : el('div', { class: 'notes-text' }, String(exp.notes))));
+
+      update('metadata', sections.metadata, exp.metadata, () => {
+        if (exp.metadata === null || exp.metadata === undefined || exp.metadata === '') return emptyNote('No metadata.');
+        let text;
+        if (typeof exp.metadata === 'string') text = exp.metadata;
+        else { try { text = JSON.stringify(exp.metadata, null, 2); } catch (e) { text = String(exp.metadata); } }
+        return el('pre', { class: 'json' }, text);
+      });
+    }
+
+    // ---- charts
+    function ensureChartDivs() {
+      const ms = metricList();
+      chartsEmpty.hidden = ms.length > 0;
+      for (const m of ms) {
+        if (state.charts.has(m.name)) continue;
+        const div = el('div', { class: 'chart', dataset: { metric: m.name } });
+        state.charts.set(m.name, div);
+        chartsDiv.appendChild(div);
+      }
+    }
+
+    async function loadSeries(names, force) {
+      const byName = new Map(metricList().map((m) => [m.name, m]));
+      await pool(names, SERIES_CONCURRENCY, async (name) => {
+        const metric = byName.get(name);
+        const axis = axisFor(metric, state.x);
+        const sig = metric ? [metric.count, metric.last, metric.max, metric.min, axis].join('|') : axis;
+        const have = state.series.get(name);
+        if (!force && have && have.sig === sig && have.axis === axis) return;
+        const url = detailUrl + '/metric?name=' + encodeURIComponent(name) + '&x=' + encodeURIComponent(axis) + '&points=' + POINTS;
+        try {
+          const res = await api(url, ctx.signal);
+          if (ctx.disposed) return;
+          state.series.set(name, {
+            axis, sig,
+            xs: Array.isArray(res.xs) ? res.xs : [],
+            ys: Array.isArray(res.ys) ? res.ys.map((v) => (typeof v === 'number' ? v : toNumber(v))) : [],
+            total: res.total, downsampled: !!res.downsampled, error: null,
+          });
+        } catch (e) {
+          if (isAbort(e) || ctx.disposed) return;
+          state.series.set(name, { axis, sig: null, xs: [], ys: [], total: 0, downsampled: false, error: e.message });
+        }
+        draw(name);
+      });
+    }
+
+    function draw(name) {
+      const div = state.charts.get(name);
+      const s = state.series.get(name);
+      if (!div || !s || ctx.disposed) return Promise.resolve();
+      if (!window.Plotly) { plotlyMissing(div); return Promise.resolve(); }
+      const layout = baseLayout(name, s.axis, state.log);
+      const notes = [];
+      if (s.error) notes.push('Could not load: ' + s.error);
+      if (s.axis !== state.x) notes.push('no ' + state.x + ' values; plotted against ' + s.axis);
+      if (s.downsampled) notes.push('downsampled from ' + s.total + ' points');
+      if (!s.xs.length && !s.error) {
+        layout.annotations = [{ text: 'no data', showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5,
+          font: { color: '#9ca3af', size: 13 } }];
+      }
+      div.dataset.downsampled = s.downsampled ? 'true' : 'false';
+      div.dataset.total = String(s.total === undefined || s.total === null ? s.xs.length : s.total);
+      div.dataset.axis = s.axis;
+      const traces = seriesTraces(s, name, PALETTE[0], state.smoothing);
+      const done = window.Plotly.react(div, traces, layout, PLOTLY_CONFIG);
+      let note = div.querySelector(':scope > .chart-note');
+      if (notes.length) {
+        if (!note) { note = el('div', { class: 'chart-note' }); div.appendChild(note); }
+        note.textContent = notes.join(' · ');
+      } else if (note) {
+        note.remove();
+      }
+      return Promise.resolve(done);
+    }
+
+    function drawAll() {
+      return Promise.all([...state.charts.keys()].map(draw));
+    }
+
+    // ---- live updates
+    function detailSignature(d) {
+      const exp = Object.assign({}, d.experiment || {});
+      delete exp.duration_seconds;
+      return JSON.stringify([exp, d.datasets, d.models, d.best_model_id, d.artifacts, d.metrics, d.last_metric_id]);
+    }
+
+    function setLive(on) {
+      liveDot.hidden = !on;
+    }
+
+    function schedulePoll() {
+      const running = (state.detail.experiment || {}).status === 'running';
+      setLive(running);
+      if (running) state.polling = ctx.timeout(poll, pollMs());
+    }
+
+    async function poll() {
+      let d;
+      try {
+        d = await api(detailUrl, ctx.signal);
+      } catch (e) {
+        if (isAbort(e) || ctx.disposed) return;
+        showError('Live update failed: ' + e.message);
+        state.polling = ctx.timeout(poll, pollMs());
+        return;
+      }
+      if (ctx.disposed) return;
+      clearError();
+      const previous = state.detail;
+      const changed = detailSignature(d) !== detailSignature(previous);
+      const metricsChanged = d.last_metric_id !== previous.last_metric_id
+        || JSON.stringify(d.metrics) !== JSON.stringify(previous.metrics);
+      state.detail = d;
+      renderHead();   // always: the running duration moves
+      if (changed) renderSections();
+      if (metricsChanged) {
+        if (!state.userX) {
+          const x = chooseDefaultAxis(d.metrics);
+          if (x !== state.x) {
+            state.x = x;
+            const sel = document.getElementById('x-axis');
+            if (sel) sel.value = x;
+          }
+        }
+        ensureChartDivs();
+        await loadSeries(metricList().map((m) => m.name), false);
+        if (ctx.disposed) return;
+      }
+      if (changed || metricsChanged) markRendered('run');
+      schedulePoll();
+    }
+
+    // ---- first render
+    renderHead();
+    renderSections();
+    ensureChartDivs();
+    await loadSeries(metricList().map((m) => m.name), true);
+    if (ctx.disposed) return;
+    markRendered('run');
+    schedulePoll();
+  }
+
+  // ================================================================= COMPARE PAGE
+
+  async function comparePage(ctx, params) {
+    setCrumbs({ text: 'Runs', href: '#/' }, { text: 'Compare' });
+    document.title = 'Compare — ml_persistence';
+    const seen = new Set();
+    const ids = (params.get('ids') || '').split(',').map((s) => s.trim())
+      .filter((s) => /^\d+$/.test(s) && !seen.has(s) && seen.add(s));
+    if (!ids.length) {
+      setChildren(appEl(), emptyNote('No runs selected.'), el('p', null, el('a', { href: '#/' }, 'Pick runs to compare')));
+      showError('Nothing to compare: tick two or more runs on the Runs page.');
+      markRendered('compare');
+      return;
+    }
+    setChildren(appEl(), el('p', { class: 'loading' }, 'Loading ' + ids.length + ' runs…'));
+
+    let data;
+    const detailsPromise = Promise.all(ids.map((id) =>
+      api('/api/experiments/' + encodeURIComponent(id), ctx.signal).catch(() => null)));
+    try {
+      data = await api('/api/compare?ids=' + ids.map((i) => encodeURIComponent(i)).join(','), ctx.signal);
+    } catch (e) {
+      if (isAbort(e) || ctx.disposed) return;
+      setChildren(appEl(), emptyNote('The comparison could not be loaded.'), el('p', null, el('a', { href: '#/' }, 'Back to all runs')));
+      showError('Could not compare runs ' + ids.join(', ') + ': ' + e.message);
+      markRendered('compare');
+      return;
+    }
+    const detailsList = await detailsPromise;
+    if (ctx.disposed) return;
+
+    const byId = new Map((data.experiments || []).map((e) => [String(e.id), e]));
+    const runs = ids.filter((i) => byId.has(i)).map((i) => byId.get(i));
+    for (const e of data.experiments || []) if (!runs.includes(e)) runs.push(e);
+    const missing = ids.filter((i) => !byId.has(i));
+    if (missing.length) showError('Not found: run' + (missing.length > 1 ? 's ' : ' ') + missing.join(', ') + '.');
+    const details = new Map();
+    ids.forEach((id, i) => { if (detailsList[i]) details.set(id, detailsList[i]); });
+    const color = new Map(runs.map((r, i) => [String(r.id), PALETTE[i % PALETTE.length]]));
+    const metrics = Array.isArray(data.metrics) ? data.metrics : [];
+    const runLabel = (r) => '#' + r.id + ' ' + (isBlank(r.name) ? '(unnamed)' : String(r.name));
+
+    const state = {
+      metric: metrics.length ? metrics[0] : null,
+      x: 'step',
+      userX: false,
+      smoothing: 0,
+      log: false,
+      series: new Map(),   // run id -> series
+    };
+
+    function metricInfo(runId, name) {
+      const d = details.get(String(runId));
+      if (!d || !Array.isArray(d.metrics)) return undefined;   // unknown
+      return d.metrics.find((m) => m.name === name) || null;    // null: the run lacks it
+    }
+
+    function defaultAxisFor(name) {
+      const infos = runs.map((r) => metricInfo(r.id, name)).filter(Boolean);
+      return infos.length ? chooseDefaultAxis(infos) : 'step';
+    }
+
+    state.x = state.metric ? defaultAxisFor(state.metric) : 'step';
+
+    // ---- skeleton
+    setCrumbs({ text: 'Runs', href: '#/' }, { text: 'Compare ' + runs.map((r) => '#' + r.id).join(', ') });
+    const chartDiv = el('div', { id: 'compare-chart', class: 'compare-chart' });
+    const chartNote = el('p', { id: 'compare-note', class: 'chart-caption muted' });
+    const redraw = perFrame(() => { draw(); markRendered('compare'); });
+    const metricSelect = el('select', {
+      id: 'compare-metric',
+      onchange: async (ev) => {
+        state.metric = ev.target.value;
+        if (!state.userX) {
+          state.x = defaultAxisFor(state.metric);
+          document.getElementById('x-axis').value = state.x;
+        }
+        await loadAndDraw();
+      },
+    }, metrics.map((m) => el('option', { value: m, selected: m === state.metric }, m)));
+    metricSelect.disabled = !metrics.length;
+
+    const controls = el('div', { class: 'toolbar chart-controls' },
+      el('label', { class: 'control' }, 'metric ', metricSelect),
+      axisSelect(state.x, async (v) => { state.x = v; state.userX = true; await loadAndDraw(); }),
+      smoothingControl(state.smoothing, (v) => { state.smoothing = v; redraw(); }),
+      logControl(state.log, (v) => { state.log = v; redraw(); }));
+
+    const runHeader = (r) => el('th', { scope: 'col', dataset: { id: r.id } },
+      el('span', { class: 'swatch', 'aria-hidden': 'true', dataset: { color: color.get(String(r.id)) } }),
+      el('a', { class: 'run-link', href: '#/run/' + encodeURIComponent(r.id) }, runLabel(r)));
+
+    // summary table
+    const summaryRows = [
+      ['Status', (r) => statusBadge(r.status, r.stored_status)],
+      ['Type', (r) => (isBlank(r.experiment_type) ? '—' : String(r.experiment_type))],
+      ['Started', (r) => fmtTime(r.start_time)],
+      ['Duration', (r) => formatDuration(effectiveDuration(r))],
+      ['Checkpoints', (r) => fmtInt(r.num_checkpoints)],
+      ['Best val metric', (r) => fmtNum(r.best_val_metric)],
+      ['Best test metric', (r) => fmtNum(r.best_test_metric)],
+      ['Tags', (r) => tagList(r.tags)],
+    ];
+    const summaryTable = el('div', { class: 'table-wrap' }, el('table', { id: 'compare-summary', class: 'data compare' },
+      el('thead', null, el('tr', null, el('th', { scope: 'col' }, 'Run'), runs.map(runHeader))),
+      el('tbody', null, summaryRows.map(([label, fn]) =>
+        el('tr', null, el('th', { scope: 'row' }, label), runs.map((r) => el('td', null, fn(r))))))));
+
+    // hyperparameter table
+    const hps = Array.isArray(data.hyperparameters) ? data.hyperparameters : [];
+    const nDiffer = hps.filter((h) => h.differs).length;
+    const hpTable = el('table', { id: 'compare-hyperparameters', class: 'data compare' },
+      el('thead', null, el('tr', null, el('th', { scope: 'col' }, 'Parameter'), runs.map(runHeader))),
+      el('tbody', null, hps.length ? hps.map((h) => {
+        const values = h.values && typeof h.values === 'object' ? h.values : {};
+        return el('tr', { class: h.differs ? 'differs' : null, dataset: { param: h.param_name } },
+          el('th', { scope: 'row' }, String(h.param_name),
+            h.differs ? el('span', { class: 'differs-marker', title: 'Not the same in all runs' }, 'differs') : null),
+          runs.map((r) => {
+            const key = String(r.id);
+            return Object.prototype.hasOwnProperty.call(values, key)
+              ? el('td', { class: 'value' }, formatValue(values[key]))
+              : el('td', { class: 'value missing', title: 'Not set in this run' }, '—');
+          }));
+      }) : el('tr', { class: 'empty-row' }, el('td', { colspan: String(runs.length + 1) }, 'No hyperparameters recorded.'))));
+    const onlyDiffers = el('input', {
+      type: 'checkbox', id: 'only-differs',
+      onchange: (ev) => hpTable.classList.toggle('only-differs', ev.target.checked),
+    });
+
+    // metric last values table
+    const metricTable = metrics.length > 0 && details.size > 0 ? el('div', { class: 'table-wrap' },
+      el('table', { id: 'compare-metrics', class: 'data compare' },
+        el('thead', null, el('tr', null, el('th', { scope: 'col' }, 'Metric (last value)'), runs.map(runHeader))),
+        el('tbody', null, metrics.map((name) => el('tr', { dataset: { metric: name } },
+          el('th', { scope: 'row' }, el('button', {
+            type: 'button', class: 'linkish', title: 'Plot ' + name,
+            onclick: () => { metricSelect.value = name; metricSelect.dispatchEvent(new Event('change')); },
+          }, name)),
+          runs.map((r) => {
+            const m = metricInfo(r.id, name);
+            if (m === undefined) return el('td', { class: 'num muted' }, '?');
+            if (m === null) return el('td', { class: 'num missing' }, '—');
+            return el('td', { class: 'num', title: 'min ' + fmtNum(m.min) + ', max ' + fmtNum(m.max) + ', ' + m.count + ' points' }, fmtNum(m.last));
+          })))))) : null;
+
+    setChildren(appEl(),
+      el('div', { class: 'page-head' }, el('h1', null, 'Compare ' + runs.length + ' runs')),
+      el('div', { class: 'charts-head' }, el('h2', null, 'Chart'), controls),
+      metrics.length ? null : emptyNote('None of these runs logged metrics.'),
+      chartDiv,
+      chartNote,
+      el('section', { class: 'panel wide', id: 'compare-hp-section' },
+        el('div', { class: 'panel-head' }, el('h2', null, 'Hyperparameters'),
+          el('span', { class: 'muted' }, nDiffer + ' of ' + hps.length + ' differ'),
+          el('label', { class: 'control' }, onlyDiffers, ' only differing')),
+        el('div', { class: 'table-wrap' }, hpTable)),
+      el('section', { class: 'panel wide' }, el('h2', null, 'Summary'), summaryTable),
+      metricTable ? el('section', { class: 'panel wide' }, el('h2', null, 'Metrics'), metricTable) : null);
+
+    // colour swatches via CSSOM (no inline style attributes)
+    for (const sw of document.querySelectorAll('#app .swatch')) sw.style.backgroundColor = sw.dataset.color;
+
+    let loadSeq = 0;
+    async function loadAndDraw() {
+      const mine = ++loadSeq;
+      const name = state.metric;
+      state.series = new Map();
+      if (name === null) { draw(); markRendered('compare'); return; }
+      await pool(runs, SERIES_CONCURRENCY, async (r) => {
+        const info = metricInfo(r.id, name);
+        if (info === null) return;   // this run never logged it
+        const axis = axisFor(info, state.x);
+        const url = '/api/experiments/' + encodeURIComponent(r.id) + '/metric?name=' + encodeURIComponent(name)
+          + '&x=' + encodeURIComponent(axis) + '&points=' + POINTS;
+        try {
+          const res = await api(url, ctx.signal);
+          if (ctx.disposed || mine !== loadSeq) return;
+          state.series.set(String(r.id), {
+            axis,
+            xs: Array.isArray(res.xs) ? res.xs : [],
+            ys: Array.isArray(res.ys) ? res.ys.map((v) => (typeof v === 'number' ? v : toNumber(v))) : [],
+            total: res.total, downsampled: !!res.downsampled,
+          });
+        } catch (e) {
+          if (isAbort(e) || ctx.disposed || mine !== loadSeq) return;
+          state.series.set(String(r.id), { axis, xs: [], ys: [], total: 0, downsampled: false, error: e.message });
+        }
+      });
+      if (ctx.disposed || mine !== loadSeq) return;
+      await draw();
+      if (!ctx.disposed && mine === loadSeq) markRendered('compare');
+    }
+
+    function draw() {
+      if (!metrics.length) return Promise.resolve();
+      if (!window.Plotly) { plotlyMissing(chartDiv); return Promise.resolve(); }
+      const traces = [];
+      const notes = [];
+      const absent = [];
+      let axisUsed = state.x;
+      for (const r of runs) {
+        const s = state.series.get(String(r.id));
+        if (!s) { absent.push('#' + r.id); continue; }
+        if (s.error) notes.push('#' + r.id + ': ' + s.error);
+        if (s.axis !== state.x) { notes.push('#' + r.id + ' has no ' + state.x + ' values; plotted against ' + s.axis); axisUsed = s.axis; }
+        if (s.downsampled) notes.push('#' + r.id + ' downsampled from ' + s.total + ' points');
+        const key = String(r.id);
+        traces.push(...seriesTraces(s, runLabel(r), color.get(key), state.smoothing, { legendgroup: key }));
+      }
+      if (absent.length) notes.unshift('not logged by ' + absent.join(', '));
+      const layout = baseLayout(state.metric || '', axisUsed, state.log);
+      layout.margin = { l: 62, r: 18, t: 42, b: 46 };
+      layout.showlegend = true;
+      layout.legend = { orientation: 'h', x: 0, xanchor: 'left', y: -0.16, yanchor: 'top' };
+      layout.hovermode = 'x';
+      layout.uirevision = state.metric + '|' + layout.uirevision;
+      chartDiv.dataset.metric = state.metric || '';
+      chartNote.textContent = notes.join(' · ');
+      chartNote.hidden = !notes.length;
+      return Promise.resolve(window.Plotly.react(chartDiv, traces, layout, PLOTLY_CONFIG));
+    }
+
+    await loadAndDraw();
+  }
+
+  // ---------------------------------------------------------------- start
+
+  window.mlpUI = { escapeForPlotly, formatDuration, fmtNum, parseTimestamp, safeUrl };
+  window.addEventListener('hashchange', route);
+  route();
+})();
