@@ -195,7 +195,9 @@
       last = last * w + (1 - w) * v;
       count += 1;
       const debias = w === 0 ? 1 : 1 - Math.pow(w, count);
-      out[i] = last / debias;
+      // Rounded to 12 digits: a constant series must stay exactly constant, or autoscaling
+      // magnifies float noise into spikes.
+      out[i] = Number((last / debias).toPrecision(12));
     }
     return out;
   }
