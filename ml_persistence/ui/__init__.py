@@ -45,6 +45,8 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
 
     from .server import create_app
 
+    _Server = _server_class()
+
     open_read_only(db_path).close()  # a clear error now rather than on every request
     loopback = is_loopback(host)
     if not loopback and token is None:
@@ -61,6 +63,21 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
               "URL above (its token)", file=sys.stderr, flush=True)
     if open_browser:
         webbrowser.open(url)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
     server.run(sockets=[sock])
     return 0
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, minus re-raising SIGINT/SIGTERM after its clean shutdown: exit status 0."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            captured = getattr(self, "_captured_signals", None)
+            if captured is not None:
+                captured.clear()
+
+    return Server

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import mimetypes
 import os
@@ -12,7 +11,8 @@ from typing import Any, Optional, Sequence
 from .. import queries
 from ..liveness import with_liveness
 
-AXES = {"episode": "episode", "step": "step", "time": "julianday(timestamp)"}
+# Timestamps are fixed-format text, so MIN/MAX and ORDER BY on the text itself order them in time.
+AXES = {"episode": "episode", "step": "step", "time": "timestamp"}
 MAX_POINTS = 5000
 # Served inline; anything else is a download. SVG is left out on purpose: it can carry script.
 INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -138,16 +138,9 @@ def series(conn: sqlite3.Connection, experiment_id: int, name: str, axis: str, p
         pairs.sort(key=lambda p: p[0])
     xs = [p[0] for p in pairs]
     if axis == "time":
-        xs = [_time_text(v) for v in xs]
+        xs = [x[:23] if isinstance(x, str) else x for x in xs]  # milliseconds: what a date axis shows
     return {"name": name, "x": axis, "xs": xs, "ys": [finite(p[1]) for p in pairs], "total": total,
             "downsampled": downsampled, "last_metric_id": last_id}
-
-
-def _time_text(julian: Optional[float]) -> Optional[str]:
-    if julian is None:
-        return None
-    seconds = (julian - 2440587.5) * 86400.0  # the stored local-time text, read back as it was written
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
 
 
 def compare(conn: sqlite3.Connection, ids: Sequence[int]) -> Optional[dict[str, Any]]:
@@ -166,9 +159,10 @@ def compare(conn: sqlite3.Connection, ids: Sequence[int]) -> Optional[dict[str, 
     rows = []
     for name in names:
         values = [e["hyperparameters"].get(name, missing) for e in runs]
-        shown = [None if v is missing else v for v in values]
         differs = any(repr(v) != repr(values[0]) for v in values[1:])
-        rows.append({"param_name": name, "differs": differs, "values": {str(i): v for i, v in zip(ids, shown)}})
+        # A run that never set the parameter has no key (a parameter set to None has a null).
+        shown = {str(i): v for i, v in zip(ids, values) if v is not missing}
+        rows.append({"param_name": name, "differs": differs, "values": shown})
     metrics = sorted({n for i in ids for n in queries.metric_names(conn, i)})
     return {"experiments": runs, "hyperparameters": rows, "metrics": metrics}
 

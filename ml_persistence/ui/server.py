@@ -15,12 +15,14 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import queries
 from ..readonly import ReadError, open_read_only
 from ..strictjson import json_safe
 from . import data
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 TOKEN_COOKIE = "mlp_token"
+MAX_ID = 2**63 - 1  # sqlite3 cannot bind a larger id; one asked for reads as this one, which no run has
 SECURITY_HEADERS = {
     # Plotly sets inline styles; no inline or remote script is allowed anywhere.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -56,6 +58,14 @@ def _int(text: Optional[str], default: int) -> int:
         return default
 
 
+def _host_name(header: str) -> str:
+    """Return the host of a Host header without its port: 'a.b:80' -> 'a.b', '[::1]:80' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 class Guard(BaseHTTPMiddleware):
     """Token check (when the server has a token), Host check against DNS rebinding, security headers."""
 
@@ -65,12 +75,11 @@ class Guard(BaseHTTPMiddleware):
         self.hosts = hosts
 
     async def dispatch(self, request: Request, call_next: Callable) -> Response:
-        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
-        if self.hosts and host not in self.hosts:
-            return _error(400, "unexpected Host header")
+        if self.hosts and _host_name(request.headers.get("host", "")) not in self.hosts:
+            return self._secured(_error(400, "unexpected Host header"))
         if self.token is not None:
             given = request.query_params.get("token")
-            if given is not None and hmac.compare_digest(given, self.token):
+            if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
                 # The token moves from the URL into a cookie, and out of the address bar.
                 response: Response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
                 response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
@@ -111,6 +120,8 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
 
     def experiment(request: Request) -> Response:
         exp_id = request.path_params["experiment_id"]
+        if exp_id > MAX_ID:
+            return _error(404, f"no experiment {exp_id}")
 
         def work(conn: Any) -> Response:
             found = data.run(conn, exp_id, db_path)
@@ -119,16 +130,23 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         return read(work)
 
     def metric(request: Request) -> Response:
-        exp_id = request.path_params["experiment_id"]
+        exp_id = min(request.path_params["experiment_id"], MAX_ID)
         name = request.query_params.get("name")
         axis = request.query_params.get("x", "step")
         if not name or axis not in data.AXES:
             return _error(400, f"name and x ({', '.join(data.AXES)}) are required")
         points = _int(request.query_params.get("points"), 2000)
-        return read(lambda conn: StrictJSON(data.series(conn, exp_id, name, axis, points)))
+
+        def work(conn: Any) -> Response:
+            if not queries.experiment_exists(conn, exp_id):
+                return _error(404, f"no experiment {exp_id}")
+            return StrictJSON(data.series(conn, exp_id, name, axis, points))
+
+        return read(work)
 
     def compare(request: Request) -> Response:
-        ids = [i for i in (_int(p, -1) for p in request.query_params.get("ids", "").split(",")) if i >= 0]
+        ids = [min(i, MAX_ID) for i in (_int(p, -1) for p in request.query_params.get("ids", "").split(","))
+               if i >= 0]
         if len(ids) < 1:
             return _error(400, "ids=1,2,... is required")
 
@@ -139,7 +157,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         return read(work)
 
     def artifact(request: Request) -> Response:
-        exp_id, art_id = request.path_params["experiment_id"], request.path_params["artifact_id"]
+        exp_id, art_id = (min(request.path_params[k], MAX_ID) for k in ("experiment_id", "artifact_id"))
         found = read(lambda conn: data.artifact(conn, exp_id, art_id, db_path))
         if isinstance(found, Response):
             return found

@@ -11,7 +11,7 @@
 
   const POINTS = 2000;            // per-series resolution asked of the server
   const RUNS_REFRESH_MS = 5000;   // runs list auto-refresh
-  const SERIES_CONCURRENCY = 6;   // metric series fetched at once
+  const SERIES_CONCURRENCY = 2;   // metric series fetched at once: the first chart comes sooner
   const AXES = ['step', 'episode', 'time'];  // preference order for the default x axis
   const AXIS_LABELS = { step: 'step', episode: 'episode', time: 'time' };
   const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2',
@@ -406,9 +406,9 @@
     for (const m of metrics || []) {
       for (const a of Array.isArray(m.axes) ? m.axes : AXES) if (a in counts) counts[a] += 1;
     }
-    let best = 'step';
-    for (const a of AXES) if (counts[a] > counts[best]) best = a;
-    return best;
+    // Step when any metric has it (episode-only metrics fall back per chart, see axisFor).
+    for (const a of AXES) if (counts[a] > 0) return a;
+    return 'step';
   }
 
   /** The axis a metric is drawn against: the chosen one if it has it, else its best alternative. */
@@ -904,11 +904,10 @@
         const ms = metricList();
         if (!ms.length) return emptyNote('No metrics logged.');
         return simpleTable('metric-summary-table',
-          ['Metric', { text: 'Points', num: true }, { text: 'First', num: true }, { text: 'Last', num: true },
-            { text: 'Min', num: true }, { text: 'Max', num: true }, 'Axes'],
+          ['Metric', { text: 'Points', num: true }, { text: 'First', num: true }, { text: 'Last', num: true }, 'Axes'],
           ms.map((m) => el('tr', { dataset: { metric: m.name } },
             el('td', null, String(m.name)), numCell(fmtInt(m.count)), numCell(fmtNum(m.first), m.first),
-            numCell(fmtNum(m.last), m.last), numCell(fmtNum(m.min), m.min), numCell(fmtNum(m.max), m.max),
+            numCell(fmtNum(m.last), m.last),
             el('td', { class: 'muted' }, Array.isArray(m.axes) ? m.axes.join(', ') : '—'))));
       });
 
@@ -1293,7 +1292,7 @@
             const m = metricInfo(r.id, name);
             if (m === undefined) return el('td', { class: 'num muted' }, '?');
             if (m === null) return el('td', { class: 'num missing' }, '—');
-            return el('td', { class: 'num', title: 'min ' + fmtNum(m.min) + ', max ' + fmtNum(m.max) + ', ' + m.count + ' points' }, fmtNum(m.last));
+            return el('td', { class: 'num', title: m.count + ' points' }, fmtNum(m.last));
           })))))) : null;
 
     setChildren(appEl(),
