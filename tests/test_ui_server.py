@@ -804,3 +804,26 @@ def test_cli_ui_missing_extra(db_path: str, built: dict[str, Any], tmp_path: Pat
     line = _one_line_error(done)
     assert "pip install 'ml_persistence[ui]'" in line and "uvicorn" in line
     assert done.stdout == ""
+
+
+def test_series_cache_serves_unchanged_curves_and_sees_new_rows(db_path: str) -> None:
+    from ml_persistence import ExperimentTracker
+    from ml_persistence.readonly import open_read_only
+    from ml_persistence.ui.data import SeriesCache
+
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("cached")
+    for step in range(10):
+        tracker.log_metric("loss", float(step), step=step)
+    tracker.flush()
+    cache = SeriesCache()
+    conn = open_read_only(db_path)
+    try:
+        first = cache.get(conn, ("k",), exp, "loss", "step", 2000)
+        assert cache.get(conn, ("k",), exp, "loss", "step", 2000) is first  # nothing changed: reused
+        tracker.log_metric("loss", 99.0, step=10)
+        tracker.flush()
+        again = cache.get(conn, ("k",), exp, "loss", "step", 2000)  # a cheap curve is never stale
+        assert again["ys"][-1] == 99.0 and again["total"] == 11
+    finally:
+        conn.close()

@@ -100,6 +100,8 @@ class Guard(BaseHTTPMiddleware):
 def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[str]] = None) -> Starlette:
     """Build the app for ``db_path``; ``token`` protects every route; ``hosts`` are the accepted Host names."""
 
+    cache = data.SeriesCache()
+
     def read(work: Callable[[Any], Any]) -> Any:
         try:
             conn = open_read_only(db_path)
@@ -140,7 +142,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         def work(conn: Any) -> Response:
             if not queries.experiment_exists(conn, exp_id):
                 return _error(404, f"no experiment {exp_id}")
-            return StrictJSON(data.series(conn, exp_id, name, axis, points))
+            return StrictJSON(cache.get(conn, (exp_id, name, axis, points), exp_id, name, axis, points))
 
         return read(work)
 
