@@ -751,7 +751,9 @@ def test_cli_ui_exits_0_on_signal(db_path: str, built: dict[str, Any], tmp_path:
 
 def test_cli_ui_beyond_loopback_requires_the_token(db_path: str, built: dict[str, Any], tmp_path: Path) -> None:
     with ui_server(db_path, "--host", "0.0.0.0", cwd=tmp_path) as server:
-        m = re.fullmatch(r"http://0\.0\.0\.0:(\d+)/\?token=([A-Za-z0-9_\-]{20,})", server.url)
+        # 0.0.0.0 is not an address a browser opens: the URL names this machine instead.
+        m = re.fullmatch(rf"http://{re.escape(socket.gethostname())}:(\d+)/\?token=([A-Za-z0-9_\-]{{20,}})",
+                         server.url)
         assert m, server.url
         port, token = m.groups()
         base = f"http://127.0.0.1:{port}"
@@ -762,7 +764,8 @@ def test_cli_ui_beyond_loopback_requires_the_token(db_path: str, built: dict[str
         assert status == 200 and strict(body)["experiments"]
         status, headers, _ = fetch(base + f"/?token={token}")
         assert status == 303 and "HttpOnly" in headers["Set-Cookie"]
-        assert fetch(base + "/", {"Cookie": f"mlp_token={token}"})[0] == 200
+        assert f"mlp_token_{port}=" in headers["Set-Cookie"]  # cookies ignore ports: one name per server
+        assert fetch(base + "/", {"Cookie": f"mlp_token_{port}={token}"})[0] == 200
         server.stop()
         assert "readable by whoever has the URL" in "".join(server.stderr)
 
@@ -827,3 +830,56 @@ def test_series_cache_serves_unchanged_curves_and_sees_new_rows(db_path: str) ->
         assert again["ys"][-1] == 99.0 and again["total"] == 11
     finally:
         conn.close()
+
+
+def _bulk_metric(db_path: str, name: str, values_sql: str, n: int) -> int:
+    from ml_persistence import ExperimentTracker
+
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment(name)
+    tracker.end_experiment()
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute(
+            "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < ?) "
+            f"INSERT INTO metrics (experiment_id, metric_name, step, value) SELECT ?, ?, i, {values_sql} FROM s",
+            (n - 1, exp, name))
+        conn.commit()
+    finally:
+        conn.close()
+    return exp
+
+
+def test_downsampled_monotonic_curve_never_turns_back(db_path: str) -> None:
+    from ml_persistence.readonly import open_read_only
+    from ml_persistence.ui.data import series
+
+    n = 300_000
+    exp = _bulk_metric(db_path, "falling", f"1.0 - i * 1.0 / {n}", n)
+    conn = open_read_only(db_path)
+    try:
+        got = series(conn, exp, "falling", "step", 2000)
+    finally:
+        conn.close()
+    assert got["downsampled"] and len(got["xs"]) == 4000
+    # Points at different steps only ever go down: each bucket is a vertical stroke at one x.
+    steps = list(zip(got["xs"], got["ys"]))
+    assert all(b[1] <= a[1] for a, b in zip(steps, steps[1:]) if b[0] != a[0])
+
+
+def test_infinities_do_not_blank_their_bucket(db_path: str) -> None:
+    from ml_persistence.readonly import open_read_only
+    from ml_persistence.ui.data import series
+
+    n = 300_000
+    exp = _bulk_metric(db_path, "spiky", "CASE WHEN i % 1000 = 0 THEN 9e999 ELSE 1.0 END", n)
+    conn = open_read_only(db_path)
+    try:
+        got = series(conn, exp, "spiky", "step", 2000)
+    finally:
+        conn.close()
+    assert got["downsampled"] and None not in got["ys"] and set(got["ys"]) == {1.0}
+
+
+def test_responses_cannot_be_embedded_by_other_sites(client: TestClient) -> None:
+    assert client.get("/api/experiments").headers["Cross-Origin-Resource-Policy"] == "same-origin"

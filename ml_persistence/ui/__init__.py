@@ -53,10 +53,10 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
         token = secrets.token_urlsafe(24)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
     hosts = (LOOPBACK_NAMES | {host}) if loopback else set()
-    app = create_app(db_path, token=token, hosts=hosts)
+    app = create_app(db_path, token=token, hosts=hosts, cookie=f"mlp_token_{bound}")
     print(f"ml-persistence ui: serving {db_path} (read-only) at {url}", flush=True)
     if not loopback:
         print("ml-persistence ui: listening beyond this machine: the runs are readable by whoever has the "

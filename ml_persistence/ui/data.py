@@ -23,9 +23,12 @@ INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 
 
+PLOTTABLE = 1e300  # beyond it a chart library's own arithmetic overflows to NaN
+
+
 def finite(value: Any) -> Any:
-    """Make a float safe for a chart: NaN and ±inf become None."""
-    if isinstance(value, float) and not math.isfinite(value):
+    """Make a float safe for a chart: NaN, ±inf and values near the float limit become None."""
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) < PLOTTABLE):
         return None
     return value
 
@@ -132,11 +135,18 @@ def series(conn: sqlite3.Connection, experiment_id: int, name: str, axis: str, p
     if not downsampled:
         pairs = conn.execute(f"SELECT {x}, value {_SCOPE} AND {x} IS NOT NULL ORDER BY {x}, id", params).fetchall()
     else:
+        # Infinities are left out of a bucket's extremes, or one would blank the whole bucket.
+        plottable = f"CASE WHEN abs(value) < {PLOTTABLE} THEN value END"
         buckets = conn.execute(
-            f"SELECT MIN({x}), MAX({x}), MIN(value), MAX(value) {_SCOPE} AND {x} IS NOT NULL "
+            f"SELECT MIN({x}), MAX({x}), MIN({plottable}), MAX({plottable}) {_SCOPE} AND {x} IS NOT NULL "
             "GROUP BY (id - ?) * ? / ?", (*params, first_id, points, last_id - first_id + 1))
-        for x_first, x_last, low, high in buckets:
-            pairs += [(x_first, low), (x_last, high)]
+        rows = buckets.fetchall()
+        for n, (x_first, x_last, low, high) in enumerate(rows):
+            # Both extremes at the bucket's middle: a vertical stroke, never a zigzag against the trend
+            # (the first and last buckets keep the curve's own ends).
+            middle = x_first if n == 0 or not isinstance(x_first, (int, float)) else (
+                x_last if n == len(rows) - 1 else (x_first + x_last) / 2)
+            pairs += [(middle, low), (middle, high)]
         pairs.sort(key=lambda p: p[0])
     xs = [p[0] for p in pairs]
     if axis == "time":

@@ -30,6 +30,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
+    "Cross-Origin-Resource-Policy": "same-origin",  # other sites cannot even embed an artifact image
 }
 
 
@@ -69,10 +70,11 @@ def _host_name(header: str) -> str:
 class Guard(BaseHTTPMiddleware):
     """Token check (when the server has a token), Host check against DNS rebinding, security headers."""
 
-    def __init__(self, app: Any, token: Optional[str], hosts: set[str]) -> None:
+    def __init__(self, app: Any, token: Optional[str], hosts: set[str], cookie: str) -> None:
         super().__init__(app)
         self.token = token
         self.hosts = hosts
+        self.cookie = cookie
 
     async def dispatch(self, request: Request, call_next: Callable) -> Response:
         if self.hosts and _host_name(request.headers.get("host", "")) not in self.hosts:
@@ -81,11 +83,13 @@ class Guard(BaseHTTPMiddleware):
             given = request.query_params.get("token")
             if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
                 # The token moves from the URL into a cookie, and out of the address bar.
-                response: Response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
-                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+                rest = request.url.remove_query_params("token")
+                location = rest.path + (f"?{rest.query}" if rest.query else "")  # relative: no Host trusted
+                response: Response = RedirectResponse(location, status_code=303)
+                response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict")
                 return self._secured(response)
             header = request.headers.get("authorization", "")
-            presented = request.cookies.get(TOKEN_COOKIE) or (header[7:] if header.startswith("Bearer ") else "")
+            presented = request.cookies.get(self.cookie) or (header[7:] if header.startswith("Bearer ") else "")
             if not hmac.compare_digest(presented.encode(), self.token.encode()):
                 return self._secured(_error(401, "a token is required: open the URL the server printed"))
         return self._secured(await call_next(request))
@@ -97,8 +101,12 @@ class Guard(BaseHTTPMiddleware):
         return response
 
 
-def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[str]] = None) -> Starlette:
-    """Build the app for ``db_path``; ``token`` protects every route; ``hosts`` are the accepted Host names."""
+def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[str]] = None,
+               cookie: str = TOKEN_COOKIE) -> Starlette:
+    """Build the app for ``db_path``; ``token`` protects every route; ``hosts`` are the accepted Host names.
+
+    Cookies ignore ports: give each server on a host its own ``cookie`` name.
+    """
 
     cache = data.SeriesCache()
 
@@ -185,5 +193,5 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         Route("/static/plotly.min.js", plotly),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    middleware = [Middleware(Guard, token=token, hosts=hosts or set())]
+    middleware = [Middleware(Guard, token=token, hosts=hosts or set(), cookie=cookie)]
     return Starlette(routes=routes, middleware=middleware)
