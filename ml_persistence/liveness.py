@@ -6,9 +6,9 @@ import datetime as dt
 import os
 import socket
 import sqlite3
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
-from . import timestamps
+from . import queries, timestamps
 
 # A run on another host (or with no recorded pid) that logged nothing for this long shows as "stale".
 STALE_AFTER_SECONDS = 3600.0
@@ -118,3 +118,24 @@ def with_liveness(conn: sqlite3.Connection, experiment: dict[str, Any]) -> dict[
         activity = None if same_host else last_activity(conn, experiment["id"])
         experiment["status"] = effective_status(experiment, activity)
     return experiment
+
+
+# Statuses derived from a stored 'running' row.
+LIVE_STATUSES = ("running", "crashed", "stale")
+
+
+def list_experiments(
+    conn: sqlite3.Connection,
+    experiment_type: Optional[str] = None,
+    status: Optional[str] = None,
+    tags: Sequence[str] = (),
+    name: Optional[str] = None,
+    limit: Optional[int] = None,
+) -> list[dict[str, Any]]:
+    """Return queries.list_experiments with effective statuses, ``status`` matching the effective one."""
+    stored = None if status in LIVE_STATUSES else status
+    found = queries.list_experiments(conn, experiment_type, stored, tags, None if status else limit, name)
+    found = [with_liveness(conn, e) for e in found]
+    if status:
+        found = [e for e in found if e["status"] == status]
+    return found if limit is None else found[:limit]

@@ -348,6 +348,34 @@ def compare_metrics(
     return {i: metric_stats(conn, i, metric_name, split) for i in experiment_ids}
 
 
+def _kind(value: Any) -> Any:
+    # 1 and 1.0 are the same setting; True, 1 and "1" are not.
+    return float if type(value) in (int, float) else type(value)
+
+
+def _same(values: list[Any]) -> bool:
+    first = values[0]
+    return all(_kind(v) is _kind(first) and (v == first or (v != v and first != first)) for v in values[1:])
+
+
+def hyperparameter_grid(experiments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return, per parameter name, {param_name, differs, values: {experiment id: value}} over ``experiments``.
+
+    An experiment that never logged the parameter has no entry in ``values``, and differs from one
+    that did (even one that logged None).
+    """
+    unset = object()
+    rows = []
+    for name in sorted({k for e in experiments for k in e["hyperparameters"]}):
+        values = [e["hyperparameters"].get(name, unset) for e in experiments]
+        rows.append({
+            "param_name": name,
+            "differs": not _same(values),
+            "values": {e["id"]: v for e, v in zip(experiments, values) if v is not unset},
+        })
+    return rows
+
+
 def metrics_summary(conn: sqlite3.Connection, experiment_id: int, split: Optional[str] = None) -> dict[str, dict[str, Any]]:
     """Return {metric_name: metric_stats} for every metric an experiment logged (with rows in ``split``)."""
     stats = {n: metric_stats(conn, experiment_id, n, split) for n in metric_names(conn, experiment_id)}

@@ -18,7 +18,8 @@ class ReadError(MLPersistenceError):
         self.code = code
 
 
-def _require_file(path: str) -> None:
+def require_file(path: str) -> None:
+    """Raise ReadError unless ``path`` is an existing file (never create one by opening it)."""
     if not os.path.exists(path):
         raise ReadError(f"no database at {path} (create one with `ml-persistence init --db {path}`)")
     if os.path.isdir(path):
@@ -27,7 +28,7 @@ def _require_file(path: str) -> None:
 
 def connect_read_only(path: str) -> sqlite3.Connection:
     """Open an existing file read-only, without looking at what it holds (a damaged file opens too)."""
-    _require_file(path)
+    require_file(path)
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:

@@ -10,24 +10,11 @@ import sys
 from typing import Any, Iterator
 
 from .. import queries
-from ..liveness import with_liveness
+from .. import liveness
 from . import arguments
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
-LIVE_STATUSES = ("running", "crashed", "stale")
-
-
-def _filtered_experiments(conn: sqlite3.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
-    # Effective statuses (crashed, stale) are derived from stored 'running' rows, so filter after.
-    stored = None if args.status in LIVE_STATUSES else args.status
-    found = queries.list_experiments(
-        conn, args.type, stored, args.tag, None if args.status else args.limit, args.name
-    )
-    found = [with_liveness(conn, e) for e in found]
-    if args.status:
-        found = [e for e in found if e["status"] == args.status]
-    return found if args.limit is None else found[: args.limit]
 
 
 def ls(args: argparse.Namespace) -> int:
@@ -35,7 +22,7 @@ def ls(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise CLIError("--limit must be >= 0", USAGE)
     with open_read(args.db) as conn:
-        found = _filtered_experiments(conn, args)
+        found = liveness.list_experiments(conn, args.type, args.status, args.tag or (), args.name, args.limit)
     if args.json:
         out.print_json(found)
         return 0
@@ -146,22 +133,11 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kind(value: Any) -> Any:
-    # 1 and 1.0 are the same setting; True, 1 and "1" are not.
-    return float if type(value) in (int, float) else type(value)
-
-
-def _same(values: list[Any]) -> bool:
-    first = values[0]
-    return all(_kind(v) is _kind(first) and (v == first or (v != v and first != first)) for v in values[1:])
-
-
 def compare(args: argparse.Namespace) -> int:
     """Show hyperparameters and metric summaries of several experiments side by side."""
     ids = list(dict.fromkeys(args.ids))
     if len(ids) < 2:
         raise CLIError("compare needs at least two different experiment ids", USAGE)
-    missing = object()
     with open_read(args.db) as conn:
         exps = [experiment(conn, i) for i in ids]
         known = sorted({n for i in ids for n in queries.metric_names(conn, i)})
@@ -171,13 +147,8 @@ def compare(args: argparse.Namespace) -> int:
                            f"(they have: {', '.join(known) or 'none'})")
         names = args.metric or known
         stats = {n: queries.compare_metrics(conn, ids, n, args.split) for n in names}
-    params = sorted({k for e in exps for k in e["hyperparameters"]})
-    grid = {name: [e["hyperparameters"].get(name, missing) for e in exps] for name in params}
-    hp_rows = [
-        {"param_name": name, "differs": not _same(values),
-         "values": {str(i): (None if v is missing else v) for i, v in zip(ids, values)}}
-        for name, values in grid.items()
-    ]
+    grid = queries.hyperparameter_grid(exps)
+    hp_rows = [{**r, "values": {str(i): r["values"].get(i) for i in ids}} for r in grid]
     metric_rows = [
         {"metric_name": n, "experiment_id": i, **stats[n][i]} for n in names for i in ids
     ]
@@ -195,9 +166,10 @@ def compare(args: argparse.Namespace) -> int:
     ], flexible=range(1, len(ids) + 1)))
     print(out.section("Hyperparameters (* = differs)"))
     print(out.table(["", "NAME", *(f"#{i}" for i in ids)], [
-        ["*" if r["differs"] else "", r["param_name"], *("(unset)" if v is missing else out.text(v) for v in grid[r["param_name"]])]
-        for r in hp_rows
-    ], flexible=range(2, len(ids) + 2)) if hp_rows else "  (none)")
+        ["*" if r["differs"] else "", r["param_name"],
+         *(out.text(r["values"][i]) if i in r["values"] else "(unset)" for i in ids)]
+        for r in grid
+    ], flexible=range(2, len(ids) + 2)) if grid else "  (none)")
     print(out.section("Metrics" + (f" (split {args.split})" if args.split else "")))
     if not names:
         print("  (none)")
@@ -251,6 +223,15 @@ def _history(conn: sqlite3.Connection, exp_id: int, name: str, split: str | None
             yield (*row[:3], math.nan if row[3] is None else row[3], *row[4:])
 
 
+def _csv_cell(value: Any) -> Any:
+    # Floats round-trip exactly (repr); NaN and ±inf as 'nan', 'inf', '-inf'; NULL as an empty cell.
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else out.number(value)
+    return value
+
+
 def metrics(args: argparse.Namespace) -> int:
     """Print the history of one metric, streamed."""
     fmt = "json" if args.json else args.format
@@ -265,8 +246,7 @@ def metrics(args: argparse.Namespace) -> int:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(_HISTORY_COLUMNS)
             for row in rows:
-                writer.writerow(["" if v is None else (out.number(v) if isinstance(v, float) and not math.isfinite(v)
-                                                       else (repr(v) if isinstance(v, float) else v)) for v in row])
+                writer.writerow([_csv_cell(v) for v in row])
         elif fmt == "json":
             sys.stdout.write("[")
             for n, row in enumerate(rows):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from typing import Any
 
 from .. import queries, schema
 from ..liveness import with_liveness
-from ..readonly import ReadError, open_read_only
+from ..readonly import ReadError, open_read_only, require_file
 
 NOT_FOUND = 1
 USAGE = 2
@@ -30,16 +29,12 @@ def open_read(path: str) -> sqlite3.Connection:
         raise CLIError(str(exc), exc.code) from None
 
 
-def _require_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise CLIError(f"no database at {path} (create one with `ml-persistence init --db {path}`)")
-    if os.path.isdir(path):
-        raise CLIError(f"{path} is a directory, not a database file", USAGE)
-
-
 def open_write(path: str, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
     """Open an existing database for a maintenance write, schema ensured."""
-    _require_file(path)
+    try:
+        require_file(path)
+    except ReadError as exc:
+        raise CLIError(str(exc), exc.code) from None
     conn = schema.connect(path, busy_timeout_ms)
     conn.row_factory = sqlite3.Row
     return conn

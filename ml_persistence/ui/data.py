@@ -11,6 +11,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from .. import queries
+from .. import liveness
 from ..liveness import with_liveness
 
 # Timestamps are fixed-format text, so MIN/MAX and ORDER BY on the text itself order them in time.
@@ -36,10 +37,7 @@ def finite(value: Any) -> Any:
 def experiments(conn: sqlite3.Connection, experiment_type: Optional[str], status: Optional[str],
                 tags: Sequence[str], name: Optional[str]) -> dict[str, Any]:
     """Return the filtered run list (effective statuses) and the filter choices."""
-    stored = None if status in ("running", "crashed", "stale") else status
-    found = [with_liveness(conn, e) for e in queries.list_experiments(conn, experiment_type, stored, tags, None, name)]
-    if status:
-        found = [e for e in found if e["status"] == status]
+    found = liveness.list_experiments(conn, experiment_type, status, tags, name)
     types = [r[0] for r in conn.execute(
         "SELECT DISTINCT experiment_type FROM experiments WHERE experiment_type IS NOT NULL ORDER BY 1")]
     statuses = [r[0] for r in conn.execute("SELECT DISTINCT status FROM experiments WHERE status IS NOT NULL")]
@@ -198,15 +196,7 @@ def compare(conn: sqlite3.Connection, ids: Sequence[int]) -> Optional[dict[str, 
         exp.pop("git_diff", None)
         exp.pop("packages", None)
         runs.append(exp)
-    missing = object()
-    names = sorted({k for e in runs for k in e["hyperparameters"]})
-    rows = []
-    for name in names:
-        values = [e["hyperparameters"].get(name, missing) for e in runs]
-        differs = any(repr(v) != repr(values[0]) for v in values[1:])
-        # A run that never set the parameter has no key (a parameter set to None has a null).
-        shown = {str(i): v for i, v in zip(ids, values) if v is not missing}
-        rows.append({"param_name": name, "differs": differs, "values": shown})
+    rows = queries.hyperparameter_grid(runs)  # a run that never set a parameter has no key for it
     metrics = sorted({n for i in ids for n in queries.metric_names(conn, i)})
     return {"experiments": runs, "hyperparameters": rows, "metrics": metrics}
 
