@@ -49,3 +49,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def require_framework(module: str):
+    """Import a framework for its integration tests: skipped where it is not installed, unless
+    $ML_PERSISTENCE_REQUIRE_INTEGRATIONS is set (CI sets it), where a missing one fails."""
+    if os.environ.get("ML_PERSISTENCE_REQUIRE_INTEGRATIONS"):
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -1,0 +1,319 @@
+"""What the integrations share: one experiment per training run, recorded by rank 0 or by every rank."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import sys
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from ..errors import MLPersistenceError
+from ..lifecycle import status_for
+from ..registry import ModelRegistry
+from ..tracker import ExperimentTracker
+
+EXPERIMENT_ID_ENV = "ML_PERSISTENCE_EXPERIMENT_ID"
+RANK_ENVS = ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "LOCAL_RANK")
+_MAX_DEPTH = 8
+_MAX_ITEMS = 1000
+
+
+def torch_distributed() -> Any:
+    """Return torch.distributed when this process is one of several in an initialized group, else None."""
+    torch = sys.modules.get("torch")  # never import torch for this
+    dist = getattr(torch, "distributed", None)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist if dist.get_world_size() > 1 else None
+
+
+def process_rank() -> int:
+    """This process's global rank: torch.distributed's, else the launcher's environment, else 0."""
+    dist = torch_distributed()
+    if dist is not None:
+        return int(dist.get_rank())
+    for name in RANK_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def broadcast_from_rank_zero(value: Optional[int]) -> Optional[int]:
+    """Give every rank rank 0's ``value`` (a collective call: every rank must make it)."""
+    dist = torch_distributed()
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """Return ``value`` as JSON-able data: numbers and text kept, containers converted, other objects named."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return plain(value.value, depth)
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '') or ''}.{value.__qualname__}".lstrip(".")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    number = scalar(value)
+    if number is not None:
+        return number
+    if depth >= _MAX_DEPTH:
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        items = list(value.items())[:_MAX_ITEMS]
+        return {str(key): plain(item, depth + 1) for key, item in items}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [plain(item, depth + 1) for item in list(items)[:_MAX_ITEMS]]
+    tolist = getattr(value, "tolist", None)  # small numpy arrays and tensors
+    size = getattr(value, "size", None)
+    if callable(tolist) and isinstance(size, int) and size <= _MAX_ITEMS:
+        return plain(tolist(), depth + 1)
+    return str(value)
+
+
+def scalar(value: Any) -> Union[int, float, None]:
+    """Return a real number from a Python, numpy or torch scalar (or one-element tensor), else None."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    item = getattr(value, "item", None)
+    if not callable(item) or type(value).__module__.split(".")[0] not in ("numpy", "torch"):
+        return None
+    try:
+        value = item()
+    except (ValueError, RuntimeError):  # more than one element
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    return value if isinstance(value, (int, float)) else None
+
+
+def running_epoch(epoch: Any) -> Optional[int]:
+    """The 0-based epoch a fractional epoch counter (0.25, 1.0, 1.5 ...) falls in."""
+    number = scalar(epoch)
+    if number is None or not math.isfinite(number):
+        return None
+    return max(math.ceil(number) - 1, 0)
+
+
+class TrainingRun:
+    """One experiment recorded on a framework's behalf: started or joined, ended only if started here.
+
+    By default only rank 0 records (every call is a no-op elsewhere). With ``all_ranks=True``
+    every rank logs into rank 0's experiment, its metrics named ``rank{N}/...``.
+    """
+
+    def __init__(
+        self,
+        framework: str,
+        *,
+        name: Optional[str] = None,
+        experiment_type: Optional[str] = None,
+        description: Optional[str] = None,
+        tags: Optional[Iterable[str]] = None,
+        experiment_id: Optional[int] = None,
+        tracker: Optional[ExperimentTracker] = None,
+        db_path: Optional[Union[str, os.PathLike[str]]] = None,
+        agent: Union[str, bool, None] = None,
+        token: Optional[str] = None,
+        all_ranks: bool = False,
+    ) -> None:
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self.framework = framework
+        self.name = name
+        self.experiment_type = experiment_type
+        self.description = description
+        self.tags = tags if framework in tags else [*tags, framework]
+        self.all_ranks = all_ranks
+        self._join_id = experiment_id
+        self._tracker = tracker
+        self._db_path, self._agent, self._token = db_path, agent, token
+        self._registry: Optional[ModelRegistry] = None
+        self._experiment_id: Optional[int] = None
+        self._owner = False
+        self._ended = False
+        self.rank = 0
+
+    def __repr__(self) -> str:
+        return f"<TrainingRun {self.framework} experiment={self._experiment_id} rank={self.rank}>"
+
+    @property
+    def experiment_id(self) -> Optional[int]:
+        """The experiment being recorded, or None (not started yet, or a rank that does not record)."""
+        return self._experiment_id
+
+    @property
+    def tracker(self) -> Optional[ExperimentTracker]:
+        """The ExperimentTracker logging this run (None on a rank that does not record)."""
+        return self._tracker if self._experiment_id is not None else None
+
+    def records(self, rank: int) -> bool:
+        """Whether a process of this rank records anything."""
+        return rank == 0 or self.all_ranks
+
+    def start(
+        self,
+        default_name: str,
+        *,
+        rank: Optional[int] = None,
+        random_seed: Optional[int] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+    ) -> Optional[int]:
+        """Start or join the experiment once; return its id, or None on a rank that does not record.
+
+        With ``all_ranks`` under torch.distributed this is a collective call.
+        """
+        if self._experiment_id is not None:
+            return self._experiment_id
+        self.rank = process_rank() if rank is None else rank
+        if not self.records(self.rank):
+            return None
+        join_id = self._join_id if self._join_id is not None else _env_experiment_id()
+        experiment_id: Optional[int] = None
+        if self.rank == 0:
+            experiment_id = self._start_or_join(default_name, join_id, random_seed, metadata)
+        if self.all_ranks:
+            shared = broadcast_from_rank_zero(experiment_id)
+            experiment_id = shared if shared is not None else join_id
+        if self.rank != 0:
+            if experiment_id is None:
+                raise MLPersistenceError(
+                    f"all_ranks=True: rank {self.rank} cannot learn rank 0's experiment; initialize "
+                    f"torch.distributed first or set {EXPERIMENT_ID_ENV}"
+                )
+            self._tracker = self._tracker or self._new_tracker()
+            self._tracker.resume_experiment(experiment_id, claim=False)
+        self._experiment_id = experiment_id
+        return experiment_id
+
+    def _start_or_join(
+        self,
+        default_name: str,
+        join_id: Optional[int],
+        random_seed: Optional[int],
+        metadata: Optional[Mapping[str, Any]],
+    ) -> int:
+        if self._tracker is not None and self._tracker.experiment_id is not None:
+            return self._tracker.experiment_id  # the caller's experiment: the caller ends it
+        self._tracker = self._tracker or self._new_tracker()
+        self._owner = True
+        if join_id is not None:
+            return self._tracker.resume_experiment(join_id)
+        return self._tracker.start_experiment(
+            self.name or default_name,
+            experiment_type=self.experiment_type,
+            description=self.description,
+            tags=self.tags,
+            random_seed=random_seed,
+            metadata=plain(dict(metadata or {})),
+        )
+
+    def _new_tracker(self) -> ExperimentTracker:
+        return ExperimentTracker(self._db_path, agent=self._agent, token=self._token)
+
+    def log_hyperparameters(self, params: Mapping[str, Any]) -> None:
+        """Record hyperparameters (from rank 0 only), each converted to JSON-able data."""
+        if self._experiment_id is None or self.rank != 0 or not params:
+            return
+        self._tracker.log_hyperparameters_batch({str(key): plain(value) for key, value in params.items()})
+
+    def log_metrics(
+        self,
+        metrics: Mapping[str, Any],
+        *,
+        step: Optional[int] = None,
+        epoch: Optional[int] = None,
+        episode: Optional[int] = None,
+    ) -> None:
+        """Record the real-valued entries of ``metrics``; text, images and arrays are skipped."""
+        if self._experiment_id is None:
+            return
+        prefix = f"rank{self.rank}/" if self.all_ranks else ""
+        values = {}
+        for key, value in metrics.items():
+            number = scalar(value)
+            if number is not None:
+                values[f"{prefix}{key}"] = number
+        if values:
+            self._tracker.log_metrics_batch(values, step=step, epoch=epoch, episode=episode)
+
+    def register_checkpoint(
+        self,
+        path: Union[str, os.PathLike[str]],
+        *,
+        architecture_type: Optional[str] = None,
+        step: Optional[int] = None,
+        episode: Optional[int] = None,
+        train_metric: Any = None,
+        val_metric: Any = None,
+        is_best: bool = False,
+        metadata: Optional[Mapping[str, Any]] = None,
+    ) -> Optional[int]:
+        """Register a saved checkpoint with the model registry (rank 0 only); return the model id."""
+        if self._experiment_id is None or self.rank != 0:
+            return None
+        if self._registry is None:
+            self._registry = ModelRegistry(self._db_path, agent=self._agent, token=self._token)
+        return self._registry.register_model(
+            experiment_id=self._experiment_id,
+            checkpoint_path=path,
+            architecture_type=architecture_type,
+            global_step=step,
+            episode_num=episode,
+            train_metric=_real_or_none(train_metric),
+            val_metric=_real_or_none(val_metric),
+            is_best=is_best,
+            metadata=plain(dict(metadata or {})),
+        )
+
+    def end(self, status: str = "completed", notes: Optional[str] = None) -> None:
+        """End the experiment if this run started (or resumed) it; otherwise just flush."""
+        if self._experiment_id is None or self._tracker is None:
+            return
+        if self._owner and not self._ended:
+            self._ended = True
+            self._tracker.end_experiment(status, notes)
+        else:
+            self._tracker.flush()
+
+    def end_with(self, exc: Optional[BaseException]) -> None:
+        """End as code raising ``exc`` (or returning, for None) should: completed, failed or interrupted."""
+        self.end(*status_for(exc))
+
+    def reopen(self) -> None:
+        """Log again into an experiment this run ended (e.g. a test pass after fit)."""
+        if self._ended and self._tracker is not None and self._experiment_id is not None:
+            self._tracker.resume_experiment(self._experiment_id)
+            self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether this run ended its experiment."""
+        return self._ended
+
+
+def _env_experiment_id() -> Optional[int]:
+    text = os.environ.get(EXPERIMENT_ID_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise MLPersistenceError(f"{EXPERIMENT_ID_ENV} must be an experiment id, got {text!r:.40}")
+    return int(text)
+
+
+def _real_or_none(value: Any) -> Optional[float]:
+    number = scalar(value)
+    if number is None:
+        return None
+    return float(number)
