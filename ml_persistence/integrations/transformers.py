@@ -44,7 +44,8 @@ class MLPersistenceCallback(TrainerCallback):
     ml_persistence's exit hook only if the exception ends the process.
 
     Logs after train() returned (``trainer.evaluate()``, ``trainer.predict()``) go into the
-    experiment just recorded, which keeps its status. Only rank 0 records unless ``all_ranks``.
+    experiment just recorded, which keeps its status; before any train() nothing is recorded.
+    Only rank 0 records unless ``all_ranks``.
     """
 
     def __init__(
@@ -101,8 +102,10 @@ class MLPersistenceCallback(TrainerCallback):
         if self.run.experiment_id is not None:
             self.run = TrainingRun("transformers", **self._run_options)  # a further train(): a new experiment
         model_class = type(model).__name__ if model is not None else "model"
+        # Transformers 4.x defaulted run_name to output_dir: that is no name the user chose.
+        user_named = args.run_name and args.run_name != args.output_dir
         experiment_id = self.run.start(
-            args.run_name or f"{model_class}_{time.strftime('%Y%m%d_%H%M%S')}",
+            args.run_name if user_named else f"{model_class}_{time.strftime('%Y%m%d_%H%M%S')}",
             rank=args.process_index,
             random_seed=args.seed,
             metadata={
