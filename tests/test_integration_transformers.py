@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Optional
@@ -95,6 +94,11 @@ def recorded(db: str, experiment_id: int, name: str) -> list[tuple]:
     )
 
 
+def metric_names(db: str, experiment_id: int) -> set[str]:
+    found = rows(db, "SELECT DISTINCT metric_name FROM metrics WHERE experiment_id = ?", (experiment_id,))
+    return {name for (name,) in found}
+
+
 def only_experiment(db: str) -> tuple:
     (experiment,) = rows(db, "SELECT id, name, experiment_type, tags, random_seed, status, notes FROM experiments")
     return experiment
@@ -148,7 +152,8 @@ def test_checkpoints_are_registered_and_the_best_one_marked(db_path: str, tmp_pa
         best_so_far = min(best_so_far, loss)
     assert 0 < sum(best for *_, best in expected) < len(expected), "the run should have a best and a worse checkpoint"
     assert rows(
-        db_path, "SELECT checkpoint_path, global_step, val_metric, is_best FROM models WHERE experiment_id = ? ORDER BY id",
+        db_path,
+        "SELECT checkpoint_path, global_step, val_metric, is_best FROM models WHERE experiment_id = ? ORDER BY id",
         (exp_id,),
     ) == expected
     best = ModelRegistry().get_best_model(exp_id)
@@ -192,6 +197,19 @@ def test_train_raising_ends_the_run_at_once(
     if status == "failed":
         assert got_notes.startswith("Traceback")
     assert [step for step, _, _ in recorded(db_path, exp_id, "loss")] == [2, 4]
+
+
+def test_an_added_callback_cannot_see_train_raise_until_the_next_train(db_path: str, tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path / "out", max_steps=4)
+    trainer.add_callback(MLPersistenceCallback())
+    explode_at(trainer.model, 3, RuntimeError("unseen"))
+    with pytest.raises(RuntimeError):
+        trainer.train()
+    assert rows(db_path, "SELECT status FROM experiments") == [("running",)]
+    trainer.train()
+    assert rows(db_path, "SELECT status, notes LIKE 'train() raised%' FROM experiments ORDER BY id") == [
+        ("failed", 1), ("completed", None),
+    ]
 
 
 def test_an_exception_that_ends_the_process_fails_the_run(db_path: str, tmp_path: Path) -> None:
@@ -264,7 +282,8 @@ def test_agent_mode(db_path: str, tmp_path: Path) -> None:
     ((exp_id, status),) = rows(agent_db, "SELECT id, status FROM experiments WHERE name = 'via-agent'")
     assert status == "completed"
     assert recorded(agent_db, exp_id, "loss") == logged(trainer.state.log_history, "loss")
-    assert rows(agent_db, "SELECT checkpoint_path, global_step FROM models") == [(str(tmp_path / "out" / "checkpoint-4"), 4)]
+    checkpoint = str(tmp_path / "out" / "checkpoint-4")
+    assert rows(agent_db, "SELECT checkpoint_path, global_step FROM models") == [(checkpoint, 4)]
 
 
 def test_torchrun_two_processes(db_path: str, tmp_path: Path) -> None:
@@ -291,27 +310,33 @@ def test_torchrun_two_processes(db_path: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     experiments = rows(db_path, "SELECT id, name, status FROM experiments ORDER BY id")
-    assert [(name, status) for _, name, status in experiments] == [("rank-zero", "completed"), ("all-ranks", "completed")]
+    assert [(name, status) for _, name, status in experiments] == [
+        ("rank-zero", "completed"), ("all-ranks", "completed"),
+    ]
     (rank_zero, _, _), (all_ranks, _, _) = experiments
 
     history = json.loads((tmp_path / "rank-zero.json").read_text())
-    assert not any("/" in name for (name,) in rows(db_path, "SELECT DISTINCT metric_name FROM metrics WHERE experiment_id = ?", (rank_zero,)))
+    assert not any("/" in name for name in metric_names(db_path, rank_zero))
     assert recorded(db_path, rank_zero, "loss") == logged(history, "loss")
     assert rows(db_path, "SELECT global_step FROM models WHERE experiment_id = ?", (rank_zero,)) == [(4,)]
 
     history = json.loads((tmp_path / "all-ranks.json").read_text())
-    names = {name for (name,) in rows(db_path, "SELECT DISTINCT metric_name FROM metrics WHERE experiment_id = ?", (all_ranks,))}
+    names = metric_names(db_path, all_ranks)
     assert {"rank0/loss", "rank1/loss", "rank0/train_runtime", "rank1/train_runtime"} <= names
     assert all(name.startswith(("rank0/", "rank1/")) for name in names)
     assert recorded(db_path, all_ranks, "rank0/loss") == logged(history, "loss")
     assert [s for s, _, _ in recorded(db_path, all_ranks, "rank1/loss")] == [s for s, _, _ in logged(history, "loss")]
     assert rows(db_path, "SELECT global_step FROM models WHERE experiment_id = ?", (all_ranks,)) == [(4,)]
-    assert rows(db_path, "SELECT COUNT(DISTINCT param_name) > 100, COUNT(*) = COUNT(DISTINCT param_name) FROM hyperparameters "
-                "WHERE experiment_id = ?", (all_ranks,)) == [(1, 1)]
+    assert rows(  # from rank 0 only
+        db_path, "SELECT COUNT(DISTINCT param_name) > 100, COUNT(*) = COUNT(DISTINCT param_name) FROM hyperparameters "
+        "WHERE experiment_id = ?", (all_ranks,),
+    ) == [(1, 1)]
 
 
 def test_without_transformers_the_import_error_says_what_to_install() -> None:
     code = "import sys; sys.modules['transformers'] = None; import ml_persistence.integrations.transformers"
-    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=REPO)
+    done = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=REPO
+    )
     assert done.returncode == 1
     assert "pip install 'ml_persistence[transformers]'" in done.stderr

@@ -20,9 +20,9 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "pip install 'ml_persistence[transformers]'"
     ) from error
 
+from ml_persistence import ExperimentTracker
 from ml_persistence.integrations.run import TrainingRun, running_epoch, scalar
 from ml_persistence.lifecycle import status_for
-from ml_persistence.tracker import ExperimentTracker
 
 REPORT_TO = "ml_persistence"
 _STACK_DEPTH = 8  # on_init_end <- call_event <- CallbackHandler.on_init_end <- Trainer.__init__ (+ subclasses)
@@ -40,8 +40,8 @@ class MLPersistenceCallback(TrainerCallback):
     marked. The experiment ends "completed" when train() returns and "failed" (traceback in the
     notes) or "interrupted" (Ctrl-C) when it raises. That needs the callback given to the
     Trainer's constructor (``callbacks=`` or ``report_to``): one added later with
-    ``trainer.add_callback`` cannot see train() raise, and the run is then ended by
-    ml_persistence's exit hook only if the exception ends the process.
+    ``trainer.add_callback`` cannot see train() raise; its run then stays "running" until
+    ml_persistence's exit hook ends it (as the process ends) or the next train() ends it "failed".
 
     Logs after train() returned (``trainer.evaluate()``, ``trainer.predict()``) go into the
     experiment just recorded, which keeps its status; before any train() nothing is recorded.
@@ -99,6 +99,9 @@ class MLPersistenceCallback(TrainerCallback):
             self._guard(trainer)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self._training:  # the last train() raised past an unguarded trainer (add_callback)
+            self._training = False
+            self.run.end("failed", "train() raised before it ended (the callback was not given to Trainer())")
         if self.run.experiment_id is not None:
             self.run = TrainingRun("transformers", **self._run_options)  # a further train(): a new experiment
         model_class = type(model).__name__ if model is not None else "model"
@@ -121,7 +124,9 @@ class MLPersistenceCallback(TrainerCallback):
         self._architecture = model_class
         self.run.log_hyperparameters(hyperparameters(args, model))
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: Optional[Mapping[str, Any]] = None, **kwargs: Any
+    ) -> None:
         if self.run.experiment_id is None or not logs:
             return
         epoch = running_epoch(state.epoch) if state.epoch is not None else None
@@ -163,8 +168,8 @@ class MLPersistenceCallback(TrainerCallback):
 
     def _guard(self, trainer: Trainer) -> None:
         """Wrap this trainer's train() (an instance attribute) so an exception from it ends the run."""
-        # Trainer calls no callback when train() raises; without this the run would stay
-        # "running" while the process lives on (a notebook, a sweep), and end "failed" only at exit.
+        # Trainer calls no callback when train() raises: without this, an exception caught by the
+        # caller (a notebook, a sweep) would leave the run "running" for as long as the process lives.
         if getattr(trainer.train, "__ml_persistence_guard__", None) is self:
             return
         trainer.train = self._guarded(trainer.train)
@@ -178,7 +183,9 @@ class MLPersistenceCallback(TrainerCallback):
                 try:
                     self._finish(exc)
                 except Exception as error:  # noqa: BLE001 - never hide the training error
-                    warnings.warn(f"ml_persistence could not end experiment {self.experiment_id}: {error}", stacklevel=2)
+                    warnings.warn(
+                        f"ml_persistence could not end experiment {self.experiment_id}: {error}", stacklevel=2
+                    )
                 raise
 
         guarded.__ml_persistence_guard__ = self  # type: ignore[attr-defined]
