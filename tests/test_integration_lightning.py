@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +13,7 @@ from typing import Any, Optional
 import pytest
 
 from agent_process import AgentProcess, short_socket
-from conftest import PYTHON, REPO, require_framework, rows, subprocess_env
+from conftest import PYTHON, require_framework, rows, subprocess_env
 
 L = require_framework("lightning")
 
@@ -47,7 +46,9 @@ class Tiny(L.LightningModule):
                  layers: tuple = (4, 8)) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden, bias=use_bias), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, hidden, bias=use_bias), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+        )
 
     def loss(self, batch: Any) -> torch.Tensor:
         x, y = batch
@@ -108,7 +109,10 @@ def metric_rows(db: str, exp: int) -> list[tuple]:
     return rows(db, "SELECT metric_name, step, epoch, value FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))
 
 
-def test_fit_then_test_is_one_experiment_with_hyperparameters_and_lightnings_metrics(db_path: str) -> None:
+def test_fit_then_test_is_one_experiment_with_hyperparameters_and_lightnings_metrics(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # restored after the test: seed_everything sets it
     L.seed_everything(7)
     logger, recorder = MLPersistenceLogger("tiny regression", tags=["unit", "cpu"], description="a test"), Recorder()
     run = trainer([logger, recorder], devices=1)
@@ -136,7 +140,8 @@ def test_fit_then_test_is_one_experiment_with_hyperparameters_and_lightnings_met
     assert len(train) == run.global_step // LOG_EVERY == 10
     assert all(step < run.global_step and epoch == step // BATCHES_PER_EPOCH for step, epoch in train)
     val = [(step, epoch) for name, step, epoch, _ in metric_rows(db_path, exp) if name == "val_loss"]
-    assert [epoch for _, epoch in val] == [0, 1, 2, 3] and all(epoch == step // BATCHES_PER_EPOCH for step, epoch in val)
+    assert [epoch for _, epoch in val] == [0, 1, 2, 3]
+    assert all(epoch == step // BATCHES_PER_EPOCH for step, epoch in val)
     history = MetricsLogger().get_metric_history(exp, "test_loss")
     assert [(h["step"], h["split"]) for h in history] == [(run.global_step, "test")]
     assert history[0]["value"] == pytest.approx(run.callback_metrics["test_loss"].item())
@@ -207,19 +212,21 @@ def test_an_error_or_ctrl_c_that_ends_the_script(tmp_path: Path) -> None:
         workdir = tmp_path / mode
         workdir.mkdir()
         runs[mode] = (workdir, start_script(workdir, mode))
-    results = {mode: (workdir, *proc.communicate(timeout=300), proc.returncode) for mode, (workdir, proc) in runs.items()}
+    results = {mode: (path, *finish(proc, path)) for mode, (path, proc) in runs.items()}
 
-    workdir, _, err, code = results["raise"]
+    workdir, code, _, err = results["raise"]
     assert code == 1 and "boom at step 5" in err
     (status, notes), = rows(str(workdir / "ml_experiments.db"), "SELECT status, notes FROM experiments")
     assert status == "failed" and "RuntimeError: boom at step 5" in notes
 
-    workdir, _, err, code = results["sigint"]
+    workdir, code, _, err = results["sigint"]
     assert code == 1, err  # Lightning's own sys.exit(1) after a KeyboardInterrupt
     assert rows(str(workdir / "ml_experiments.db"), "SELECT status, notes FROM experiments") == [
         ("interrupted", "KeyboardInterrupt")
     ]
-    assert rows(str(workdir / "ml_experiments.db"), "SELECT step FROM metrics WHERE metric_name = 'train_loss'") == [(2,)]
+    assert rows(str(workdir / "ml_experiments.db"), "SELECT step FROM metrics WHERE metric_name = 'train_loss'") == [
+        (2,)
+    ]
 
 
 @pytest.mark.parametrize("how", ["argument", "environment"])
@@ -245,9 +252,8 @@ def test_agent_mode(tmp_path: Path, db_path: str, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("all_ranks", [False, True], ids=["rank0", "all_ranks"])
 def test_ddp_on_two_cpu_processes_is_one_experiment(tmp_path: Path, all_ranks: bool) -> None:
-    proc = start_script(tmp_path, "ddp-all" if all_ranks else "ddp")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    code, out, err = finish(start_script(tmp_path, "ddp-all" if all_ranks else "ddp"), tmp_path)
+    assert code == 0, err[-3000:]
     results = sorted((json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT ")),
                      key=lambda r: r["rank"])
     assert [r["rank"] for r in results] == [0, 1]
@@ -303,14 +309,21 @@ def start_script(workdir: Path, mode: str) -> subprocess.Popen:
         f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_integration_lightning import main\nmain(sys.argv[1])\n"
     )
-    env = subprocess_env(ML_PERSISTENCE_DB=str(workdir / "ml_experiments.db"), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
-    return subprocess.Popen([PYTHON, str(script), mode], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = subprocess_env(ML_PERSISTENCE_DB=str(workdir / "ml_experiments.db"))
+    with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
+        return subprocess.Popen([PYTHON, str(script), mode], cwd=workdir, env=env, stdout=out, stderr=err)
+
+
+def finish(proc: subprocess.Popen, workdir: Path) -> tuple[int, str, str]:
+    """Wait for a script started by start_script; return its exit status, stdout and stderr."""
+    code = proc.wait(timeout=300)
+    return code, (workdir / "stdout.txt").read_text(), (workdir / "stderr.txt").read_text()
 
 
 def main(mode: str) -> None:
     """The scripts' side: a single-process fit that raises or gets Ctrl-C, or a 2-process DDP fit."""
     L.seed_everything(3)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C even where a launcher ignores SIGINT
     model = Tiny()
     if mode in ("raise", "sigint"):
         setattr(model, "fail_at" if mode == "raise" else "interrupt_at", 5)
@@ -323,4 +336,3 @@ def main(mode: str) -> None:
     result = {"rank": run.global_rank, "version": logger.version, "dirpath": checkpoint.dirpath,
               "global_step": run.global_step}
     print("RESULT " + json.dumps(result), flush=True)
-    sys.stdout.flush()

@@ -87,7 +87,7 @@ class MLPersistenceLogger(Logger):
 
     @property
     def version(self) -> Optional[int]:
-        """The experiment id (checkpoints go to ``<default_root_dir>/<name>/version_<id>/``); None where this rank does not record."""
+        """The experiment id, None where this rank does not record; checkpoints go to ``<root>/<name>/version_<id>/``."""
         if not self.run.all_ranks:  # with all_ranks the start is collective: it waits for `experiment`
             self._open(reopen=False)
         return self.run.experiment_id
@@ -119,12 +119,12 @@ class MLPersistenceLogger(Logger):
         self.run.log_hyperparameters(changed)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
-        """Record the numeric metrics at ``step``; Lightning's ``epoch`` entry also fills the epoch column."""
+        """Record the numeric metrics at ``step`` (else the last step seen); ``epoch`` also fills the epoch column."""
         if step is not None:
             self._last_step = int(step)
         if not self._open():
             return
-        self.run.log_metrics(metrics, step=self._last_step if step is None else int(step), epoch=_epoch(metrics.get("epoch")))
+        self.run.log_metrics(metrics, step=self._last_step, epoch=_epoch(metrics.get("epoch")))
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         """Note the LightningModule's class, the checkpoints' architecture_type (no graph is recorded)."""
@@ -134,6 +134,8 @@ class MLPersistenceLogger(Logger):
         """Register each checkpoint file the ModelCheckpoint saved since the last call (rank 0)."""
         if not self.log_checkpoints or not self._open():
             return
+        monitor = getattr(checkpoint_callback, "monitor", None)
+        mode = getattr(checkpoint_callback, "mode", None) if monitor else None
         best = getattr(checkpoint_callback, "best_model_path", "") or ""
         scores = dict(getattr(checkpoint_callback, "best_k_models", None) or {})
         candidates = [
@@ -160,11 +162,7 @@ class MLPersistenceLogger(Logger):
                 step=_step_in_name(path, saved_at),
                 val_metric=score,
                 is_best=path == best,
-                metadata={
-                    "monitor": getattr(checkpoint_callback, "monitor", None),
-                    "mode": getattr(checkpoint_callback, "mode", None),
-                    "score": score,
-                },
+                metadata={"monitor": monitor, "mode": mode, "score": score},
             )
 
     def finalize(self, status: str) -> None:
@@ -174,7 +172,7 @@ class MLPersistenceLogger(Logger):
         exc = sys.exc_info()[1]  # Lightning calls finalize("failed") inside its except block
         if status == "success":
             self.run.end("completed")
-        elif False:
+        elif exc is not None:
             self.run.end_with(exc)
         else:
             self.run.end(_STATUSES.get(status, status))
