@@ -47,10 +47,10 @@ def _limit(limit: Optional[int]) -> int:
 # -- experiments --------------------------------------------------------------------------------
 
 _BEST = (
-    "(SELECT COALESCE(MAX(CASE WHEN m.is_best = 1 THEN m.{0} END), MAX(m.{0})) "
-    "FROM models m WHERE m.experiment_id = e.id)"
+    "COALESCE((SELECT m.{0} FROM models m WHERE m.experiment_id = e.id AND m.is_best = 1 "
+    "ORDER BY m.id DESC LIMIT 1), (SELECT MAX(m.{0}) FROM models m WHERE m.experiment_id = e.id))"
 )
-# As the original's experiment_summary: the best-marked models' figure, else the best of all models.
+# As get_best_model: the newest best-marked model's figure (a loss falls as bests come), else the highest.
 SUMMARY_FIGURES = (
     "(SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) AS num_checkpoints, "
     + _BEST.format("val_metric") + " AS best_val_metric, "

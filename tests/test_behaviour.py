@@ -284,3 +284,14 @@ async def test_flush_makes_everything_visible_to_other_connections(api: Api, db_
     assert rows(db_path, "SELECT COUNT(*), SUM(value) FROM metrics WHERE experiment_id = ? AND metric_name = 'a'", (exp,)) == [
         (20_000, float(sum(range(20_000))))
     ]
+
+
+def test_best_val_metric_is_the_newest_marked_best_as_for_a_falling_loss(db_path: str) -> None:
+    tracker = mp.ExperimentTracker()
+    exp = tracker.start_experiment("loss-monitored")
+    registry = mp.ModelRegistry()
+    for loss, best in ((0.9, True), (0.95, False), (0.4, True), (0.2, True), (0.3, False)):
+        registry.register_model(exp, f"ckpt-{loss}.pt", val_metric=loss, is_best=best)
+    listed = tracker.list_experiments()[0]
+    assert listed["best_val_metric"] == 0.2 == registry.get_best_model(exp)["val_metric"]
+    assert listed["num_checkpoints"] == 5
