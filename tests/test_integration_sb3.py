@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent_process import AgentProcess, short_socket
-from conftest import PYTHON, REPO, require_framework, rows, subprocess_env
+from conftest import PYTHON, require_framework, rows, subprocess_env
 
 sb3 = require_framework("stable_baselines3")
 
@@ -299,19 +299,6 @@ def test_through_the_agent(tmp_path: Path) -> None:
     assert not (tmp_path / "ml_experiments.db").exists()
     assert rows(db, "SELECT id, name, status FROM experiments") == [(int(done.stdout), "via-agent", "completed")]
     assert rows(db, "SELECT DISTINCT step FROM metrics WHERE metric_name = 'train/loss' ORDER BY step") == [(512,), (768,), (1024,)]
-
-
-def test_the_example_runs(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [PYTHON, str(REPO / "examples" / "sb3_example.py"), "--timesteps", "2048"],
-        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    (status, checkpoints), = rows(
-        str(tmp_path / "ml_experiments.db"),
-        "SELECT e.status, (SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) FROM experiments e",
-    )
-    assert status == "completed" and checkpoints > 0
 
 
 def test_an_off_policy_algorithm_is_recorded_too(db_path: str) -> None:
