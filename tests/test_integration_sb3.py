@@ -158,8 +158,8 @@ def test_own_checkpoints_with_save_path_and_a_clean_model_afterwards(db_path: st
     assert [s for s, _ in saved] == [512, 1024, 1024]
     assert saved[-1][1].endswith("model_1024_steps_final.zip")
     # learn() is over: nothing of the callback stays on the model, which saves and loads as usual.
-    assert not {"collect_rollouts", "train", "_excluded_save_params"} & set(vars(model))
-    assert all(fmt is not tracking._writer for fmt in model.logger.output_formats)
+    assert not {"collect_rollouts", "train", "dump_logs"} & set(vars(model))
+    assert not [f for f in model.logger.output_formats if type(f).__module__.startswith("ml_persistence")]
     model.save(tmp_path / "after.zip")
     PPO.load(tmp_path / "after.zip", device="cpu")
 
@@ -189,7 +189,103 @@ def test_learn_raising_ends_the_experiment(db_path: str, error: BaseException, s
     assert stored_status == status
     assert words in notes
     assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE metric_name = 'time/fps'") == [(2,)]  # 256, 512
-    assert not {"collect_rollouts", "train", "_excluded_save_params"} & set(vars(model))
+    assert not {"collect_rollouts", "train", "dump_logs"} & set(vars(model))
+
+
+class FailingOutput(KVWriter):
+    """An output format that breaks at SB3's n-th log dump, which learn() makes outside rollouts and training."""
+
+    def __init__(self, at: int) -> None:
+        self.left = at
+
+    def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise OSError("log disk full")
+
+    def close(self) -> None:
+        pass
+
+
+def test_learn_raising_while_dumping_logs_fails_the_experiment(db_path: str) -> None:
+    model = ppo()
+    tracking = MLPersistenceCallback()
+    failing = FailingOutput(at=3)
+
+    class AddFailingOutput(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.logger.output_formats.append(failing)
+
+        def _on_step(self) -> bool:
+            return True
+
+    with pytest.raises(OSError):
+        model.learn(2048, callback=[tracking, AddFailingOutput()])
+    (status, notes), = rows(db_path, "SELECT status, notes FROM experiments")
+    assert status == "failed" and "OSError: log disk full" in notes
+
+
+def test_sys_exit_0_inside_training_is_an_interruption_not_a_completion(db_path: str) -> None:
+    with pytest.raises(SystemExit):
+        ppo().learn(2048, callback=[MLPersistenceCallback(), RaiseAt(300, SystemExit(0))])
+    (status, notes), = rows(db_path, "SELECT status, notes FROM experiments")
+    assert status == "interrupted" and "SystemExit(0)" in notes
+
+
+def test_a_raise_the_callback_cannot_see_is_settled_by_the_next_learn(db_path: str) -> None:
+    class BrokenStart(BaseCallback):
+        def _on_training_start(self) -> None:
+            raise RuntimeError("misconfigured callback")
+
+        def _on_step(self) -> bool:
+            return True
+
+    model = ppo()
+    tracking = MLPersistenceCallback()
+    with pytest.raises(RuntimeError):
+        model.learn(512, callback=[tracking, BrokenStart()])  # raises after ours started, before any guard
+    other = ppo()
+    other.learn(256, callback=tracking)  # the same callback on another model: a new experiment
+    assert rows(db_path, "SELECT id, status, COALESCE(notes, '') LIKE '%outside what the callback can see%' FROM experiments ORDER BY id") == [
+        (1, "failed", 1), (2, "completed", 0)]
+    assert not [f for f in model.logger.output_formats if type(f).__module__.startswith("ml_persistence")]
+
+
+def test_the_same_callback_on_another_model_records_another_experiment(db_path: str) -> None:
+    from stable_baselines3 import A2C
+
+    tracking = MLPersistenceCallback()
+    ppo().learn(256, callback=tracking)
+    first = tracking.experiment_id
+    A2C("MlpPolicy", "Pendulum-v1", n_steps=16, seed=1, device="cpu").learn(256, callback=tracking)
+    assert tracking.experiment_id != first
+    tracker = ExperimentTracker()
+    assert tracker.get_hyperparameters(first)["algorithm"] == "PPO"
+    assert tracker.get_hyperparameters(tracking.experiment_id)["env_id"] == "Pendulum-v1"
+    assert rows(db_path, "SELECT COUNT(*) FROM experiments WHERE status = 'completed'") == [(2,)]
+
+
+def test_the_model_can_be_copied_and_pickled_while_it_learns(db_path: str, tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    class Snapshot(BaseCallback):
+        copies: list = []
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 300:
+                snapshot = copy.deepcopy(self.model)
+                pickle.loads(pickle.dumps(self.model.policy))
+                snapshot.save(tmp_path / "snapshot.zip")
+                self.copies.append(snapshot)
+            return True
+
+    model = ppo()
+    model.learn(512, callback=[MLPersistenceCallback(), Snapshot()])
+    assert PPO.load(tmp_path / "snapshot.zip", device="cpu").n_steps == N_STEPS
+    # The copy's logger records nothing into the run it was copied from.
+    Snapshot.copies[0].learn(256, reset_num_timesteps=False)
+    assert rows(db_path, "SELECT COUNT(DISTINCT step) FROM metrics WHERE metric_name = 'time/fps'") == [(2,)]
 
 
 def test_an_exception_that_ends_the_process_leaves_a_failed_experiment(tmp_path: Path) -> None:
@@ -246,10 +342,21 @@ def test_resume_by_experiment_id_ends_it_again(db_path: str) -> None:
 
 def test_a_rank_other_than_zero_records_nothing(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     tracking = MLPersistenceCallback()
     ppo().learn(512, callback=tracking)
     assert tracking.experiment_id is None
     assert not os.path.exists(db_path)
+
+
+@pytest.mark.parametrize("variable", ["SLURM_PROCID", "LOCAL_RANK", "RANK"])
+def test_a_rank_variable_without_a_world_of_several_processes_still_records(
+    db_path: str, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "3")  # e.g. one task of an `srun -n4` sweep of independent seeds
+    tracking = MLPersistenceCallback()
+    ppo().learn(256, callback=tracking)
+    assert rows(db_path, "SELECT id, status FROM experiments") == [(tracking.experiment_id, "completed")]
 
 
 def test_all_ranks_join_rank_zeros_experiment_with_their_rank_in_the_names(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,6 +365,7 @@ def test_all_ranks_join_rank_zeros_experiment_with_their_rank_in_the_names(db_pa
     exp = tracker.start_experiment("ddp-like")
     monkeypatch.setenv("ML_PERSISTENCE_EXPERIMENT_ID", str(exp))
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     one = MLPersistenceCallback(all_ranks=True)
     model.learn(512, callback=one)
     assert one.experiment_id == exp
@@ -272,6 +380,7 @@ def test_all_ranks_join_rank_zeros_experiment_with_their_rank_in_the_names(db_pa
 
 def test_all_ranks_without_a_way_to_share_the_experiment_is_a_clear_error(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MLPersistenceError, match="ML_PERSISTENCE_EXPERIMENT_ID"):
         ppo().learn(256, callback=MLPersistenceCallback(all_ranks=True))
 
@@ -312,4 +421,4 @@ def test_an_off_policy_algorithm_is_recorded_too(db_path: str) -> None:
     assert params["algorithm"] == "DQN" and params["learning_starts"] == 200 and params["train_freq"] is not None
     assert rows(db_path, "SELECT status FROM experiments") == [("completed",)]
     assert rows(db_path, "SELECT COUNT(*) > 0 FROM metrics WHERE metric_name = 'train/loss'") == [(1,)]
-    assert not {"collect_rollouts", "train", "_excluded_save_params"} & set(vars(model))
+    assert not {"collect_rollouts", "train", "dump_logs"} & set(vars(model))

@@ -29,7 +29,6 @@ from .run import TrainingRun, plain, scalar
 DEFAULT_NAME = "lightning"
 SEED_ENV = "PL_GLOBAL_SEED"  # set by lightning's seed_everything()
 _STEP_IN_NAME = re.compile(r"(?:^|[^A-Za-z0-9_])step=(\d+)")
-_STATUSES = {"success": "completed", "failed": "failed", "aborted": "interrupted"}
 
 
 class MLPersistenceLogger(Logger):
@@ -155,6 +154,8 @@ class MLPersistenceLogger(Logger):
             score = scores.get(path)
             if score is None and path == best:
                 score = getattr(checkpoint_callback, "best_model_score", None)
+            if score is None and monitor:  # saved now (last.ckpt, a fixed name): the score just computed
+                score = getattr(checkpoint_callback, "current_score", None)
             score = scalar(score)
             self.run.register_checkpoint(
                 path,
@@ -174,8 +175,16 @@ class MLPersistenceLogger(Logger):
             self.run.end("completed")
         elif exc is not None:
             self.run.end_with(exc)
-        else:
-            self.run.end(_STATUSES.get(status, status))
+        elif status == "failed":
+            self.run.end("failed")
+        else:  # "aborted", or "finished" when Lightning requeues a SLURM job: the training did not finish
+            self.run.end("interrupted", f"Lightning ended the run with finalize({status!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the logger for its workers: start the experiment here first, so the
+        # workers join it (they never own it) and a later test() in this process finds it again.
+        self._open(reopen=False)
+        return self.__dict__.copy()
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -15,9 +15,8 @@ from ..registry import ModelRegistry
 from ..tracker import ExperimentTracker
 
 EXPERIMENT_ID_ENV = "ML_PERSISTENCE_EXPERIMENT_ID"
-RANK_ENVS = ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "LOCAL_RANK")
 _MAX_DEPTH = 8
-_MAX_ITEMS = 1000
+_MAX_ITEMS = 10_000
 
 
 def torch_distributed() -> Any:
@@ -30,14 +29,17 @@ def torch_distributed() -> Any:
 
 
 def process_rank() -> int:
-    """This process's global rank: torch.distributed's, else the launcher's environment, else 0."""
+    """This process's global rank: torch.distributed's, else torchrun's ``RANK`` of ``WORLD_SIZE`` > 1, else 0.
+
+    SLURM_PROCID or a lone LOCAL_RANK are not taken as ranks: an ``srun -n4`` sweep of four
+    independent runs would otherwise record only one of them.
+    """
     dist = torch_distributed()
     if dist is not None:
         return int(dist.get_rank())
-    for name in RANK_ENVS:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit():
-            return int(value)
+    rank, world = os.environ.get("RANK", "").strip(), os.environ.get("WORLD_SIZE", "").strip()
+    if rank.isdigit() and world.isdigit() and int(world) > 1:
+        return int(rank)
     return 0
 
 
@@ -69,11 +71,17 @@ def plain(value: Any, depth: int = 0) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        items = list(value.items())[:_MAX_ITEMS]
-        return {str(key): plain(item, depth + 1) for key, item in items}
+        items = list(value.items())
+        kept = {str(key): plain(item, depth + 1) for key, item in items[:_MAX_ITEMS]}
+        if len(items) > _MAX_ITEMS:
+            kept["..."] = f"{len(items) - _MAX_ITEMS} more entries not recorded"
+        return kept
     if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [plain(item, depth + 1) for item in list(items)[:_MAX_ITEMS]]
+        items = list(sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value)
+        kept_items = [plain(item, depth + 1) for item in items[:_MAX_ITEMS]]
+        if len(items) > _MAX_ITEMS:
+            kept_items.append(f"... {len(items) - _MAX_ITEMS} more items not recorded")
+        return kept_items
     tolist = getattr(value, "tolist", None)  # small numpy arrays and tensors
     size = getattr(value, "size", None)
     if callable(tolist) and isinstance(size, int) and size <= _MAX_ITEMS:
@@ -97,6 +105,17 @@ def scalar(value: Any) -> Union[int, float, None]:
     if isinstance(value, bool):
         return int(value)
     return value if isinstance(value, (int, float)) else None
+
+
+def training_status(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
+    """The (status, notes) of a run whose training call returned (None) or raised ``exc``.
+
+    As lifecycle.status_for, except that ``sys.exit(0)`` inside training (the usual "checkpoint
+    and exit for a requeue") is "interrupted": the training did not finish.
+    """
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "interrupted", f"SystemExit({exc.code!r}) raised during training"
+    return status_for(exc)
 
 
 def running_epoch(epoch: Any) -> Optional[int]:
@@ -141,9 +160,20 @@ class TrainingRun:
         self._db_path, self._agent, self._token = db_path, agent, token
         self._registry: Optional[ModelRegistry] = None
         self._experiment_id: Optional[int] = None
+        self._claim = True  # whether joining an experiment makes it this process's
         self._owner = False
         self._ended = False
         self.rank = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy sent to another process (ddp_spawn) joins this run's experiment; it never owns it."""
+        state = self.__dict__.copy()
+        if self._tracker is not None:
+            state["_db_path"] = self._db_path if self._db_path is not None else self._tracker.db_path
+        state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _experiment_id=None)
+        if self._experiment_id is not None:
+            state.update(_join_id=self._experiment_id, _claim=False)
+        return state
 
     def __repr__(self) -> str:
         return f"<TrainingRun {self.framework} experiment={self._experiment_id} rank={self.rank}>"
@@ -207,9 +237,9 @@ class TrainingRun:
         if self._tracker is not None and self._tracker.experiment_id is not None:
             return self._tracker.experiment_id  # the caller's experiment: the caller ends it
         self._tracker = self._tracker or self._new_tracker()
-        self._owner = True
+        self._owner = self._claim
         if join_id is not None:
-            return self._tracker.resume_experiment(join_id)
+            return self._tracker.resume_experiment(join_id, claim=self._claim)
         return self._tracker.start_experiment(
             self.name or default_name,
             experiment_type=self.experiment_type,
@@ -288,8 +318,8 @@ class TrainingRun:
             self._tracker.flush()
 
     def end_with(self, exc: Optional[BaseException]) -> None:
-        """End as code raising ``exc`` (or returning, for None) should: completed, failed or interrupted."""
-        self.end(*status_for(exc))
+        """End as training that raised ``exc`` (or returned, for None) should: completed, failed or interrupted."""
+        self.end(*training_status(exc))
 
     def reopen(self) -> None:
         """Log again into an experiment this run ended (e.g. a test pass after fit)."""

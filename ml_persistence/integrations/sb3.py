@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 try:
@@ -24,7 +25,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ..tracker import ExperimentTracker
-from .run import TrainingRun, plain, scalar
+from .run import TrainingRun, plain, scalar, training_status
 
 # Attributes of an algorithm that are state or objects, not settings.
 _NOT_HYPERPARAMETERS = frozenset(
@@ -37,7 +38,7 @@ _NOT_HYPERPARAMETERS = frozenset(
 )
 # Schedules (callables of the remaining progress) are recorded at their starting value.
 _SCHEDULES = frozenset({"learning_rate", "clip_range", "clip_range_vf", "exploration_rate"})
-_GUARDED = ("collect_rollouts", "train")
+_GUARDED = ("collect_rollouts", "train", "dump_logs", "_dump_logs")
 
 
 class MLPersistenceCallback(BaseCallback):
@@ -74,8 +75,7 @@ class MLPersistenceCallback(BaseCallback):
         super().__init__(verbose)
         if save_freq and save_path is None:
             raise ValueError("save_freq needs a save_path to save the checkpoints in")
-        self.run = TrainingRun(
-            "sb3",
+        self._run_options: dict[str, Any] = dict(
             name=name,
             experiment_type=experiment_type,
             description=description,
@@ -87,11 +87,14 @@ class MLPersistenceCallback(BaseCallback):
             token=token,
             all_ranks=all_ranks,
         )
+        self.run = TrainingRun("sb3", **self._run_options)
         self.log_episodes = log_episodes
         self.save_path = None if save_path is None else os.fspath(save_path)
         self.save_freq = int(save_freq)
         self._writer: Optional[_LoggerTap] = None
-        self._guarded: dict[str, Any] = {}
+        self._tapped: Any = None
+        self._learning: Optional[Any] = None  # the model whose learn() is being recorded
+        self._recorded: Optional[weakref.ref] = None  # the model the current experiment is about
         self._episodes = 0
         self._next_save = 0
         self._checkpoints: list[CheckpointCallback] = []
@@ -113,19 +116,28 @@ class MLPersistenceCallback(BaseCallback):
     # -- SB3 hooks ------------------------------------------------------------------------------
 
     def _on_training_start(self) -> None:
+        if self._learning is not None:  # the last learn() raised where no guard could see it
+            self._finish(None, ("failed", "learn() raised before it ended (outside what the callback can see)"))
+        if self.run.experiment_id is not None and (self._recorded is None or self._recorded() is not self.model):
+            self.run = TrainingRun("sb3", **self._run_options)  # another model: another experiment
+            self._episodes, self._seen_calls, self._seen_best, self._last_eval = 0, {}, {}, None
         if self.run.experiment_id is None:
             self._start()
         else:
-            self.run.reopen()  # a further learn() with the same callback continues its experiment
+            self.run.reopen()  # a further learn() of the same model continues its experiment
         if self.run.experiment_id is None:
             return  # a rank that does not record
+        self._recorded = weakref.ref(self.model)
         self._writer = _LoggerTap(self.run)
-        self.logger.output_formats.append(self._writer)
+        self._tapped = self.logger  # the model may change before the tap comes off (a stale learn())
+        self._tapped.output_formats.append(self._writer)
         self._checkpoints, self._evaluations = _siblings(self.locals.get("callback"))
         for evaluation in self._evaluations:
             self._seen_best.setdefault(id(evaluation), evaluation.best_mean_reward)
         self._next_save = self._following_save(self.num_timesteps)
-        self._guard()
+        self._learning = self.model
+        _guard_class(type(self.model))
+        _recording[self.model] = self
 
     def _on_step(self) -> bool:
         if self.run.experiment_id is None:
@@ -232,59 +244,73 @@ class MLPersistenceCallback(BaseCallback):
 
     # -- ending ---------------------------------------------------------------------------------
 
-    def _guard(self) -> None:
-        """Wrap the model's training methods for this learn(), so an exception from them ends the run.
+    def _training_raised(self, exc: BaseException) -> None:
+        """Called by the guard around the model's training methods with what they raised."""
+        try:
+            self._finish(exc)
+        except Exception as error:  # noqa: BLE001 - never hide the training error
+            warnings.warn(f"ml_persistence could not end experiment {self.experiment_id}: {error}", stacklevel=3)
 
-        SB3 calls no callback when learn() raises. The wrappers are instance attributes,
-        removed when learn() ends; model.save() is told to leave them out of the saved file.
-        """
-        model = self.model
-        saved_exclusions = model._excluded_save_params
-        for name in (*_GUARDED, "_excluded_save_params"):
-            self._guarded[name] = model.__dict__.get(name, _ABSENT)
-        for name in _GUARDED:
-            setattr(model, name, self._guarded_method(getattr(model, name)))
-        model._excluded_save_params = lambda: [*saved_exclusions(), *self._guarded]
-
-    def _guarded_method(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except BaseException as exc:
-                try:
-                    self._finish(exc)
-                except Exception as error:  # noqa: BLE001 - never hide the training error
-                    warnings.warn(f"ml_persistence could not end experiment {self.experiment_id}: {error}", stacklevel=2)
-                raise
-
-        return guarded
-
-    def _finish(self, exc: Optional[BaseException]) -> None:
-        for name, previous in self._guarded.items():
-            if previous is _ABSENT:
-                self.model.__dict__.pop(name, None)
-            else:
-                setattr(self.model, name, previous)
-        self._guarded.clear()
+    def _finish(self, exc: Optional[BaseException], ending: Optional[tuple[str, Optional[str]]] = None) -> None:
+        if self._learning is None:
+            return  # already ended (an exception passes through nested guards)
+        _recording.pop(self._learning, None)
+        self._learning = None
         if self._writer is not None:
-            if self._writer in self.logger.output_formats:
-                self.logger.output_formats.remove(self._writer)
-            self._writer = None
-        self.run.end_with(exc)
+            if self._writer in self._tapped.output_formats:
+                self._tapped.output_formats.remove(self._writer)
+            self._writer = self._tapped = None
+        self.run.end(*(ending or training_status(exc)))
 
 
-_ABSENT = object()
+# The model whose learn() each callback is recording; the guarded methods look their model up here.
+_recording: "weakref.WeakKeyDictionary[Any, MLPersistenceCallback]" = weakref.WeakKeyDictionary()
+
+
+def _guard_class(cls: type) -> None:
+    """Wrap the training methods of an algorithm class, once, so an exception in learn() reaches its callback.
+
+    SB3 calls no callback when learn() raises. The wrapper is on the class, not the model, so
+    model.save(), pickle and deepcopy see nothing; for a model no callback is recording it
+    costs one dictionary lookup per call (per rollout, per gradient phase, per log dump).
+    """
+    for name in _GUARDED:
+        method = getattr(cls, name, None)
+        if method is None or getattr(method, "__ml_persistence_guard__", False):
+            continue
+        setattr(cls, name, _guarded(method))
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def guarded(model: Any, *args: Any, **kwargs: Any) -> Any:
+        callback = _recording.get(model)
+        if callback is None:
+            return method(model, *args, **kwargs)
+        try:
+            return method(model, *args, **kwargs)
+        except BaseException as exc:
+            callback._training_raised(exc)
+            raise
+
+    guarded.__ml_persistence_guard__ = True  # type: ignore[attr-defined]
+    return guarded
+
+
 
 
 class _LoggerTap(KVWriter):
     """An output format added to SB3's logger: each dump's numeric values become metrics at SB3's step."""
 
-    def __init__(self, run: TrainingRun) -> None:
+    def __init__(self, run: Optional[TrainingRun]) -> None:
         self.run = run
 
+    def __reduce__(self) -> tuple:
+        return (_LoggerTap, (None,))  # a copied or pickled model's logger gets a tap that records nothing
+
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
-        self.run.log_metrics(key_values, step=int(step))
+        if self.run is not None:
+            self.run.log_metrics(key_values, step=int(step))
 
     def close(self) -> None:
         pass

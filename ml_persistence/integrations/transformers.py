@@ -21,8 +21,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ml_persistence import ExperimentTracker
-from ml_persistence.integrations.run import TrainingRun, running_epoch, scalar
-from ml_persistence.lifecycle import status_for
+from ml_persistence.integrations.run import TrainingRun, running_epoch, scalar, training_status
 
 REPORT_TO = "ml_persistence"
 _STACK_DEPTH = 8  # on_init_end <- call_event <- CallbackHandler.on_init_end <- Trainer.__init__ (+ subclasses)
@@ -163,7 +162,7 @@ class MLPersistenceCallback(TrainerCallback):
         if not self._training:
             return
         self._training = False
-        self._ending = status_for(exc)  # kept as text: the exception would pin the loop's tensors
+        self._ending = training_status(exc)  # kept as text: the exception would pin the loop's tensors
         self.run.end(*self._ending)
 
     def _guard(self, trainer: Trainer) -> None:
