@@ -279,6 +279,18 @@ def test_ddp_on_two_cpu_processes_is_one_experiment(tmp_path: Path, all_ranks: b
     assert rows(db, "SELECT COUNT(*), SUM(is_best) FROM models") == [(2, 2)]  # val_loss 3.0, then 1.0
 
 
+def test_ddp_spawn_fit_then_test_is_one_experiment(tmp_path: Path) -> None:
+    code, out, err = finish(start_script(tmp_path, "spawn"), tmp_path)
+    assert code == 0, err[-3000:]
+    result, = (json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT "))
+    db = str(tmp_path / "ml_experiments.db")
+    # The logger is pickled into the spawned workers: they join the parent's experiment, never own it.
+    assert rows(db, "SELECT id, status FROM experiments") == [(result["version"], "completed")]
+    names = {name for (name,) in rows(db, "SELECT DISTINCT metric_name FROM metrics")}
+    assert {"train_loss", "val_loss", "test_loss"} <= names
+    assert rows(db, "SELECT COUNT(*) FROM hyperparameters") == [(len(HPARAMS),)]
+
+
 def test_the_logger_outside_fit(db_path: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     tracker = ExperimentTracker()
     mine = tracker.start_experiment("my own run")
@@ -307,7 +319,7 @@ def start_script(workdir: Path, mode: str) -> subprocess.Popen:
     script = workdir / "train.py"
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_integration_lightning import main\nmain(sys.argv[1])\n"
+        "from test_integration_lightning import main\nif __name__ == '__main__':\n    main(sys.argv[1])\n"
     )
     env = subprocess_env(ML_PERSISTENCE_DB=str(workdir / "ml_experiments.db"))
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
@@ -328,6 +340,13 @@ def main(mode: str) -> None:
     if mode in ("raise", "sigint"):
         setattr(model, "fail_at" if mode == "raise" else "interrupt_at", 5)
         trainer(MLPersistenceLogger(mode)).fit(model, loader(0), loader(1))
+        return
+    if mode == "spawn":
+        logger = MLPersistenceLogger("spawn")
+        run = trainer(logger, epochs=2, strategy="ddp_spawn", devices=2, enable_checkpointing=False)
+        run.fit(model, loader(0), loader(1))
+        run.test(model, loader(2), verbose=False)
+        print("RESULT " + json.dumps({"version": logger.version}), flush=True)
         return
     logger = MLPersistenceLogger("ddp", all_ranks=mode == "ddp-all")
     checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=2)

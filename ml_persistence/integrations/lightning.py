@@ -72,7 +72,7 @@ class MLPersistenceLogger(Logger):
             all_ranks=all_ranks,
         )
         self.log_checkpoints = log_checkpoints
-        self._hyperparameters: dict[str, Any] = {}
+        self._hyperparameters: Optional[dict[str, Any]] = None  # recorded ones, read back on first use
         self._registered: dict[str, Any] = {}  # checkpoint path -> _signature() of the file registered
         self._architecture: Optional[str] = None
         self._last_step: Optional[int] = None
@@ -110,6 +110,8 @@ class MLPersistenceLogger(Logger):
         if params is None or not self._open():
             return
         items = vars(params) if isinstance(params, Namespace) else dict(params)
+        if self._hyperparameters is None:  # what the experiment already has (a ddp_spawn worker of test())
+            self._hyperparameters = dict(self.run.tracker.get_hyperparameters(self.run.experiment_id))
         changed = {}
         for key, value in items.items():
             value = plain(value)
@@ -184,7 +186,7 @@ class MLPersistenceLogger(Logger):
         # ddp_spawn pickles the logger for its workers: start the experiment here first, so the
         # workers join it (they never own it) and a later test() in this process finds it again.
         self._open(reopen=False)
-        return self.__dict__.copy()
+        return {**self.__dict__, "_hyperparameters": None}
 
     # -- helpers --------------------------------------------------------------------------------
 
