@@ -2,8 +2,9 @@
 
     PYTHONPATH=. python benchmarks/bench_integrations.py [--repeats 3]
 
-Each framework trains a small CPU model twice per repeat, once bare and once recorded into a
-fresh database; the figure is the median difference per training step, with the rows written.
+First each integration's per-call hook alone (what a logging step costs the training thread),
+then each framework trains a small CPU model twice per repeat, once bare (Lightning with a
+do-nothing logger) and once recorded into a fresh database: the median difference per step.
 """
 
 from __future__ import annotations
@@ -53,12 +54,23 @@ def lightning(recorded: bool) -> int:
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
+    class NullLogger(L.pytorch.loggers.Logger):
+        """What Lightning costs with a logger attached, so the difference is ml_persistence's alone."""
+
+        name, version = "null", 0
+
+        def log_metrics(self, metrics: Any, step: Any = None) -> None:
+            pass
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(4096, 8), torch.randn(4096, 1)), batch_size=8)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", log_every_n_steps=1, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False,
-        logger=MLPersistenceLogger() if recorded else False,
+        logger=MLPersistenceLogger() if recorded else NullLogger(),
     )
     trainer.fit(Tiny(), data)
     return trainer.global_step
@@ -90,6 +102,42 @@ def transformers(recorded: bool) -> int:
     return 256
 
 
+def hook_costs(calls: int) -> None:
+    """The integrations' per-call hooks timed alone, each call logging four values."""
+    import types
+
+    from ml_persistence.integrations.lightning import MLPersistenceLogger
+    from ml_persistence.integrations.run import TrainingRun
+    from ml_persistence.integrations.sb3 import _LoggerTap
+    from ml_persistence.integrations.transformers import MLPersistenceCallback
+
+    values = {"loss": 0.5, "grad_norm": 1.25, "learning_rate": 3e-4, "epoch": 0.5}
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["ML_PERSISTENCE_DB"] = os.path.join(folder, "hooks.db")
+        run = TrainingRun("sb3")
+        start = time.perf_counter()
+        run.start("hooks")
+        print(f"{'starting the run':22s} {(time.perf_counter() - start) * 1e3:6.1f} ms once (git, environment, packages)")
+        tap = _LoggerTap(run)
+        logger = MLPersistenceLogger("hooks")
+        logger.log_metrics(values, step=0)
+        callback = MLPersistenceCallback()
+        callback.run.start("hooks")
+        state = types.SimpleNamespace(global_step=0, epoch=0.5)
+        hooks = {
+            "sb3 logger dump": lambda i: tap.write(values, {}, i),
+            "lightning log_metrics": lambda i: logger.log_metrics(values, step=i),
+            "transformers on_log": lambda i: callback.on_log(None, state, None, logs=values),
+        }
+        for name, hook in hooks.items():
+            start = time.perf_counter()
+            for i in range(calls):
+                hook(i)
+            elapsed = time.perf_counter() - start
+            print(f"{name:22s} {elapsed / calls * 1e6:6.2f} us per call (4 values)")
+        ml_persistence.shutdown()
+
+
 FRAMEWORKS: dict[str, Callable[[bool], int]] = {"sb3": sb3, "lightning": lightning, "transformers": transformers}
 
 
@@ -114,7 +162,10 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(FRAMEWORKS))
     options = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; median of {options.repeats}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    if not options.only:
+        hook_costs(100_000)
+    print(f"whole runs, bare vs recorded, median of {options.repeats}:")
     for name, run in FRAMEWORKS.items():
         if options.only and name != options.only:
             continue
@@ -128,7 +179,8 @@ def main() -> None:
         extra = statistics.median(recorded) - statistics.median(bare)
         print(
             f"{name:13s} {steps:6d} steps: bare {statistics.median(bare):6.2f} s, recorded "
-            f"{statistics.median(recorded):6.2f} s, {extra / steps * 1e6:+8.1f} us/step, {rows} metric rows"
+            f"{statistics.median(recorded):6.2f} s: {extra * 1e3:+6.0f} ms in all, {extra / steps * 1e6:+6.1f} us/step, "
+            f"{rows} metric rows"
         )
 
 
