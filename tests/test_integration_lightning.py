@@ -355,3 +355,27 @@ def main(mode: str) -> None:
     result = {"rank": run.global_rank, "version": logger.version, "dirpath": checkpoint.dirpath,
               "global_step": run.global_step}
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def test_a_copied_logger_is_a_run_of_its_own(db_path: str) -> None:
+    import copy
+    import pickle
+
+    template = MLPersistenceLogger("trial")
+    for lr in (0.1, 0.01):  # a sweep copying one template logger per trial
+        logger = copy.deepcopy(template)
+        trainer(logger, epochs=1).fit(Tiny(lr=lr), loader(0), loader(1))
+    restored = pickle.loads(pickle.dumps(template))
+    trainer(restored, epochs=1).fit(Tiny(lr=0.5), loader(0), loader(1))
+    assert template.experiment_id is None  # copying never started the template's run
+    found = rows(db_path, "SELECT e.id, e.status, h.param_value FROM experiments e "
+                          "JOIN hyperparameters h ON h.experiment_id = e.id AND h.param_name = 'lr' ORDER BY e.id")
+    assert found == [(1, "completed", "0.1"), (2, "completed", "0.01"), (3, "completed", "0.5")]
+
+
+def test_last_ckpt_gets_the_monitored_value_logged_at_its_save(db_path: str) -> None:
+    checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=2, save_last=True)
+    trainer(MLPersistenceLogger(), epochs=4, callbacks=(checkpoint,)).fit(Tiny(), loader(0), loader(1))
+    last = rows(db_path, "SELECT val_metric, is_best FROM models WHERE checkpoint_path LIKE '%last.ckpt' ORDER BY id")
+    # Saved with each top-2 entry: the epoch's own val_loss (2.0 at epoch 2, when the best is 1.0).
+    assert last == [(v, 0) for v in VAL_LOSSES[:4]]

@@ -232,7 +232,7 @@ def test_sys_exit_0_inside_training_is_an_interruption_not_a_completion(db_path:
     assert status == "interrupted" and "SystemExit(0)" in notes
 
 
-def test_a_raise_the_callback_cannot_see_is_settled_by_the_next_learn(db_path: str) -> None:
+def test_another_callback_raising_as_learn_starts_fails_the_run_and_the_next_learn_is_a_new_one(db_path: str) -> None:
     class BrokenStart(BaseCallback):
         def _on_training_start(self) -> None:
             raise RuntimeError("misconfigured callback")
@@ -243,12 +243,12 @@ def test_a_raise_the_callback_cannot_see_is_settled_by_the_next_learn(db_path: s
     model = ppo()
     tracking = MLPersistenceCallback()
     with pytest.raises(RuntimeError):
-        model.learn(512, callback=[tracking, BrokenStart()])  # raises after ours started, before any guard
-    other = ppo()
-    other.learn(256, callback=tracking)  # the same callback on another model: a new experiment
-    assert rows(db_path, "SELECT id, status, COALESCE(notes, '') LIKE '%outside what the callback can see%' FROM experiments ORDER BY id") == [
-        (1, "failed", 1), (2, "completed", 0)]
+        model.learn(512, callback=[tracking, BrokenStart()])  # after ours started, before any rollout
+    (status, notes), = rows(db_path, "SELECT status, notes FROM experiments")
+    assert status == "failed" and "RuntimeError: misconfigured callback" in notes
     assert not [f for f in model.logger.output_formats if type(f).__module__.startswith("ml_persistence")]
+    model.learn(256, callback=tracking)  # the failed run stays failed; this one is recorded anew
+    assert rows(db_path, "SELECT id, status FROM experiments ORDER BY id") == [(1, "failed"), (2, "completed")]
 
 
 def test_the_same_callback_on_another_model_records_another_experiment(db_path: str) -> None:

@@ -76,6 +76,7 @@ class MLPersistenceLogger(Logger):
         self._registered: dict[str, Any] = {}  # checkpoint path -> _signature() of the file registered
         self._architecture: Optional[str] = None
         self._last_step: Optional[int] = None
+        self._latest: dict[str, Any] = {}  # the latest value logged under each name
 
     # -- what Lightning reads -------------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class MLPersistenceLogger(Logger):
             self._last_step = int(step)
         if not self._open():
             return
+        self._latest.update(metrics)
         self.run.log_metrics(metrics, step=self._last_step, epoch=_epoch(metrics.get("epoch")))
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -156,8 +158,8 @@ class MLPersistenceLogger(Logger):
             score = scores.get(path)
             if score is None and path == best:
                 score = getattr(checkpoint_callback, "best_model_score", None)
-            if score is None and monitor:  # saved now (last.ckpt, a fixed name): the score just computed
-                score = getattr(checkpoint_callback, "current_score", None)
+            if score is None and monitor:  # not in the top k (last.ckpt, a fixed name): the latest value logged
+                score = self._latest.get(monitor)
             score = scalar(score)
             self.run.register_checkpoint(
                 path,
@@ -172,21 +174,25 @@ class MLPersistenceLogger(Logger):
         """End the experiment: "success" -> completed, "failed" -> failed (traceback) or interrupted (Ctrl-C)."""
         if self.run.experiment_id is None:
             return
-        exc = sys.exc_info()[1]  # Lightning calls finalize("failed") inside its except block
         if status == "success":
             self.run.end("completed")
-        elif exc is not None:
-            self.run.end_with(exc)
         elif status == "failed":
-            self.run.end("failed")
+            exc = sys.exc_info()[1]  # Lightning calls finalize("failed") inside its except block
+            if exc is not None:
+                self.run.end_with(exc)
+            else:
+                self.run.end("failed")
         else:  # "aborted", or "finished" when Lightning requeues a SLURM job: the training did not finish
             self.run.end("interrupted", f"Lightning ended the run with finalize({status!r})")
 
     def __getstate__(self) -> dict[str, Any]:
-        # ddp_spawn pickles the logger for its workers: start the experiment here first, so the
-        # workers join it (they never own it) and a later test() in this process finds it again.
-        self._open(reopen=False)
-        return {**self.__dict__, "_hyperparameters": None}
+        state = {**self.__dict__, "_hyperparameters": None, "_registered": {}, "_latest": {}}
+        if _pickled_for_spawned_workers():
+            # Start the experiment here first: the workers join it (they never own it) and a
+            # later test() in this process finds it again.
+            self._open(reopen=False)
+            state["run"] = self.run.joining_copy()
+        return state  # any other copy (deepcopy, pickle) is a logger of its own, not started
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -206,6 +212,16 @@ class MLPersistenceLogger(Logger):
 
 
 _UNSET = object()
+
+
+def _pickled_for_spawned_workers() -> bool:
+    """Whether Lightning's multiprocessing launcher (ddp_spawn) is pickling this for its workers."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").endswith("strategies.launchers.multiprocessing"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _epoch(value: Any) -> Optional[int]:

@@ -17,6 +17,7 @@ from ..tracker import ExperimentTracker
 EXPERIMENT_ID_ENV = "ML_PERSISTENCE_EXPERIMENT_ID"
 _MAX_DEPTH = 8
 _MAX_ITEMS = 10_000
+_LEFT_OUT = "(left out)"
 
 
 def torch_distributed() -> Any:
@@ -53,12 +54,20 @@ def broadcast_from_rank_zero(value: Optional[int]) -> Optional[int]:
     return box[0]
 
 
-def plain(value: Any, depth: int = 0) -> Any:
-    """Return ``value`` as JSON-able data: numbers and text kept, containers converted, other objects named."""
+def plain(value: Any) -> Any:
+    """Return ``value`` as JSON-able data: numbers and text kept, containers converted, other objects named.
+
+    At most 10,000 container items in all (nested ones included); past that a marker says how
+    many were left out.
+    """
+    return _plain(value, 0, [_MAX_ITEMS])
+
+
+def _plain(value: Any, depth: int, budget: list[int]) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
-        return plain(value.value, depth)
+        return _plain(value.value, depth, budget)
     if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
         return f"{getattr(value, '__module__', '') or ''}.{value.__qualname__}".lstrip(".")
     if isinstance(value, os.PathLike):
@@ -72,21 +81,29 @@ def plain(value: Any, depth: int = 0) -> Any:
         value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         items = list(value.items())
-        kept = {str(key): plain(item, depth + 1) for key, item in items[:_MAX_ITEMS]}
-        if len(items) > _MAX_ITEMS:
-            kept["..."] = f"{len(items) - _MAX_ITEMS} more entries not recorded"
+        taken = _take(budget, len(items))
+        kept = {str(key): _plain(item, depth + 1, budget) for key, item in items[:taken]}
+        if taken < len(items):
+            kept[_LEFT_OUT] = f"{len(items) - taken} more entries not recorded"
         return kept
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value)
-        kept_items = [plain(item, depth + 1) for item in items[:_MAX_ITEMS]]
-        if len(items) > _MAX_ITEMS:
-            kept_items.append(f"... {len(items) - _MAX_ITEMS} more items not recorded")
+        taken = _take(budget, len(items))
+        kept_items = [_plain(item, depth + 1, budget) for item in items[:taken]]
+        if taken < len(items):
+            kept_items.append(f"{_LEFT_OUT} {len(items) - taken} more items not recorded")
         return kept_items
     tolist = getattr(value, "tolist", None)  # small numpy arrays and tensors
     size = getattr(value, "size", None)
-    if callable(tolist) and isinstance(size, int) and size <= _MAX_ITEMS:
-        return plain(tolist(), depth + 1)
+    if callable(tolist) and isinstance(size, int) and size <= budget[0]:
+        return _plain(tolist(), depth + 1, budget)
     return str(value)
+
+
+def _take(budget: list[int], wanted: int) -> int:
+    taken = min(wanted, max(budget[0], 0))
+    budget[0] -= taken
+    return taken
 
 
 def scalar(value: Any) -> Union[int, float, None]:
@@ -157,6 +174,7 @@ class TrainingRun:
         self.all_ranks = all_ranks
         self._join_id = experiment_id
         self._tracker = tracker
+        self._users_tracker = tracker is not None
         self._db_path, self._agent, self._token = db_path, agent, token
         self._registry: Optional[ModelRegistry] = None
         self._experiment_id: Optional[int] = None
@@ -166,14 +184,22 @@ class TrainingRun:
         self.rank = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        """A copy sent to another process (ddp_spawn) joins this run's experiment; it never owns it."""
+        """A copy (deepcopy, pickle) is a run of its own, not started; it joins only what it was told to."""
         state = self.__dict__.copy()
         if self._tracker is not None:
             state["_db_path"] = self._db_path if self._db_path is not None else self._tracker.db_path
+            if self._users_tracker and self._tracker.experiment_id is not None:
+                state.update(_join_id=self._tracker.experiment_id, _claim=False)  # the caller's, to end
         state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _experiment_id=None)
-        if self._experiment_id is not None:
-            state.update(_join_id=self._experiment_id, _claim=False)
         return state
+
+    def joining_copy(self) -> "TrainingRun":
+        """A copy for a worker process (ddp_spawn) that joins this run's experiment and never ends it."""
+        copy = TrainingRun.__new__(TrainingRun)
+        copy.__dict__.update(self.__getstate__())
+        if self._experiment_id is not None:
+            copy._join_id, copy._claim = self._experiment_id, False
+        return copy
 
     def __repr__(self) -> str:
         return f"<TrainingRun {self.framework} experiment={self._experiment_id} rank={self.rank}>"

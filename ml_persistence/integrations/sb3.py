@@ -19,6 +19,8 @@ try:
         EvalCallback,
     )
     from stable_baselines3.common.logger import KVWriter
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "ml_persistence.integrations.sb3 needs Stable-Baselines3: pip install 'ml_persistence[sb3]'"
@@ -38,7 +40,7 @@ _NOT_HYPERPARAMETERS = frozenset(
 )
 # Schedules (callables of the remaining progress) are recorded at their starting value.
 _SCHEDULES = frozenset({"learning_rate", "clip_range", "clip_range_vf", "exploration_rate"})
-_GUARDED = ("collect_rollouts", "train", "dump_logs", "_dump_logs")
+_GUARDED = ("learn", "collect_rollouts", "train", "dump_logs", "_dump_logs")
 
 
 class MLPersistenceCallback(BaseCallback):
@@ -94,6 +96,7 @@ class MLPersistenceCallback(BaseCallback):
         self._writer: Optional[_LoggerTap] = None
         self._tapped: Any = None
         self._learning: Optional[Any] = None  # the model whose learn() is being recorded
+        self._ending: tuple[str, Optional[str]] = ("completed", None)  # how the last learn() ended
         self._recorded: Optional[weakref.ref] = None  # the model the current experiment is about
         self._episodes = 0
         self._next_save = 0
@@ -116,10 +119,12 @@ class MLPersistenceCallback(BaseCallback):
     # -- SB3 hooks ------------------------------------------------------------------------------
 
     def _on_training_start(self) -> None:
-        if self._learning is not None:  # the last learn() raised where no guard could see it
+        stale = self._learning is not None  # the last learn() raised where no guard could see it
+        if stale:
             self._finish(None, ("failed", "learn() raised before it ended (outside what the callback can see)"))
-        if self.run.experiment_id is not None and (self._recorded is None or self._recorded() is not self.model):
-            self.run = TrainingRun("sb3", **self._run_options)  # another model: another experiment
+        another_model = self._recorded is None or self._recorded() is not self.model
+        if self.run.experiment_id is not None and (stale or another_model or self._ending[0] != "completed"):
+            self.run = TrainingRun("sb3", **self._run_options)  # another model, or after a failure: a new experiment
             self._episodes, self._seen_calls, self._seen_best, self._last_eval = 0, {}, {}, None
         if self.run.experiment_id is None:
             self._start()
@@ -128,7 +133,7 @@ class MLPersistenceCallback(BaseCallback):
         if self.run.experiment_id is None:
             return  # a rank that does not record
         self._recorded = weakref.ref(self.model)
-        self._writer = _LoggerTap(self.run)
+        self._writer = _LoggerTap(self)
         self._tapped = self.logger  # the model may change before the tap comes off (a stale learn())
         self._tapped.output_formats.append(self._writer)
         self._checkpoints, self._evaluations = _siblings(self.locals.get("callback"))
@@ -260,21 +265,22 @@ class MLPersistenceCallback(BaseCallback):
             if self._writer in self._tapped.output_formats:
                 self._tapped.output_formats.remove(self._writer)
             self._writer = self._tapped = None
-        self.run.end(*(ending or training_status(exc)))
+        self._ending = ending or training_status(exc)
+        self.run.end(*self._ending)
 
 
 # The model whose learn() each callback is recording; the guarded methods look their model up here.
 _recording: "weakref.WeakKeyDictionary[Any, MLPersistenceCallback]" = weakref.WeakKeyDictionary()
 
 
-def _guard_class(cls: type) -> None:
+def _guard_class(cls: type, names: Iterable[str] = _GUARDED) -> None:
     """Wrap the training methods of an algorithm class, once, so an exception in learn() reaches its callback.
 
     SB3 calls no callback when learn() raises. The wrapper is on the class, not the model, so
-    model.save(), pickle and deepcopy see nothing; for a model no callback is recording it
-    costs one dictionary lookup per call (per rollout, per gradient phase, per log dump).
+    model.save(), pickle and deepcopy see nothing; a call that returns costs one function call
+    more, and only an exception looks up the callback recording the model.
     """
-    for name in _GUARDED:
+    for name in names:
         method = getattr(cls, name, None)
         if method is None or getattr(method, "__ml_persistence_guard__", False):
             continue
@@ -284,13 +290,12 @@ def _guard_class(cls: type) -> None:
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def guarded(model: Any, *args: Any, **kwargs: Any) -> Any:
-        callback = _recording.get(model)
-        if callback is None:
-            return method(model, *args, **kwargs)
         try:
             return method(model, *args, **kwargs)
         except BaseException as exc:
-            callback._training_raised(exc)
+            callback = _recording.get(model)  # looked up now: learn() registers its callback inside
+            if callback is not None:
+                callback._training_raised(exc)
             raise
 
     guarded.__ml_persistence_guard__ = True  # type: ignore[attr-defined]
@@ -302,15 +307,15 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
 class _LoggerTap(KVWriter):
     """An output format added to SB3's logger: each dump's numeric values become metrics at SB3's step."""
 
-    def __init__(self, run: Optional[TrainingRun]) -> None:
-        self.run = run
+    def __init__(self, callback: Optional[MLPersistenceCallback]) -> None:
+        self.callback = callback
 
     def __reduce__(self) -> tuple:
         return (_LoggerTap, (None,))  # a copied or pickled model's logger gets a tap that records nothing
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
-        if self.run is not None:
-            self.run.log_metrics(key_values, step=int(step))
+        if self.callback is not None and self.callback._writer is self:  # a tap left behind records nothing
+            self.callback.run.log_metrics(key_values, step=int(step))
 
     def close(self) -> None:
         pass
@@ -382,3 +387,9 @@ def _walk(callback: Any) -> Iterator[Any]:
             yield from _walk(child)
     for attribute in ("callback", "callback_on_new_best"):  # an EventCallback's children
         yield from _walk(getattr(callback, attribute, None))
+
+
+# learn() of every SB3 algorithm runs through one of these (PPO.learn calls super().learn()), so
+# even the first learn() of a class, whose own methods are guarded only once it starts, is seen.
+_guard_class(OnPolicyAlgorithm, ["learn"])
+_guard_class(OffPolicyAlgorithm, ["learn"])
