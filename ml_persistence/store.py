@@ -331,8 +331,10 @@ END_EXPERIMENT_SQL = (
 
 
 # The resuming process becomes the run's owner: liveness then checks its pid, claimed at updated_at.
+# An ended run is running again (as MLflow reopens a finished run) until it is ended once more.
 RESUME_EXPERIMENT_SQL = (
-    "UPDATE experiments SET hostname = ?, pid = ?, updated_at = ? WHERE id = ? AND status = 'running'"
+    "UPDATE experiments SET status = 'running', end_time = NULL, duration_seconds = NULL, "
+    "hostname = ?, pid = ?, updated_at = ? WHERE id = ?"
 )
 
 

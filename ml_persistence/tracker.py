@@ -111,15 +111,16 @@ class ExperimentTracker:
     def resume_experiment(self, experiment_id: int, *, claim: bool = True) -> int:
         """Make an existing experiment the one log calls go to (e.g. after a restart).
 
-        A running experiment becomes this process's: it shows this pid and is ended at this
-        process's exit. ``claim=False`` only joins it (another rank or process owns and ends it).
+        The experiment becomes this process's: it is running (an ended one is reopened), shows
+        this pid, and is ended at this process's exit unless ended before. ``claim=False`` only
+        joins it, leaving its status and owner as they are (another rank or process ends it).
         """
         self._check_open()
         experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
         found = None if experiment_id is None else self._backend.read(queries.get_experiment, experiment_id)
         if found is None:
             raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
-        if claim and found["status"] == "running":
+        if claim:
             # This process now owns the run: it shows as alive, and is ended at exit like a started one.
             self._backend.append(encode(ExperimentResumed(experiment_id, socket.gethostname(), os.getpid(), time.time())))
             self._backend.running[experiment_id] = os.getpid()

@@ -165,11 +165,20 @@ def test_own_checkpoints_with_save_path_and_a_clean_model_afterwards(db_path: st
 
 
 def test_a_second_learn_continues_the_same_experiment(db_path: str) -> None:
+    class StatusAt(BaseCallback):
+        seen: list = []
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 700:
+                self.seen.append(ExperimentTracker().get_experiment(tracking.experiment_id)["status"])
+            return True
+
     model = ppo()
     tracking = MLPersistenceCallback()
     model.learn(512, callback=tracking)
-    model.learn(512, callback=tracking, reset_num_timesteps=False)
+    model.learn(512, callback=[tracking, StatusAt()], reset_num_timesteps=False)
 
+    assert StatusAt.seen == ["running"]  # reopened while the second learn() runs
     assert rows(db_path, "SELECT COUNT(*), MAX(status) FROM experiments") == [(1, "completed")]
     steps = [s for (s,) in rows(db_path, "SELECT DISTINCT step FROM metrics WHERE metric_name = 'time/fps' ORDER BY step")]
     assert steps == [256, 512, 768, 1024]

@@ -798,3 +798,32 @@ def test_fresh_process_reads_what_an_exited_process_logged(tmp_path: Path) -> No
     assert [h["value"] for h in history] == pytest.approx([1.0 / (i + 1) for i in range(50)])
     assert [h["epoch"] for h in history] == [i // 10 for i in range(50)]
     assert {h["split"] for h in history} == {"val"}
+
+
+def test_resuming_an_ended_experiment_reopens_it_until_it_ends_again(tmp_path: Path) -> None:
+    done = run_script(tmp_path, """
+        tracker = ExperimentTracker()
+        exp = tracker.start_experiment("twice")
+        tracker.end_experiment("failed", "first attempt")
+        say(exp)
+    """, name="first.py")
+    assert done.returncode == 0, done.stderr
+    exp = int(done.stdout)
+    first_end = experiment(tmp_path, exp)["end_time"]
+    child = Child(tmp_path, f"""
+        tracker = ExperimentTracker()
+        tracker.resume_experiment({exp})
+        tracker.log_metric("loss", 0.5, step=1)
+        tracker.flush()
+        say("resumed")
+        expect("exit")
+    """, name="second.py")
+    child.read_line("resumed")
+    # While the resuming process runs, the run is its own: running, its pid, no end yet.
+    during = experiment(tmp_path, exp)
+    assert (during["status"], during["pid"], during["end_time"]) == ("running", child.proc.pid, None)
+    child.send("exit")
+    assert child.wait() == 0
+    after = experiment(tmp_path, exp)
+    assert after["status"] == "completed" and after["end_time"] > first_end  # ended again at its exit
+    assert after["notes"] == "first attempt"

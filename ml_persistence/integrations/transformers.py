@@ -136,7 +136,7 @@ class MLPersistenceCallback(TrainerCallback):
         try:
             self.run.log_metrics(logs, step=state.global_step, epoch=epoch)
         finally:
-            self.run.end(*self._ending)
+            self.run.end(self._ending[0])  # its notes are there already
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.log_checkpoints or not self._training:
