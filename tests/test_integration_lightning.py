@@ -379,3 +379,16 @@ def test_last_ckpt_gets_the_monitored_value_logged_at_its_save(db_path: str) -> 
     last = rows(db_path, "SELECT val_metric, is_best FROM models WHERE checkpoint_path LIKE '%last.ckpt' ORDER BY id")
     # Saved with each top-2 entry: the epoch's own val_loss (2.0 at epoch 2, when the best is 1.0).
     assert last == [(v, 0) for v in VAL_LOSSES[:4]]
+
+
+def test_an_artifact_logged_after_a_failed_fit_keeps_the_run_failed(db_path: str, tmp_path: Path) -> None:
+    logger = MLPersistenceLogger("fails")
+    model = Tiny()
+    model.fail_at = 3
+    with pytest.raises(RuntimeError):
+        trainer(logger).fit(model, loader(0), loader(1))
+    (tmp_path / "crash.txt").write_text("what went wrong")
+    logger.experiment.log_artifact(str(tmp_path / "crash.txt"), "report")
+    logger.experiment.flush()
+    assert rows(db_path, "SELECT status FROM experiments") == [("failed",)]
+    assert rows(db_path, "SELECT artifact_type FROM artifacts") == [("report",)]

@@ -95,7 +95,7 @@ class MLPersistenceLogger(Logger):
     @property
     def experiment(self) -> Any:
         """The ExperimentTracker recording the run (``self.logger.experiment.log_artifact(...)``); a no-op elsewhere."""
-        if not self._open():
+        if not self._open(claim=False):  # an artifact logged after fit leaves the run's status alone
             return DummyExperiment()
         return self.run.tracker
 
@@ -196,7 +196,7 @@ class MLPersistenceLogger(Logger):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _open(self, reopen: bool = True) -> bool:
+    def _open(self, reopen: bool = True, claim: bool = True) -> bool:
         """Start the run (or log again into the one a finalize ended); return whether this rank records."""
         rank = rank_zero_only.rank
         if not self.run.records(rank):
@@ -204,7 +204,7 @@ class MLPersistenceLogger(Logger):
         if self.run.experiment_id is None:
             self.run.start(DEFAULT_NAME, rank=rank, random_seed=_global_seed())
         elif reopen:
-            self.run.reopen()
+            self.run.reopen(claim)
         return self.run.experiment_id is not None
 
     def __repr__(self) -> str:

@@ -181,6 +181,7 @@ class TrainingRun:
         self._claim = True  # whether joining an experiment makes it this process's
         self._owner = False
         self._ended = False
+        self._reopened_unclaimed = False
         self.rank = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -190,7 +191,8 @@ class TrainingRun:
             state["_db_path"] = self._db_path if self._db_path is not None else self._tracker.db_path
             if self._users_tracker and self._tracker.experiment_id is not None:
                 state.update(_join_id=self._tracker.experiment_id, _claim=False)  # the caller's, to end
-        state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _experiment_id=None)
+        state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _reopened_unclaimed=False,
+                     _experiment_id=None)
         return state
 
     def joining_copy(self) -> "TrainingRun":
@@ -347,11 +349,17 @@ class TrainingRun:
         """End as training that raised ``exc`` (or returned, for None) should: completed, failed or interrupted."""
         self.end(*training_status(exc))
 
-    def reopen(self) -> None:
-        """Log again into an experiment this run ended (e.g. a test pass after fit)."""
-        if self._ended and self._tracker is not None and self._experiment_id is not None:
-            self._tracker.resume_experiment(self._experiment_id)
-            self._ended = False
+    def reopen(self, claim: bool = True) -> None:
+        """Log again into an experiment this run ended (e.g. a test pass after fit).
+
+        It is running again until ended again; ``claim=False`` only makes it loggable, its
+        status untouched (an artifact logged after a failed run must not make it "completed").
+        """
+        if self._tracker is None or self._experiment_id is None:
+            return
+        if self._ended or (claim and self._reopened_unclaimed):
+            self._tracker.resume_experiment(self._experiment_id, claim=claim)
+            self._ended, self._reopened_unclaimed = False, not claim
 
     @property
     def ended(self) -> bool:
