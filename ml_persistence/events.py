@@ -131,6 +131,15 @@ class ExperimentResumed(Event):
     ts: float
 
 
+class ExperimentReopened(Event):
+    """A process reopened an ended experiment to log to it again: it is running, and this process's."""
+
+    experiment_id: int
+    hostname: Optional[str]
+    pid: int
+    ts: float
+
+
 AnyEvent = Union[
     ExperimentStarted,
     ExperimentEnded,
@@ -141,6 +150,7 @@ AnyEvent = Union[
     DatasetLinked,
     ArtifactLogged,
     ExperimentResumed,
+    ExperimentReopened,
 ]
 
 def check(event: Event) -> None:

@@ -90,7 +90,9 @@ def effective_status(
     claimed = max((t for t in (started, parse_time(experiment.get("updated_at"))) if t is not None), default=None)
     if pid and experiment.get("hostname") == host:
         return "running" if process_alive(int(pid), claimed) else "crashed"
-    latest = max((t for t in (last_activity, started) if t is not None), default=None)
+    # A claim counts as activity only where this library recorded it (with a pid): the original
+    # schema's updated_at is a default set at insert, in UTC.
+    latest = max((t for t in (last_activity, claimed if pid else started) if t is not None), default=None)
     now = dt.datetime.now().timestamp() if now is None else now
     if latest is not None and now - latest > STALE_AFTER_SECONDS:
         return "stale"

@@ -6,7 +6,7 @@ import contextlib
 import operator
 import sqlite3
 import time
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, AsyncIterator, Optional, Sequence, Union
 
 import aiosqlite
 import msgspec
@@ -18,6 +18,7 @@ from .events import (
     DatasetRegistered,
     Event,
     ExperimentEnded,
+    ExperimentReopened,
     ExperimentResumed,
     ExperimentStarted,
     HyperparametersLogged,
@@ -162,6 +163,8 @@ class Store:
                 await self._end_experiment(event)
             elif type(event) is ExperimentResumed:
                 await self.conn.execute(RESUME_EXPERIMENT_SQL, resume_experiment_params(event))
+            elif type(event) is ExperimentReopened:
+                await self.conn.execute(REOPEN_EXPERIMENT_SQL, resume_experiment_params(event))
             else:
                 await self._insert_one(event)
         await self._insert_metrics(metric_events)
@@ -331,15 +334,18 @@ END_EXPERIMENT_SQL = (
 
 
 # The resuming process becomes the run's owner: liveness then checks its pid, claimed at updated_at.
-# An ended run is running again (as MLflow reopens a finished run) until it is ended once more.
 RESUME_EXPERIMENT_SQL = (
+    "UPDATE experiments SET hostname = ?, pid = ?, updated_at = ? WHERE id = ? AND status = 'running'"
+)
+# An ended run is running again (as MLflow reopens a finished run) until it is ended once more.
+REOPEN_EXPERIMENT_SQL = (
     "UPDATE experiments SET status = 'running', end_time = NULL, duration_seconds = NULL, "
     "hostname = ?, pid = ?, updated_at = ? WHERE id = ?"
 )
 
 
-def resume_experiment_params(event: ExperimentResumed) -> tuple:
-    """Bind values of RESUME_EXPERIMENT_SQL for ``event``."""
+def resume_experiment_params(event: Union[ExperimentResumed, ExperimentReopened]) -> tuple:
+    """Bind values of RESUME_EXPERIMENT_SQL or REOPEN_EXPERIMENT_SQL for ``event``."""
     return (event.hostname, event.pid, local_text(event.ts), event.experiment_id)
 
 

@@ -16,6 +16,7 @@ from .events import (
     ArtifactLogged,
     Environment,
     ExperimentEnded,
+    ExperimentReopened,
     ExperimentResumed,
     ExperimentStarted,
     HyperparametersLogged,
@@ -122,7 +123,9 @@ class ExperimentTracker:
             raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
         if claim:
             # This process now owns the run: it shows as alive, and is ended at exit like a started one.
-            self._backend.append(encode(ExperimentResumed(experiment_id, socket.gethostname(), os.getpid(), time.time())))
+            # An ended run is reopened by its own event, which an agent too old to know refuses visibly.
+            event = ExperimentResumed if found["status"] == "running" else ExperimentReopened
+            self._backend.append(encode(event(experiment_id, socket.gethostname(), os.getpid(), time.time())))
             self._backend.running[experiment_id] = os.getpid()
         self._experiment_id = experiment_id
         return experiment_id

@@ -71,6 +71,9 @@ class Tiny(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self.log("test_loss", self.loss(batch))
 
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.net(batch[0])
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
@@ -392,3 +395,19 @@ def test_an_artifact_logged_after_a_failed_fit_keeps_the_run_failed(db_path: str
     logger.experiment.flush()
     assert rows(db_path, "SELECT status FROM experiments") == [("failed",)]
     assert rows(db_path, "SELECT artifact_type FROM artifacts") == [("report",)]
+
+
+@pytest.mark.parametrize("then", ["test", "predict"])
+def test_a_stage_after_a_failed_fit_does_not_make_it_completed(db_path: str, then: str) -> None:
+    logger = MLPersistenceLogger("fails then evaluates")
+    model = Tiny()
+    model.fail_at = 3
+    run = trainer(logger)
+    with pytest.raises(RuntimeError):
+        run.fit(model, loader(0), loader(1))
+    model.fail_at = None
+    getattr(run, then)(model, loader(2))
+    (status, notes), = rows(db_path, "SELECT status, notes FROM experiments")
+    assert status == "failed" and notes.count("boom at step 3") == 1
+    if then == "test":
+        assert rows(db_path, "SELECT COUNT(*) FROM metrics WHERE metric_name = 'test_loss'") == [(1,)]

@@ -161,6 +161,15 @@ def test_other_host_goes_stale_after_an_hour_without_activity() -> None:
     assert effective_status(fresh, now=now) == "running"
 
 
+def test_a_run_resumed_or_reopened_recently_is_not_stale_though_it_started_long_ago() -> None:
+    now = time.time()
+    old = stamp(now - 100 * STALE_AFTER_SECONDS)
+    reopened = running(pid=1, hostname="elsewhere", start_time=old, updated_at=stamp(now - 60))
+    assert effective_status(reopened, last_activity=now - 99 * STALE_AFTER_SECONDS, now=now) == "running"
+    quiet = running(pid=1, hostname="elsewhere", start_time=old, updated_at=stamp(now - 2 * STALE_AFTER_SECONDS))
+    assert effective_status(quiet, now=now) == "stale"
+
+
 def test_hostname_argument_decides_what_is_local() -> None:
     exp = running(pid=dead_pid(), hostname="box-a", start_time=stamp(time.time()))
     assert effective_status(exp, hostname="box-a") == "crashed"

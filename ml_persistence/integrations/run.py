@@ -181,7 +181,8 @@ class TrainingRun:
         self._claim = True  # whether joining an experiment makes it this process's
         self._owner = False
         self._ended = False
-        self._reopened_unclaimed = False
+        self._status: Optional[str] = None  # how this run last ended its experiment
+        self._loggable = False  # an ended run reopened without claiming it
         self.rank = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -191,7 +192,7 @@ class TrainingRun:
             state["_db_path"] = self._db_path if self._db_path is not None else self._tracker.db_path
             if self._users_tracker and self._tracker.experiment_id is not None:
                 state.update(_join_id=self._tracker.experiment_id, _claim=False)  # the caller's, to end
-        state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _reopened_unclaimed=False,
+        state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _status=None, _loggable=False,
                      _experiment_id=None)
         return state
 
@@ -340,7 +341,9 @@ class TrainingRun:
         if self._experiment_id is None or self._tracker is None:
             return
         if self._owner and not self._ended:
-            self._ended = True
+            if status == "completed" and self._status not in (None, "completed"):
+                status, notes = self._status, None  # a test pass after a failed fit leaves it failed
+            self._ended, self._status, self._loggable = True, status, False
             self._tracker.end_experiment(status, notes)
         else:
             self._tracker.flush()
@@ -352,14 +355,17 @@ class TrainingRun:
     def reopen(self, claim: bool = True) -> None:
         """Log again into an experiment this run ended (e.g. a test pass after fit).
 
-        It is running again until ended again; ``claim=False`` only makes it loggable, its
-        status untouched (an artifact logged after a failed run must not make it "completed").
+        It is running again until ended again (never "completed" over an earlier failure);
+        ``claim=False`` only makes it loggable, status untouched, and ending it again a no-op.
         """
-        if self._tracker is None or self._experiment_id is None:
+        if not self._ended or self._tracker is None or self._experiment_id is None:
             return
-        if self._ended or (claim and self._reopened_unclaimed):
-            self._tracker.resume_experiment(self._experiment_id, claim=claim)
-            self._ended, self._reopened_unclaimed = False, not claim
+        if claim:
+            self._tracker.resume_experiment(self._experiment_id)
+            self._ended = False
+        elif not self._loggable:
+            self._tracker.resume_experiment(self._experiment_id, claim=False)
+            self._loggable = True
 
     @property
     def ended(self) -> bool:

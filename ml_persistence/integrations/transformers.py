@@ -77,7 +77,6 @@ class MLPersistenceCallback(TrainerCallback):
         self.log_checkpoints = log_checkpoints
         self.run = TrainingRun("transformers", **self._run_options)
         self._training = False
-        self._ending: tuple[str, Optional[str]] = ("completed", None)
         self._architecture: Optional[str] = None
 
     @property
@@ -136,7 +135,7 @@ class MLPersistenceCallback(TrainerCallback):
         try:
             self.run.log_metrics(logs, step=state.global_step, epoch=epoch)
         finally:
-            self.run.end(self._ending[0])  # its notes are there already
+            self.run.end()  # "completed" never replaces the status train() ended with
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.log_checkpoints or not self._training:
@@ -162,8 +161,7 @@ class MLPersistenceCallback(TrainerCallback):
         if not self._training:
             return
         self._training = False
-        self._ending = training_status(exc)  # kept as text: the exception would pin the loop's tensors
-        self.run.end(*self._ending)
+        self.run.end(*training_status(exc))
 
     def _guard(self, trainer: Trainer) -> None:
         """Wrap this trainer's train() (an instance attribute) so an exception from it ends the run."""
