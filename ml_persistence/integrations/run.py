@@ -166,6 +166,11 @@ class TrainingRun:
         all_ranks: bool = False,
     ) -> None:
         tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self._options = dict(
+            name=name, experiment_type=experiment_type, description=description, tags=tags,
+            experiment_id=experiment_id, tracker=tracker, db_path=db_path, agent=agent, token=token,
+            all_ranks=all_ranks,
+        )
         self.framework = framework
         self.name = name
         self.experiment_type = experiment_type
@@ -193,8 +198,12 @@ class TrainingRun:
             if self._users_tracker and self._tracker.experiment_id is not None:
                 state.update(_join_id=self._tracker.experiment_id, _claim=False)  # the caller's, to end
         state.update(_tracker=None, _registry=None, _owner=False, _ended=False, _status=None, _loggable=False,
-                     _experiment_id=None)
+                     _experiment_id=None, _options={**self._options, "tracker": None, "db_path": state["_db_path"]})
         return state
+
+    def fresh(self) -> "TrainingRun":
+        """A new run with this one's options, not started (the next training call's experiment)."""
+        return TrainingRun(self.framework, **self._options)
 
     def joining_copy(self) -> "TrainingRun":
         """A copy for a worker process (ddp_spawn) that joins this run's experiment and never ends it."""

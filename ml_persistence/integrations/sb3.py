@@ -77,7 +77,8 @@ class MLPersistenceCallback(BaseCallback):
         super().__init__(verbose)
         if save_freq and save_path is None:
             raise ValueError("save_freq needs a save_path to save the checkpoints in")
-        self._run_options: dict[str, Any] = dict(
+        self.run = TrainingRun(
+            "sb3",
             name=name,
             experiment_type=experiment_type,
             description=description,
@@ -89,7 +90,6 @@ class MLPersistenceCallback(BaseCallback):
             token=token,
             all_ranks=all_ranks,
         )
-        self.run = TrainingRun("sb3", **self._run_options)
         self.log_episodes = log_episodes
         self.save_path = None if save_path is None else os.fspath(save_path)
         self.save_freq = int(save_freq)
@@ -124,7 +124,7 @@ class MLPersistenceCallback(BaseCallback):
             self._finish(None, ("failed", "learn() raised before it ended (outside what the callback can see)"))
         another_model = self._recorded is None or self._recorded() is not self.model
         if self.run.experiment_id is not None and (stale or another_model or self._ending[0] != "completed"):
-            self.run = TrainingRun("sb3", **self._run_options)  # another model, or after a failure: a new experiment
+            self.run = self.run.fresh()  # another model, or after a failure: a new experiment
             self._episodes, self._seen_calls, self._seen_best, self._last_eval = 0, {}, {}, None
         if self.run.experiment_id is None:
             self._start()

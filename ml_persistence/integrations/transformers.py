@@ -62,7 +62,8 @@ class MLPersistenceCallback(TrainerCallback):
         all_ranks: bool = False,
         log_checkpoints: bool = True,
     ) -> None:
-        self._run_options: dict[str, Any] = dict(
+        self.run = TrainingRun(
+            "transformers",
             name=name,
             experiment_type=experiment_type,
             description=description,
@@ -75,7 +76,6 @@ class MLPersistenceCallback(TrainerCallback):
             all_ranks=all_ranks,
         )
         self.log_checkpoints = log_checkpoints
-        self.run = TrainingRun("transformers", **self._run_options)
         self._training = False
         self._architecture: Optional[str] = None
 
@@ -101,7 +101,7 @@ class MLPersistenceCallback(TrainerCallback):
             self._training = False
             self.run.end("failed", "train() raised before it ended (the callback was not given to Trainer())")
         if self.run.experiment_id is not None:
-            self.run = TrainingRun("transformers", **self._run_options)  # a further train(): a new experiment
+            self.run = self.run.fresh()  # a further train(): a new experiment
         model_class = type(model).__name__ if model is not None else "model"
         # Transformers 4.x defaulted run_name to output_dir: that is no name the user chose.
         user_named = args.run_name and args.run_name != args.output_dir
