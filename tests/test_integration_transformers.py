@@ -290,6 +290,7 @@ def test_torchrun_two_processes(db_path: str, tmp_path: Path) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
         import json, sys
+        import torch
         sys.path.insert(0, {str(TESTS)!r})
         from ml_persistence.integrations.transformers import MLPersistenceCallback
         from test_integration_transformers import tiny_trainer
@@ -302,6 +303,8 @@ def test_torchrun_two_processes(db_path: str, tmp_path: Path) -> None:
             if trainer.args.process_index == 0:
                 with open(name + ".json", "w") as f:
                     json.dump(trainer.state.log_history, f)
+        # Left to interpreter exit, gloo's threads can abort the process after Python has finished.
+        torch.distributed.destroy_process_group()
     """))
     done = subprocess.run(
         [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
