@@ -59,3 +59,6 @@ def require_framework(module: str):
 
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+from otheruser import other_user  # noqa: E402,F401 - the second-local-user fixture, for every test module
