@@ -63,12 +63,107 @@ def split_of(name: str) -> Optional[str]:
 _split_cache: dict[str, Optional[str]] = {}
 
 
+# What a failed write means, and so what the writer does about it:
+BUSY = "busy"  # another connection holds the lock: wait, silently
+ENVIRONMENT = "environment"  # the disk, the file or the system: wait, saying so once
+REFUSED = "refused"  # the database rejects this event itself: retry the batch one event at a time
+FATAL = "fatal"  # the database cannot be written at all (damaged, not a database, a bug): stop
+
+# SQLite primary result codes (https://sqlite.org/rescode.html) -> what they mean for a write.
+RESULT_CODES = {
+    1: REFUSED,  # SQLITE_ERROR: the statement failed (e.g. too many terms)
+    2: FATAL,  # SQLITE_INTERNAL
+    3: ENVIRONMENT,  # SQLITE_PERM: access permission denied
+    4: ENVIRONMENT,  # SQLITE_ABORT: the transaction was aborted by another action
+    5: BUSY,  # SQLITE_BUSY
+    6: BUSY,  # SQLITE_LOCKED
+    7: ENVIRONMENT,  # SQLITE_NOMEM
+    8: ENVIRONMENT,  # SQLITE_READONLY: a read-only file or directory, or a moved file
+    9: ENVIRONMENT,  # SQLITE_INTERRUPT
+    10: ENVIRONMENT,  # SQLITE_IOERR: includes a write past a file-size limit (EFBIG)
+    11: FATAL,  # SQLITE_CORRUPT
+    12: FATAL,  # SQLITE_NOTFOUND
+    13: ENVIRONMENT,  # SQLITE_FULL: the disk is full
+    14: ENVIRONMENT,  # SQLITE_CANTOPEN: the file (or its journal) cannot be opened now
+    15: BUSY,  # SQLITE_PROTOCOL: a locking race
+    16: FATAL,  # SQLITE_EMPTY
+    17: BUSY,  # SQLITE_SCHEMA: the schema changed under the statement; running it again works
+    18: REFUSED,  # SQLITE_TOOBIG: this event's string or blob is too large
+    19: REFUSED,  # SQLITE_CONSTRAINT
+    20: REFUSED,  # SQLITE_MISMATCH
+    21: FATAL,  # SQLITE_MISUSE
+    22: ENVIRONMENT,  # SQLITE_NOLFS: the file grew past what the system supports
+    23: FATAL,  # SQLITE_AUTH
+    24: FATAL,  # SQLITE_FORMAT
+    25: REFUSED,  # SQLITE_RANGE: a bound parameter out of range
+    26: FATAL,  # SQLITE_NOTADB
+}
+
+# Python 3.10 has no sqlite3.Error.sqlite_errorcode: the result code from SQLite's own message text.
+RESULT_MESSAGES = (
+    ("database is locked", 5),
+    ("database table is locked", 6),
+    ("database schema is locked", 6),
+    ("database or disk is full", 13),
+    ("disk i/o error", 10),
+    ("attempt to write a readonly database", 8),
+    ("unable to open database file", 14),
+    ("out of memory", 7),
+    ("locking protocol", 15),
+    ("database schema has changed", 17),
+    ("interrupted", 9),
+    ("access permission denied", 3),
+    ("large file support is disabled", 22),
+    ("database disk image is malformed", 11),
+    ("file is not a database", 26),
+    ("string or blob too big", 18),
+    ("datatype mismatch", 20),
+    ("constraint failed", 19),
+    ("bad parameter or other api misuse", 21),
+    ("column index out of range", 25),
+)
+
+# Errors raised before SQLite sees the event, by Python binding its values: the event itself is bad.
+REFUSED_EXCEPTIONS = (
+    sqlite3.IntegrityError,  # a constraint
+    sqlite3.DataError,
+    sqlite3.InterfaceError,  # a value sqlite3 cannot bind
+    sqlite3.ProgrammingError,  # e.g. a NUL in the statement, a wrong number of bindings
+    OverflowError,  # an integer past 64 bits
+    UnicodeError,  # a lone surrogate
+    ValueError,
+    TypeError,
+)
+
+
+def result_code(exc: BaseException) -> Optional[int]:
+    """Return the SQLite primary result code of ``exc`` (from its message on Python 3.10), or None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(exc).lower()
+    code = next((code for message, code in RESULT_MESSAGES if message in text), None)
+    if code is None and isinstance(exc, sqlite3.OperationalError):
+        return 1  # SQLITE_ERROR, the code of every other message (no such table, too many terms, ...)
+    return code
+
+
+def classify(exc: BaseException) -> str:
+    """Return what a write's failure means: BUSY, ENVIRONMENT, REFUSED or FATAL (see the tables above)."""
+    if isinstance(exc, sqlite3.Error):
+        code = result_code(exc)
+        if code is not None and code in RESULT_CODES:
+            return RESULT_CODES[code]
+    if isinstance(exc, REFUSED_EXCEPTIONS):
+        return REFUSED
+    if isinstance(exc, (OSError, MemoryError)):  # the file system or the machine, outside SQLite
+        return ENVIRONMENT
+    return FATAL
+
+
 def is_busy(exc: BaseException) -> bool:
     """Return True for SQLite errors that mean 'try again later' (locked, busy)."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+    return classify(exc) == BUSY
 
 
 class Store:
@@ -102,6 +197,32 @@ class Store:
             await self._apply(events)
             if marks:
                 await self.conn.executemany(_MARK_SQL, list(marks.items()))
+
+    async def apply_keyed(self, events: Sequence[Event], keys: Sequence[tuple[str, int]]) -> int:
+        """Apply, in one transaction, the events whose (client id, seq) key is above its client's mark.
+
+        The marks move to the highest keys given, so a second call with the same keys applies
+        nothing. Return how many events were applied.
+        """
+        async with self._transaction():
+            stored: dict[str, int] = {}
+            for client in dict.fromkeys(client for client, _ in keys):
+                found = await self.conn.execute_fetchall(
+                    "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client,)
+                )
+                stored[client] = next(iter(found))[0] if found else 0
+            fresh = [event for event, (client, seq) in zip(events, keys) if seq > stored[client]]
+            await self._apply(fresh)
+            marks: dict[str, int] = {}
+            for client, seq in keys:
+                marks[client] = max(marks.get(client, 0), seq)
+            await self.conn.executemany(_MARK_SQL, list(marks.items()))
+            return len(fresh)
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database and truncate it to zero bytes (best effort)."""
+        with contextlib.suppress(sqlite3.Error):
+            await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def apply_requests(
         self, events: Sequence[Event], keys: Optional[Sequence[Optional[tuple[str, int]]]] = None
