@@ -41,3 +41,11 @@ class AgentError(MLPersistenceError):
 
 class AgentRefusedError(AgentError, PermissionError):
     """The agent refused this client (wrong or missing token, unsupported protocol version)."""
+
+
+class EventsSavedError(WriterError):
+    """Events could not be written by a deadline and were saved to recovery files (``paths``) instead."""
+
+    def __init__(self, message: str, paths: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.paths = paths
