@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from typing import Any, Iterable, Mapping, Optional, Union
 
@@ -15,26 +16,69 @@ from .events import DatasetLinked, DatasetRegistered, encode
 
 
 def content_hash(path: str) -> Optional[str]:
-    """Return 'sha256:<hex>' of a file, or of a directory's relative paths and contents; None if missing."""
+    """Return 'sha256:<hex>' of a file, or of a directory's relative paths and contents; None if missing.
+
+    Only regular files are read: a FIFO, socket or device (given, or inside a directory) is never
+    opened, and hashes as missing. Anything that exists but cannot be read raises
+    InvalidValueError naming ``data_path``.
+    """
+    try:
+        kind = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     digest = hashlib.sha256()
-    if os.path.isfile(path):
-        files = [(os.path.basename(path), path)]
-    elif os.path.isdir(path):
-        files = []
-        for root, dirs, names in os.walk(path):
-            dirs.sort()
-            for name in sorted(names):
-                full = os.path.join(root, name)
-                files.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
+    if stat.S_ISREG(kind):
+        _hash_file(digest, path)
+    elif stat.S_ISDIR(kind):
+        for relative, full in _regular_files(path):
+            digest.update(os.fsencode(relative) + b"\0")
+            _hash_file(digest, full)
     else:
         return None
-    for relative, full in files:
-        if len(files) > 1 or os.path.isdir(path):
-            digest.update(relative.encode() + b"\0")
-        with open(full, "rb") as handle:
+    return "sha256:" + digest.hexdigest()
+
+
+def _regular_files(directory: str) -> list[tuple[str, str]]:
+    """Return (relative path with '/', full path) of the regular files under ``directory``, sorted as walked."""
+    def refuse(exc: OSError) -> None:
+        raise _unreadable(exc.filename or directory, exc)
+
+    found = []
+    for root, dirs, names in os.walk(directory, onerror=refuse):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            try:
+                regular = stat.S_ISREG(os.stat(full).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # a dangling symlink, or removed meanwhile
+            except OSError as exc:
+                raise _unreadable(full, exc) from None
+            if regular:
+                found.append((os.path.relpath(full, directory).replace(os.sep, "/"), full))
+    return found
+
+
+def _hash_file(digest: Any, path: str) -> None:
+    # O_NONBLOCK: should the path become a FIFO after it was checked, opening it does not wait for a writer.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    with open(fd, "rb", closefd=True) as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidValueError(f"data_path: {path} is no longer a regular file")
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: str, exc: OSError) -> InvalidValueError:
+    return InvalidValueError(f"data_path: cannot read {path!r} to hash it ({exc.strerror or exc})")
 
 
 def _columns_text(name: str, value: Any) -> Optional[str]:
@@ -80,17 +124,17 @@ class DatasetManager:
             raise InvalidTypeError(f"name: expected a non-empty string, got {name!r:.60}")
         if version is None:
             raise InvalidValueError("version is required")
-        path = os.fspath(data_path) if data_path is not None else None
+        path = v.path_text("data_path", data_path) if data_path is not None else None
         event = DatasetRegistered(
-            name=name,
-            version=str(version),
-            dataset_type=v.optional_str("dataset_type", dataset_type),
+            name=v.name_text("name", name),
+            version=v.name_text("version", str(version)),
+            dataset_type=v.optional_name("dataset_type", dataset_type),
             data_path=path,
             data_hash=content_hash(path) if path else None,
-            split_type=v.optional_str("split_type", split_type),
+            split_type=v.optional_name("split_type", split_type),
             num_samples=v.optional_int("num_samples", num_samples),
-            start_date=None if start_date is None else str(start_date),
-            end_date=None if end_date is None else str(end_date),
+            start_date=None if start_date is None else v.optional_str("start_date", str(start_date)),
+            end_date=None if end_date is None else v.optional_str("end_date", str(end_date)),
             feature_columns=_columns_text("feature_columns", feature_columns),
             target_columns=_columns_text("target_columns", target_columns),
             metadata=v.json_object_text("metadata", metadata),
@@ -104,7 +148,7 @@ class DatasetManager:
         dataset_id = v.optional_int("dataset_id", dataset_id)  # type: ignore[assignment]
         if experiment_id is None or dataset_id is None:
             raise InvalidTypeError("experiment_id and dataset_id are required")
-        usage = v.optional_str("usage_type", usage_type) or "train"
+        usage = v.optional_name("usage_type", usage_type) or "train"
         self._backend.append(encode(DatasetLinked(experiment_id, dataset_id, usage)))
 
     def get_dataset(self, dataset_id: int) -> Optional[dict[str, Any]]:

@@ -47,6 +47,9 @@ def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
     """Check the schema; make an older one read like the current one, without writing the file."""
     version = schema.user_version(conn)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    reason = schema.not_ours(conn, path)
+    if reason is not None:
+        raise ReadError(reason)
     if "experiments" not in tables:
         raise ReadError(f"{path} is not an ml_persistence database (it has no experiments table)")
     if version > schema.SCHEMA_VERSION:
@@ -54,10 +57,6 @@ def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
             f"{path} has schema version {version}, newer than this ml_persistence supports "
             f"({schema.SCHEMA_VERSION}); upgrade ml_persistence"
         )
-    experiment_columns = schema.columns(conn, "experiments")
-    if "state_dim" in experiment_columns and "experiment_type" not in experiment_columns:
-        raise ReadError(f"{path} looks like a legacy experiments.db; import it with "
-                       f"`ml-persistence migrate-legacy {path}`")
     missing = [t for t in schema.TABLES if t not in tables]
     if missing:
         raise ReadError(f"{path} is not an ml_persistence database (no {', '.join(missing)} table)")

@@ -56,18 +56,16 @@ class ModelRegistry:
         experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
         if experiment_id is None:
             raise InvalidTypeError("experiment_id is required")
-        if not isinstance(checkpoint_path, (str, os.PathLike)):
-            raise InvalidTypeError(f"checkpoint_path: expected a path, got {type(checkpoint_path).__name__}")
-        path = os.fspath(checkpoint_path)
+        path = v.path_text("checkpoint_path", checkpoint_path)
         if name is None:  # models.name is NOT NULL in the original schema
             name = os.path.splitext(os.path.basename(path))[0] or "model"
         if version is not None and not isinstance(version, str):
             version = str(v.optional_int("version", version))
         event = ModelRegistered(
             experiment_id=experiment_id,
-            name=v.optional_str("name", name),
-            version=version,
-            architecture_type=v.optional_str("architecture_type", architecture_type),
+            name=v.optional_name("name", name),
+            version=v.optional_name("version", version),
+            architecture_type=v.optional_name("architecture_type", architecture_type),
             state_dim=v.optional_int("state_dim", state_dim),
             action_dim=v.optional_int("action_dim", action_dim),
             checkpoint_path=path,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Optional
 
-from .errors import MLPersistenceError
+from .errors import WriterError
 
 SCHEMA_VERSION = 3
 
@@ -157,8 +158,8 @@ ORDER BY m.val_metric DESC, m.id DESC;
 TABLES = ("experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets")
 
 
-class SchemaError(MLPersistenceError):
-    """The database file cannot be used with this version of ml_persistence."""
+class SchemaError(WriterError):
+    """The database file cannot be used with this version of ml_persistence (so the writer stores nothing)."""
 
 
 def columns(conn: sqlite3.Connection, table: str) -> list[str]:
@@ -248,21 +249,54 @@ def configure(conn: sqlite3.Connection, busy_timeout_ms: int = 5000) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
-def _refuse_foreign(conn: sqlite3.Connection) -> None:
-    """Refuse to add our tables to a legacy experiments.db, whose `experiments` table is another one."""
-    names = {r[0] for r in conn.execute("SELECT name FROM pragma_table_info('experiments')")}
-    if names and "experiment_type" not in names and "state_dim" in names:
-        raise SchemaError(
-            "this file looks like a legacy experiments.db, not an ml_persistence database; "
-            "import it with `ml-persistence migrate-legacy LEGACY_DB`"
+# Every table some version of ml_persistence creates: a file holding one of them is ours.
+OUR_TABLES = frozenset(TABLES) | {"agent_clients", "agent_requests", "legacy_imports"}
+
+
+def not_ours(conn: sqlite3.Connection, path: str) -> Optional[str]:
+    """Return why the file at ``path`` belongs to something else (and how to proceed), or None.
+
+    Something else's: a legacy experiments.db, or a file with tables and none of ours. A new or
+    empty file, or one with our tables of any schema version, is ours. The library (at open) and
+    the CLI (reading) refuse the same files through this one check.
+    """
+    tables = sorted(
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if not row[0].startswith("sqlite_")
+    )
+    if "experiments" in tables:
+        names = set(columns(conn, "experiments"))
+        if "experiment_type" not in names and "state_dim" in names:
+            return (
+                f"{path} looks like a legacy experiments.db, not an ml_persistence database; "
+                f"import it with `ml-persistence migrate-legacy {path}`"
+            )
+    if tables and OUR_TABLES.isdisjoint(tables):
+        shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        return (
+            f"{path} is not an ml_persistence database: it holds other tables ({shown}) and none of "
+            "ml_persistence's; give ml_persistence a file of its own (a new path, or an empty file)"
         )
+    return None
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    """Return the path of the connection's main database file, for messages."""
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or "this database"
+    return "this database"
 
 
 def ensure(conn: sqlite3.Connection) -> list[str]:
-    """Create or upgrade the schema in place; return what was done (empty if nothing)."""
+    """Create or upgrade the schema in place; return what was done (empty if nothing).
+
+    Raises SchemaError for a file that is not ours (see not_ours()), leaving it untouched.
+    """
     current = user_version(conn) == SCHEMA_VERSION
-    if not current:
-        _refuse_foreign(conn)
+    reason = not_ours(conn, _file_of(conn))
+    if reason is not None:
+        raise SchemaError(reason)
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         try:
             conn.execute("PRAGMA journal_mode = WAL")  # also for a restored backup, which is single-file

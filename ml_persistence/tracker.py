@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+import weakref
 from types import TracebackType
 from typing import Any, Iterable, Mapping, Optional, Union
+
+import msgspec
 
 from . import environment, lifecycle, queries
 from . import validate as v
@@ -26,6 +30,30 @@ from .events import (
 
 
 _MIN, _MAX = v.INT64_MIN, v.INT64_MAX
+_trackers: "weakref.WeakSet[ExperimentTracker]" = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    # A lock another thread held at fork() stays held in the child, where that thread does not exist.
+    for tracker in list(_trackers):
+        tracker._lifecycle_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
+def _storable(captured: Environment) -> Environment:
+    """Replace what UTF-8 cannot store (undecodable bytes in argv, say) in captured text with U+FFFD."""
+    fields = {}
+    for field in captured.__struct_fields__:
+        value = getattr(captured, field)
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                fields[field] = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return msgspec.structs.replace(captured, **fields) if fields else captured
 
 
 def file_size_mb(path: str) -> Optional[float]:
@@ -52,6 +80,8 @@ class ExperimentTracker:
         self.capture_environment = capture_environment
         self._experiment_id: Optional[int] = None
         self._closed = False
+        self._lifecycle_lock = threading.Lock()  # start/resume/end change the current experiment atomically
+        _trackers.add(self)
 
     def __repr__(self) -> str:
         return (
@@ -82,31 +112,34 @@ class ExperimentTracker:
         """Create an experiment (capturing git, Python, host, command, packages) and return its id.
 
         A tracker logs to one experiment at a time: starting another ends the current one
-        "completed". With ``seed_everything=True`` and a ``random_seed``, random/numpy/torch are seeded.
+        "completed", also when threads start at once (one run stays open, the others end).
+        With ``seed_everything=True`` and a ``random_seed``, random/numpy/torch are seeded.
+        Names and tags must not contain NUL; metadata nests at most 100 levels deep.
         """
         self._check_open()
         if not isinstance(name, str) or not name:
             raise InvalidTypeError(f"name: expected a non-empty string, got {name!r:.60}")
         event = ExperimentStarted(
-            name=name,
-            experiment_type=v.optional_str("experiment_type", experiment_type),
+            name=v.name_text("name", name),
+            experiment_type=v.optional_name("experiment_type", experiment_type),
             description=v.optional_str("description", description),
             tags=v.tags(tags),
             random_seed=v.optional_int("random_seed", random_seed),
             metadata=v.json_object_text("metadata", metadata),
-            environment=environment.capture() if self.capture_environment else Environment(),
+            environment=_storable(environment.capture()) if self.capture_environment else Environment(),
             ts=time.time(),
         )
-        previous = self._experiment_id
-        if previous is not None and self._backend.running.pop(previous, None) == os.getpid():
-            # Ours to end (a forked child leaves its parent's run alone); queued, not waited for.
-            self._backend.append(encode(ExperimentEnded(previous, "completed", None, time.time())))
-        self._experiment_id = None
-        if seed_everything and event.random_seed is not None:
-            environment.seed_everything(event.random_seed)
-        experiment_id = self._backend.request(encode(event))
-        self._backend.running[experiment_id] = os.getpid()
-        self._experiment_id = experiment_id
+        with self._lifecycle_lock:
+            previous = self._experiment_id
+            if previous is not None and self._backend.running.pop(previous, None) == os.getpid():
+                # Ours to end (a forked child leaves its parent's run alone); queued, not waited for.
+                self._backend.append(encode(ExperimentEnded(previous, "completed", None, time.time())))
+            self._experiment_id = None
+            if seed_everything and event.random_seed is not None:
+                environment.seed_everything(event.random_seed)
+            experiment_id = self._backend.request(encode(event))
+            self._backend.running[experiment_id] = os.getpid()
+            self._experiment_id = experiment_id
         return experiment_id
 
     def resume_experiment(self, experiment_id: int, *, claim: bool = True) -> int:
@@ -121,24 +154,28 @@ class ExperimentTracker:
         found = None if experiment_id is None else self._backend.read(queries.get_experiment, experiment_id)
         if found is None:
             raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
-        if claim:
-            # This process now owns the run: it shows as alive, and is ended at exit like a started one.
-            # An ended run is reopened by its own event, which an agent too old to know refuses visibly.
-            event = ExperimentResumed if found["status"] == "running" else ExperimentReopened
-            self._backend.append(encode(event(experiment_id, socket.gethostname(), os.getpid(), time.time())))
-            self._backend.running[experiment_id] = os.getpid()
-        self._experiment_id = experiment_id
+        with self._lifecycle_lock:
+            if claim:
+                # This process now owns the run: it shows as alive, and is ended at exit like a started one.
+                # An ended run is reopened by its own event, which an agent too old to know refuses visibly.
+                event = ExperimentResumed if found["status"] == "running" else ExperimentReopened
+                self._backend.append(encode(event(experiment_id, socket.gethostname(), os.getpid(), time.time())))
+                self._backend.running[experiment_id] = os.getpid()
+            self._experiment_id = experiment_id
         return experiment_id
 
     def end_experiment(self, status: str = "completed", notes: Optional[str] = None) -> None:
         """Mark the current experiment ended with ``status`` and wait until that is committed."""
-        experiment_id = self._require_experiment()
+        self._require_experiment()
         if not isinstance(status, str) or not status:
             raise InvalidTypeError(f"status: expected a non-empty string, got {status!r:.60}")
+        status = v.name_text("status", status)
         notes = v.optional_str("notes", notes)
-        self._backend.append(encode(ExperimentEnded(experiment_id, status, notes, time.time())))
-        self._backend.running.pop(experiment_id, None)
-        self._experiment_id = None
+        with self._lifecycle_lock:
+            experiment_id = self._require_experiment()  # another thread may have ended it meanwhile
+            self._backend.append(encode(ExperimentEnded(experiment_id, status, notes, time.time())))
+            self._backend.running.pop(experiment_id, None)
+            self._experiment_id = None
         self._backend.flush()
 
     def flush(self, timeout: Optional[float] = None) -> None:
@@ -217,10 +254,10 @@ class ExperimentTracker:
                     v.optional_int("episode", episode),
                     v.optional_int("step", step),
                     v.optional_int("epoch", epoch),
-                    v.optional_str("split", split),
+                    v.optional_name("split", split),
                     time.time(),
                     v.optional_int("model_id", model_id),
-                    v.optional_str("phase", phase),
+                    v.optional_name("phase", phase),
                     v.value_json(value_json),
                     v.json_object_text("metadata", metadata),
                 )
@@ -246,8 +283,8 @@ class ExperimentTracker:
         except AttributeError:
             raise InvalidTypeError(f"expected a dict of metrics, got {type(metrics).__name__}") from None
         for name, value in items:
-            if type(name) is not str or not name:
-                name = v.metric_name(name)
+            if type(name) is not str or not name or not name.isascii() or "\x00" in name:
+                name = v.metric_name(name, "metrics")
             if type(value) is not float:
                 value = v.real(name, value)
             names.append(name)
@@ -258,8 +295,8 @@ class ExperimentTracker:
             step = v.optional_int("step", step)
         if epoch is not None and (type(epoch) is not int or not _MIN <= epoch <= _MAX):
             epoch = v.optional_int("epoch", epoch)
-        if split is not None and type(split) is not str:
-            split = v.optional_str("split", split)
+        if split is not None and (type(split) is not str or not split.isascii() or "\x00" in split):
+            split = v.optional_name("split", split)
         if names:
             self._backend.append(
                 encode(MetricsLogged(experiment_id, names, values, episode, step, epoch, split, time.time()))
@@ -281,17 +318,15 @@ class ExperimentTracker:
         path = path if path is not None else artifact_path
         if path is None:
             raise InvalidTypeError("log_artifact() needs the artifact's path")
-        if not isinstance(path, (str, os.PathLike)):
-            raise InvalidTypeError(f"path: expected a path, got {type(path).__name__}")
-        path = os.fspath(path)
+        path = v.path_text("path", path)
         if artifact_type is None:
             artifact_type = os.path.splitext(path)[1].lstrip(".") or "file"
         event = ArtifactLogged(
             experiment_id=experiment_id,
             model_id=v.optional_int("model_id", model_id),
-            artifact_type=str(v.optional_str("artifact_type", artifact_type)),
+            artifact_type=str(v.optional_name("artifact_type", artifact_type)),
             artifact_path=path,
-            artifact_name=v.optional_str("artifact_name", artifact_name) or os.path.basename(path),
+            artifact_name=v.optional_name("artifact_name", artifact_name) or os.path.basename(path),
             file_size_mb=file_size_mb(path),
             description=v.optional_str("description", description),
             metadata=v.json_object_text("metadata", metadata),

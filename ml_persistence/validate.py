@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import os
 from typing import Any, Optional
 
 import msgspec
@@ -11,6 +12,15 @@ import msgspec
 from .errors import InvalidTypeError, InvalidValueError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT_MAX = 1.7976931348623157e308
+# Containers (dict, list, tuple, set) in metadata, hyperparameters and value_json nest at most this
+# deep: deeper ones raise InvalidValueError (readers of the JSON, Python's included, recurse).
+MAX_DEPTH = 100
+# Integers kept exactly as JSON or hyperparameter text have fewer digits than this (Python's own
+# int/str conversion limit, so that they read back as ints everywhere).
+MAX_INT_DIGITS = 4300
+_INT_TEXT_LIMIT = 10**MAX_INT_DIGITS
+_NUL = "\x00"
 
 
 def _item(value: Any) -> Any:
@@ -34,7 +44,7 @@ def real(name: str, value: Any) -> float | int:
     if type(value) is float:
         return value
     if type(value) is int:
-        return value if INT64_MIN <= value <= INT64_MAX else float(value)
+        return value if INT64_MIN <= value <= INT64_MAX else _float(name, value)
     if isinstance(value, bool):
         return int(value)
     value = _item(value)
@@ -43,11 +53,29 @@ def real(name: str, value: Any) -> float | int:
     if isinstance(value, numbers.Integral):
         return real(name, int(value))
     if isinstance(value, numbers.Real):
-        return float(value)
+        return _float(name, value)
     raise InvalidTypeError(
         f"{name!s}: expected a real number (int, float, bool, numpy/torch scalar), "
         f"got {type(value).__name__} {value!r:.60}"
     )
+
+
+def _float(name: str, value: Any) -> float:
+    """Return float(value), or raise naming ``name`` if it is beyond a float's range (about ±1.8e308)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidValueError(
+            f"{name}: value {_shown(value)} is out of range: numbers are stored as 64-bit floats "
+            f"(magnitude up to {FLOAT_MAX:.4g}) or 64-bit integers"
+        ) from None
+
+
+def _shown(value: Any) -> str:
+    """Return a short text for a value in an error message (a huge int as its digit count)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"{'-' if value < 0 else ''}<an integer of about {value.bit_length() * 0.30103:.0f} digits>"
+    return f"{value!r:.60}"
 
 
 def optional_real(name: str, value: Any) -> Optional[float]:
@@ -69,26 +97,67 @@ def optional_int(name: str, value: Any) -> Optional[int]:
             f"{name}: expected an integer, got {type(value).__name__} {value!r:.60}"
         ) from None
     if not INT64_MIN <= value <= INT64_MAX:
-        raise InvalidValueError(f"{name}: {value} does not fit SQLite's 64-bit integers")
+        raise InvalidValueError(f"{name}: {_shown(value)} does not fit SQLite's 64-bit integers")
+    return value
+
+
+def encodable(name: str, value: str) -> str:
+    """Return ``value`` if UTF-8 can store it, else raise naming ``name`` (lone surrogates cannot)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidValueError(
+                f"{name}: {value!r:.60} cannot be stored as UTF-8: {value[exc.start]!r} at index "
+                f"{exc.start} is a lone surrogate (from bytes decoded with errors='surrogateescape'? "
+                "decode them with errors='replace')"
+            ) from None
     return value
 
 
 def optional_str(name: str, value: Any) -> Optional[str]:
-    """Return a str or None, or raise naming ``name``."""
-    if value is None or type(value) is str:
+    """Return a str UTF-8 can store, or None, or raise naming ``name``."""
+    if value is None:
         return value
+    if type(value) is str:
+        return encodable(name, value)
     if isinstance(value, str):
-        return str(value)
+        return encodable(name, str(value))
     raise InvalidTypeError(f"{name}: expected a string, got {type(value).__name__}")
 
 
-def metric_name(name: Any) -> str:
-    """Return a metric or parameter name, which must be a non-empty string."""
-    if type(name) is not str and not isinstance(name, str):
-        raise InvalidTypeError(f"metric names must be strings, got {type(name).__name__} {name!r:.60}")
-    if not name:
-        raise InvalidValueError("metric names must not be empty")
-    return str(name)
+def name_text(name: str, value: Any) -> str:
+    """Return a name (of an experiment, metric, tag, model, ...): a string without NUL that UTF-8 can store."""
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"{name}: expected a string, got {type(value).__name__} {value!r:.60}")
+    if "\x00" in value:
+        raise InvalidValueError(
+            f"{name}: {value!r:.60} contains a NUL character (index {value.index(_NUL)}), "
+            "where SQL tools would cut the name short"
+        )
+    return encodable(name, str(value))
+
+
+def optional_name(name: str, value: Any) -> Optional[str]:
+    """Like name_text(), but None passes through."""
+    return None if value is None else name_text(name, value)
+
+
+def metric_name(name: Any, argument: str = "metric_name") -> str:
+    """Return a metric or hyperparameter name: a non-empty string without NUL."""
+    if isinstance(name, str) and not name:
+        raise InvalidValueError(f"{argument}: metric and parameter names must not be empty")
+    return name_text(argument, name)
+
+
+def path_text(name: str, value: Any) -> str:
+    """Return a file path (str or os.PathLike) as text, or raise naming ``name``."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise InvalidTypeError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__}")
+    path = os.fsdecode(value)
+    if "\x00" in path:
+        raise InvalidValueError(f"{name}: {path!r:.60} contains a NUL character, which no path can")
+    return encodable(name, path)
 
 
 def _json_default(value: Any) -> Any:
@@ -106,12 +175,51 @@ def _json_default(value: Any) -> Any:
 _json_encoder = msgspec.json.Encoder(enc_hook=_json_default)
 
 
+def _check_tree(name: str, value: Any, strings: bool = True) -> None:
+    """Raise naming ``name`` if containers nest past MAX_DEPTH, an int is too long, or a string is not UTF-8."""
+    stack = [(value, 0)]  # a loop, not recursion: the depth is what is being checked
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is float or item is None or kind is bool:
+            continue
+        if kind is str or isinstance(item, str):
+            if strings:
+                encodable(name, item)
+        elif kind is int or isinstance(item, int):
+            if not -_INT_TEXT_LIMIT < item < _INT_TEXT_LIMIT:
+                raise InvalidValueError(
+                    f"{name}: {_shown(item)} is out of range: integers are kept exactly, "
+                    f"up to {MAX_INT_DIGITS - 1} digits"
+                )
+        elif isinstance(item, (dict, list, tuple, set, frozenset)):
+            if depth >= MAX_DEPTH:
+                raise InvalidValueError(
+                    f"{name}: dicts and lists nest deeper than {MAX_DEPTH} levels (or contain themselves)"
+                )
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if strings and isinstance(key, str):
+                        encodable(name, key)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
 def json_text(name: str, value: Any) -> Optional[str]:
-    """Encode ``value`` as JSON text (None stays None), or raise naming ``name``."""
+    """Encode ``value`` as JSON text (None stays None), or raise naming ``name``.
+
+    Containers may nest MAX_DEPTH (100) levels deep; integers are kept exactly up to 4299 digits.
+    """
     if value is None:
         return None
+    _check_tree(name, value)
     try:
         return _json_encoder.encode(value).decode()
+    except UnicodeEncodeError as exc:  # in what an enc_hook made of an object (numpy strings, ...)
+        raise InvalidValueError(f"{name}: a string cannot be stored as UTF-8 ({exc.reason})") from None
+    except RecursionError:
+        raise InvalidValueError(f"{name}: nested deeper than {MAX_DEPTH} levels") from None
     except (NotImplementedError, TypeError, msgspec.EncodeError, ValueError) as exc:
         raise InvalidTypeError(f"{name}: not JSON-serializable ({exc})") from None
 
@@ -128,20 +236,25 @@ def value_json(value: Any) -> Optional[str]:
     if value is None:
         return None
     if isinstance(value, (str, bytes)):
+        if isinstance(value, str):
+            encodable("value_json", value)
         try:
-            msgspec.json.decode(value)
+            decoded = msgspec.json.decode(value)
         except msgspec.DecodeError as exc:
             raise InvalidValueError(f"value_json: not valid JSON text ({exc})") from None
+        except RecursionError:
+            raise InvalidValueError(f"value_json: nested deeper than {MAX_DEPTH} levels") from None
+        _check_tree("value_json", decoded, strings=False)  # escapes like \\udcff are text UTF-8 can store
         return value.decode() if isinstance(value, bytes) else value
     return json_text("value_json", value)
 
 
 def tags(value: Any) -> list[str]:
-    """Return tags as a list of strings."""
+    """Return tags as a list of strings without NUL."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
+        return [name_text("tags", value)]
     try:
         items = list(value)
     except TypeError:
@@ -149,12 +262,12 @@ def tags(value: Any) -> list[str]:
     for tag in items:
         if not isinstance(tag, str):
             raise InvalidTypeError(f"tags: expected strings, got {type(tag).__name__} {tag!r:.60}")
-    return [str(t) for t in items]
+    return [name_text("tags", t) for t in items]
 
 
 def hyperparameter(name: Any, value: Any) -> tuple[str, Optional[str], str]:
     """Return (name, text, type) for a hyperparameter, keeping its type for read-back."""
-    name = metric_name(name)
+    name = metric_name(name, "hyperparameter name")
     if value is None:
         return name, "None", "NoneType"  # the original schema declares param_value NOT NULL
     if isinstance(value, bool):
@@ -163,11 +276,12 @@ def hyperparameter(name: Any, value: Any) -> tuple[str, Optional[str], str]:
     if isinstance(value, bool):
         return name, str(value), "bool"
     if isinstance(value, numbers.Integral):
+        _check_tree(name, int(value))
         return name, str(int(value)), "int"
     if isinstance(value, numbers.Real):
-        return name, repr(float(value)), "float"
+        return name, repr(_float(name, value)), "float"
     if isinstance(value, str):
-        return name, value, "str"
+        return name, encodable(name, value), "str"
     if isinstance(value, (list, tuple, dict)):
         return name, json_text(name, value), "list" if not isinstance(value, dict) else "dict"
     text = json_text(name, value)

@@ -133,3 +133,47 @@ def test_newer_schema_is_refused_with_a_clear_error(db_path: str) -> None:
     conn.close()
     with pytest.raises(schema.SchemaError, match="newer"):
         schema.connect(db_path)
+
+
+def _foreign_file(path: str) -> bytes:
+    """Write an SQLite file of another application; return its bytes."""
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users (name) VALUES ('ada');")
+    conn.close()
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_a_file_of_another_application_is_refused_untouched_by_library_and_cli(db_path: str) -> None:
+    before = _foreign_file(db_path)
+    tracker = ExperimentTracker(db_path, capture_environment=False)
+    with pytest.raises(schema.SchemaError, match=r"other tables \(users\).*a new path, or an empty file"):
+        tracker.start_experiment("lands in the wrong file")
+    with pytest.raises(schema.SchemaError, match="other tables"):
+        MetricsLogger(db_path).list_metric_names(1)
+    with pytest.raises(schema.SchemaError, match="other tables"):
+        schema.connect(db_path)
+    command = [sys.executable, "-m", "ml_persistence", "ls", "--db", db_path]
+    listed = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 1 and "other tables (users)" in listed.stderr and "Traceback" not in listed.stderr
+    core = [sys.executable, "-m", "ml_persistence.core", "--db", db_path]
+    upgraded = subprocess.run(core, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert upgraded.returncode == 1 and "other tables (users)" in upgraded.stderr
+    with open(db_path, "rb") as handle:
+        assert handle.read() == before
+    assert rows(db_path, "SELECT name FROM sqlite_master") == [("users",)]
+
+
+def test_new_empty_and_our_own_files_still_open(db_path: str, tmp_path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    shared = str(tmp_path / "shared.db")
+    ExperimentTracker(shared).list_experiments()  # our schema first, then the user's own table beside it
+    conn = sqlite3.connect(shared)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.close()
+    for path in (db_path, str(empty), shared):
+        tracker = ExperimentTracker(path, capture_environment=False)
+        tracker.start_experiment("fine")
+        tracker.end_experiment()
+        assert rows(path, "SELECT name, status FROM experiments") == [("fine", "completed")]
