@@ -140,15 +140,16 @@ class Server:
         reader = threading.Thread(target=lambda: found.append(self.proc.stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout=60)
-        m = re.search(r"at (http://[^/\s]+)/", found[0] if found else "")
+        m = re.search(r"at ((http://[^/\s]+)/\?token=(\S+))", found[0] if found else "")
         if not m:
             self.stop()
             raise RuntimeError(f"the server did not start: {found} {''.join(self.stderr)}")
-        self.base = m.group(1)
+        self.login, self.base, self.token = m.groups()  # the printed URL, and what it is made of
 
     def get(self, path: str) -> tuple[float, bytes]:
         started = time.perf_counter()
-        with urllib.request.urlopen(self.base + path, timeout=300) as response:
+        request = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=300) as response:
             body = response.read()
         return time.perf_counter() - started, body
 
@@ -175,8 +176,11 @@ def api_figures(db: str, experiment: int, names: list[str], repeats: int) -> dic
             cold, body = server.get(path)
             payload = json.loads(body)
             warm = sorted(server.get(path)[0] for _ in range(repeats))
+            # Another client asking a nearby points= gets the same (cached) curve: points= is rounded.
+            nearby = server.get(path.replace(f"points={POINTS_ASKED}", f"points={POINTS_ASKED - 1}"))[0]
             out["series"][name] = {"cold_s": cold, "warm_s": statistics.median(warm), "warm_min_s": warm[0],
-                                   "points": len(payload["xs"]), "total": payload["total"], "bytes": len(body),
+                                   "nearby_points_s": nearby, "points": len(payload["xs"]),
+                                   "total": payload["total"], "bytes": len(body),
                                    "downsampled": payload["downsampled"]}
         out["run_json_warm_s"] = statistics.median(server.get(f"/api/experiments/{experiment}")[0]
                                                    for _ in range(repeats))
@@ -213,6 +217,7 @@ def browser_figures(db: str, experiment: int, n_charts: int, loads: int) -> Opti
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         driver.set_page_load_timeout(120)
         driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": MARKS})
+        driver.get(server.login)  # the token becomes a cookie, as when a user opens the printed URL
         runs = []
         for _ in range(loads):
             driver.get("about:blank")
@@ -281,10 +286,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         api = api_figures(db, experiment, names, a.repeats)
         figures["api"] = api
         say(f"  OS page cache of the database dropped first: {'yes' if api['os_cache_dropped'] else 'no'}")
-        say(f"  {'metric':<12} {'cold':>10} {'warm':>10} {'points':>7} {'of':>11} {'bytes':>8}")
+        say(f"  {'metric':<12} {'cold':>10} {'warm':>10} {'points=' + str(POINTS_ASKED - 1):>12} {'points':>7} "
+            f"{'of':>11} {'bytes':>8}")
         for name, s in api["series"].items():
-            say(f"  {name:<12} {ms(s['cold_s']):>10} {ms(s['warm_s']):>10} {s['points']:>7} "
-                f"{fmt_int(s['total']):>11} {fmt_int(s['bytes']):>8}")
+            say(f"  {name:<12} {ms(s['cold_s']):>10} {ms(s['warm_s']):>10} {ms(s['nearby_points_s']):>12} "
+                f"{s['points']:>7} {fmt_int(s['total']):>11} {fmt_int(s['bytes']):>8}")
         say(f"  run JSON (/api/experiments/{experiment}): cold {ms(api['run_json_cold_s'])}, "
             f"warm {ms(api['run_json_warm_s'])}, {fmt_int(api['run_json_bytes'])} bytes")
         say(f"  one series against x=time: {ms(api['time_axis_s'])}; runs list: {ms(api['runs_list_s'])}")

@@ -207,17 +207,32 @@ class LineProcess:
         self.close()
 
 
+class UI:
+    """The running `ml-persistence ui`: its base URL and the URL with the token it printed."""
+
+    def __init__(self, base: str, login: str) -> None:
+        self.base, self.login = base, login
+
+
 @pytest.fixture(scope="module")
-def server(database: Database) -> Iterator[str]:
+def ui(database: Database) -> Iterator[UI]:
     proc = LineProcess([sys.executable, "-m", "ml_persistence", "ui", "--db", database.path, "--port", "0"],
                        database.directory)
     try:
         first = proc.line()
-        m = re.search(r"at (http://127\.0\.0\.1:\d+)/$", first)
-        assert m, first
-        yield m.group(1)
+        m = re.search(r"at ((http://127\.0\.0\.1:\d+)/\?token=[A-Za-z0-9_\-]+)$", first)
+        assert m, first  # a token on loopback too
+        yield UI(m.group(2), m.group(1))
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(ui: UI, driver: Any) -> str:
+    """The base URL, once the browser has opened the printed URL (its token is now a cookie)."""
+    driver.get(ui.login)
+    WebDriverWait(driver, WAIT).until(lambda d: d.current_url == ui.base + "/")
+    return ui.base
 
 
 @pytest.fixture(scope="module")
@@ -524,6 +539,22 @@ def test_live_run_updates(driver: Any, server: str, database: Database) -> None:
         trainer.close()
         if trainer.proc.returncode != 0:
             pytest.fail(f"trainer exit {trainer.proc.returncode}: {''.join(trainer.stderr)}")
+
+
+def test_without_the_token_nothing_shows_and_the_printed_url_logs_in(driver: Any, ui: UI, server: str) -> None:
+    open_fresh(driver, server + "/", "runs")
+    assert "PPO_BTC-USD_demo" in driver.find_element(By.TAG_NAME, "body").text
+    driver.delete_all_cookies()
+    driver.get("about:blank")
+    driver.get(server + "/")
+    # The page itself may come from the browser's cache; every request for data is refused.
+    wait(driver, lambda d: "a token is required" in d.find_element(By.TAG_NAME, "body").text, "the refusal")
+    assert "PPO_BTC-USD_demo" not in driver.find_element(By.TAG_NAME, "body").text
+    driver.get_log("browser")  # the refused requests' 401s are expected here
+    driver.get(ui.login)
+    wait_page(driver, "runs")
+    assert driver.current_url == server + "/"  # the token left the address bar for an HttpOnly cookie
+    assert js(driver, "return document.cookie") == ""
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -341,9 +341,12 @@ def test_metric_bad_request(client: TestClient, built: dict[str, Any], query: st
 def test_metric_default_axis_and_points_bounds(client: TestClient, built: dict[str, Any]) -> None:
     a = built["a"]
     assert get_json(client, f"/api/experiments/{a}/metric?name=loss")["x"] == "step"
-    for points in ("0", "-5", "abc", "999999999"):
+    for points in ("0", "-5", "999999999", "9" * 5000, "%2B250"):
         got = get_json(client, f"/api/experiments/{a}/metric?name=loss&x=step&points={points}")
         assert got["xs"] == [0, 1, 2, 3, 4]
+    for points in ("abc", "1e3", "2.5", "0x10", "\u0663"):  # not an integer: a 400 naming the served set
+        got = get_json(client, f"/api/experiments/{a}/metric?name=loss&x=step&points={points}", status=400)
+        assert "250, 500, 1000, 2000, 5000" in got["error"]
 
 
 # -- compare -----------------------------------------------------------------------------------------
@@ -645,13 +648,13 @@ def test_downsampling_when_every_row_has_the_same_x(db_path: str) -> None:
     """One long episode: all rows at episode 0. Still at most 2 * points points."""
     exp = _big_metric(db_path, 20_000, 7, 13_000, episode=0)
     with TestClient(create_app(db_path)) as c:
-        got = get_json(c, f"/api/experiments/{exp}/metric?name=loss&x=episode&points=50")
+        got = get_json(c, f"/api/experiments/{exp}/metric?name=loss&x=episode&points=250")
         assert got["total"] == 20_000
-        assert len(got["ys"]) <= 100
+        assert len(got["ys"]) <= 500
         assert max(got["ys"]) == 1e6 and min(got["ys"]) == -1e6
         assert set(got["xs"]) == {0}
-        timed = get_json(c, f"/api/experiments/{exp}/metric?name=loss&x=time&points=50")
-        assert len(timed["ys"]) <= 100 and timed["downsampled"] is True
+        timed = get_json(c, f"/api/experiments/{exp}/metric?name=loss&x=time&points=250")
+        assert len(timed["ys"]) <= 500 and timed["downsampled"] is True
         assert set(timed["xs"]) == {"2026-01-01 00:00:00.000"}
 
 
@@ -683,6 +686,16 @@ class Server:
         m = re.match(r"(http://[^/]+)/", self.url)
         assert m, self.url
         return m.group(1)
+
+    @property
+    def token(self) -> str:
+        m = re.search(r"\?token=([A-Za-z0-9_\-]+)$", self.url)
+        assert m, self.url
+        return m.group(1)
+
+    def get(self, path: str, headers: Optional[dict[str, str]] = None) -> tuple[int, Any, bytes]:
+        """GET ``path`` with the server's token."""
+        return fetch(self.base + path, {"Authorization": f"Bearer {self.token}", **(headers or {})})
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         self.proc.send_signal(sig)
@@ -725,18 +738,19 @@ def ui_server(db: str, *args: str, cwd: Optional[Path] = None) -> Iterator[Serve
 def test_cli_ui_serves(db_path: str, built: dict[str, Any], tmp_path: Path) -> None:
     with ui_server(db_path, cwd=tmp_path) as server:
         assert db_path in server.first_line
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", server.url), server.url
-        status, headers, body = fetch(server.url)
+        # loopback too: a made token of 256 bits in the printed URL, as Jupyter does
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-]{43}", server.url), server.url
+        status, headers, body = server.get("/")
         assert status == 200 and b"/static/app.js" in body
         assert headers["X-Content-Type-Options"] == "nosniff"
-        status, _, body = fetch(server.base + "/api/experiments")
+        status, _, body = server.get("/api/experiments")
         assert status == 200
         assert sorted(e["id"] for e in strict(body)["experiments"]) == sorted(built[k] for k in "abcd")
-        status, _, body = fetch(server.base + f"/api/experiments/{built['a']}/artifacts/{built['artifacts']['png']}")
+        status, _, body = server.get(f"/api/experiments/{built['a']}/artifacts/{built['artifacts']['png']}")
         assert (status, body) == (200, PNG)
-        status, _, _ = fetch(server.base + "/static/plotly.min.js")
+        status, _, _ = server.get("/static/plotly.min.js")
         assert status == 200
-        status, _, _ = fetch(server.base + "/api/experiments", headers={"Host": "evil.example"})
+        status, _, _ = server.get("/api/experiments", headers={"Host": "evil.example"})
         assert status == 400
         server.stop(signal.SIGINT)  # it stops (the exit status: see the next test)
         assert "Traceback" not in "".join(server.stderr), "".join(server.stderr)
@@ -745,7 +759,7 @@ def test_cli_ui_serves(db_path: str, built: dict[str, Any], tmp_path: Path) -> N
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_cli_ui_exits_0_on_signal(db_path: str, built: dict[str, Any], tmp_path: Path, sig: int) -> None:
     with ui_server(db_path, cwd=tmp_path) as server:
-        assert fetch(server.base + "/api/experiments")[0] == 200
+        assert server.get("/api/experiments")[0] == 200
         assert server.stop(sig) == 0, "".join(server.stderr)
 
 
@@ -771,17 +785,19 @@ def test_cli_ui_beyond_loopback_requires_the_token(db_path: str, built: dict[str
 
 
 def test_cli_ui_token_file(db_path: str, built: dict[str, Any], tmp_path: Path) -> None:
+    token = "tok-from-file-" + "f" * 32
     token_file = tmp_path / "token"
-    token_file.write_text("tok-from-file\n")
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     with ui_server(db_path, "--token-file", str(token_file), cwd=tmp_path) as server:
-        assert server.url.endswith("/?token=tok-from-file"), server.url
+        assert server.url.endswith(f"/?token={token}"), server.url
         assert fetch(server.base + "/api/experiments")[0] == 401
-        assert fetch(server.base + "/api/experiments", {"Authorization": "Bearer tok-from-file"})[0] == 200
+        assert fetch(server.base + "/api/experiments", {"Authorization": f"Bearer {token}"})[0] == 200
         server.stop(signal.SIGTERM)
 
 
-def _one_line_error(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+def _one_line_error(done: subprocess.CompletedProcess, code: int = 1) -> str:
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

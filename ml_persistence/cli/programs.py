@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from .. import core
@@ -38,16 +39,25 @@ def demo(args: argparse.Namespace) -> int:
 def ui(args: argparse.Namespace) -> int:
     """Serve the read-only web UI."""
     from ..address import read_token
+    from ..protocol import is_loopback
     from ..ui import missing_extra, serve
-    from .database import CLIError, open_read
+    from .database import USAGE, CLIError, open_read
 
+    if args.no_token and args.token_file:
+        raise CLIError("--no-token and --token-file contradict each other", USAGE)
+    if args.no_token and not is_loopback(args.host):
+        raise CLIError(f"--no-token is refused on {args.host}: beyond loopback the UI always needs a token", USAGE)
+    for root in args.artifact_root:
+        if not os.path.isdir(root):
+            raise CLIError(f"--artifact-root {root} is not a directory", USAGE)
     problem = missing_extra()
     if problem:
         raise CLIError(problem)
     open_read(args.db).close()
     token = read_token(args.token_file)
     try:
-        return serve(args.db, args.host, args.port, token, args.open)
+        return serve(args.db, args.host, args.port, token, args.open, no_token=args.no_token,
+                     artifact_roots=args.artifact_root)
     except OSError as exc:
         raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
 
@@ -69,13 +79,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser("ui", parents=[common], help="a local web UI: runs, curves, comparisons",
                        description="Serve a read-only web UI over the database: the runs, each run's curves "
-                       "(downsampled for large runs), comparisons, updating live. Binds 127.0.0.1 by default; "
-                       "any other address requires a token (made for you unless --token-file gives one). "
-                       "Needs: pip install 'ml_persistence[ui]'.")
+                       "(downsampled for large runs), comparisons, updating live. Binds 127.0.0.1 by default. "
+                       "Every address requires a token (made for you unless --token-file gives one): open the "
+                       "URL it prints. Artifact files are served only from inside the database's directory "
+                       "and --artifact-root directories. Needs: pip install 'ml_persistence[ui]'.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=arguments.port, default=8765, help="port (default: 8765; 0 = any free port)")
     p.add_argument("--open", action="store_true", help="open it in the web browser")
     p.add_argument("--token-file", metavar="PATH", help="file holding the access token")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without a token (loopback only): every local user can then read the runs")
+    p.add_argument("--artifact-root", metavar="DIR", action="append", default=[],
+                   help="also serve artifact files from inside DIR (repeatable; the database's directory always)")
     p.set_defaults(run=ui)
 
     # Only listed here for --help: main() hands `agent ...` to the agent program before parsing.

@@ -6,12 +6,14 @@ import secrets
 import socket
 import sys
 import webbrowser
-from typing import Optional
+from typing import Optional, Sequence
 
+from ..errors import InvalidValueError
 from ..protocol import is_loopback
 from ..readonly import open_read_only
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+TOKEN_BYTES = 32  # a made token: 256 random bits, URL-safe
 
 
 def missing_extra() -> Optional[str]:
@@ -39,26 +41,38 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_browser: bool = False) -> int:
-    """Serve the UI until SIGINT/SIGTERM; off loopback a token is required (one is made if none is given)."""
+def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_browser: bool = False,
+          no_token: bool = False, artifact_roots: Sequence[str] = ()) -> int:
+    """Serve the UI until SIGINT/SIGTERM; a token is required on every address (one is made if none is given).
+
+    ``no_token`` serves without one, on loopback only: then every local user can read the runs.
+    """
     import uvicorn
 
+    from .artifacts import ArtifactRoots
     from .server import create_app
 
     _Server = _server_class()
 
     open_read_only(db_path).close()  # a clear error now rather than on every request
     loopback = is_loopback(host)
-    if not loopback and token is None:
-        token = secrets.token_urlsafe(24)
+    if no_token and (token is not None or not loopback):
+        raise InvalidValueError("--no-token is only allowed on a loopback address, without a token")
+    if token is None and not no_token:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
     hosts = (LOOPBACK_NAMES | {host}) if loopback else set()
-    app = create_app(db_path, token=token, hosts=hosts, cookie=f"mlp_token_{bound}")
+    app = create_app(db_path, token=token, hosts=hosts, cookie=f"mlp_token_{bound}", artifact_roots=artifact_roots)
     print(f"ml-persistence ui: serving {db_path} (read-only) at {url}", flush=True)
-    if not loopback:
+    roots = ", ".join(ArtifactRoots(db_path, artifact_roots).paths)
+    print(f"ml-persistence ui: artifact files are served only from inside: {roots}", flush=True)
+    if no_token:
+        print("ml-persistence ui: warning: --no-token: every user of this machine can read the runs "
+              "(and the artifacts above) at this URL", file=sys.stderr, flush=True)
+    elif not loopback:
         print("ml-persistence ui: listening beyond this machine: the runs are readable by whoever has the "
               "URL above (its token)", file=sys.stderr, flush=True)
     if open_browser:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import mimetypes
-import os
 import sqlite3
 import threading
 import time
@@ -13,14 +11,13 @@ from typing import Any, Optional, Sequence
 from .. import queries
 from .. import liveness
 from ..liveness import with_liveness
+from .artifacts import ArtifactRoots
 
 # Timestamps are fixed-format text, so MIN/MAX and ORDER BY on the text itself order them in time.
 AXES = {"episode": "episode", "step": "step", "time": "timestamp"}
-MAX_POINTS = 5000
-# Served inline; anything else is a download. SVG is left out on purpose: it can carry script.
-INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                ".webp": "image/webp", ".txt": "text/plain", ".log": "text/plain", ".json": "text/plain",
-                ".csv": "text/plain", ".yaml": "text/plain", ".yml": "text/plain", ".md": "text/plain"}
+# The curve resolutions served: a few, so every client's curves share the cache (see params.points).
+POINTS = (250, 500, 1000, 2000, 5000)
+MAX_POINTS = POINTS[-1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 
 
@@ -83,16 +80,7 @@ def _catalog(conn: sqlite3.Connection, experiment_id: int) -> list[dict[str, Any
     return out
 
 
-def artifact_file(path: Optional[str], db_path: str) -> Optional[str]:
-    """Return where a registered artifact's file is: as given, else beside the database; or None."""
-    if not path:
-        return None
-    candidates = [path] if os.path.isabs(path) else [
-        os.path.join(os.path.dirname(os.path.abspath(db_path)), path), os.path.abspath(path)]
-    return next((c for c in candidates if os.path.isfile(c)), None)
-
-
-def run(conn: sqlite3.Connection, experiment_id: int, db_path: str) -> Optional[dict[str, Any]]:
+def run(conn: sqlite3.Connection, experiment_id: int, roots: ArtifactRoots) -> Optional[dict[str, Any]]:
     """Return everything the run page shows, or None."""
     exp = queries.get_experiment(conn, experiment_id)
     if exp is None:
@@ -101,9 +89,9 @@ def run(conn: sqlite3.Connection, experiment_id: int, db_path: str) -> Optional[
     best = queries.get_best_model(conn, experiment_id)
     artifacts = queries.list_artifacts(conn, experiment_id)
     for a in artifacts:
-        available = artifact_file(a["artifact_path"], db_path) is not None
-        a["url"] = f"/api/experiments/{experiment_id}/artifacts/{a['id']}" if available else None
-        a["is_image"] = str(a["artifact_path"]).lower().endswith(IMAGE_SUFFIXES)
+        real = roots.locate(a["artifact_path"])  # None: missing, or outside the roots (never served)
+        a["url"] = f"/api/experiments/{experiment_id}/artifacts/{a['id']}" if real is not None else None
+        a["is_image"] = str(real or a["artifact_path"]).lower().endswith(IMAGE_SUFFIXES)
     metrics = _catalog(conn, experiment_id)
     return {
         "experiment": exp,
@@ -165,6 +153,8 @@ class SeriesCache:
         self.entries = entries
         self._items: dict[tuple, tuple[float, float, int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, conn: sqlite3.Connection, key: tuple, experiment_id: int, name: str, axis: str,
             points: int) -> dict[str, Any]:
@@ -176,9 +166,12 @@ class SeriesCache:
         if hit is not None:
             made, cost, cached_last, value = hit
             if cached_last == last_id or (cost > 0.05 and now - made < 4 * cost):
+                with self._lock:
+                    self.hits += 1
                 return value
         value = series(conn, experiment_id, name, axis, points)
         with self._lock:
+            self.misses += 1
             if len(self._items) >= self.entries:
                 self._items.pop(next(iter(self._items)))
             self._items[key] = (now, time.monotonic() - now, last_id, value)
@@ -201,16 +194,8 @@ def compare(conn: sqlite3.Connection, ids: Sequence[int]) -> Optional[dict[str, 
     return {"experiments": runs, "hyperparameters": rows, "metrics": metrics}
 
 
-def artifact(conn: sqlite3.Connection, experiment_id: int, artifact_id: int, db_path: str) -> Optional[tuple[str, str, bool]]:
-    """Return (file, media type, inline) for a registered artifact of this run whose file exists, else None."""
+def artifact_path(conn: sqlite3.Connection, experiment_id: int, artifact_id: int) -> Optional[str]:
+    """Return the path registered for an artifact of this run, or None (no such artifact, or no path)."""
     row = conn.execute("SELECT artifact_path FROM artifacts WHERE id = ? AND experiment_id = ?",
                        (artifact_id, experiment_id)).fetchone()
-    if row is None:
-        return None
-    found = artifact_file(row[0], db_path)
-    if found is None:
-        return None
-    suffix = os.path.splitext(found)[1].lower()
-    if suffix in INLINE_TYPES:
-        return found, INLINE_TYPES[suffix], True
-    return found, mimetypes.guess_type(found)[0] or "application/octet-stream", False
+    return None if row is None or not isinstance(row[0], str) else row[0]

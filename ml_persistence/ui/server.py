@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
+from urllib.parse import quote
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import queries
 from ..readonly import ReadError, open_read_only
 from ..strictjson import json_safe
-from . import data
+from . import data, params
+from .artifacts import ArtifactRoots
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 TOKEN_COOKIE = "mlp_token"
-MAX_ID = 2**63 - 1  # sqlite3 cannot bind a larger id; one asked for reads as this one, which no run has
 SECURITY_HEADERS = {
     # Plotly sets inline styles; no inline or remote script is allowed anywhere.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -52,11 +54,17 @@ def _error(status: int, message: str) -> StrictJSON:
     return StrictJSON({"error": message}, status_code=status)
 
 
-def _int(text: Optional[str], default: int) -> int:
-    try:
-        return int(text) if text is not None else default
-    except ValueError:
-        return default
+def _answers_bad_requests(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """Turn a params.BadRequest raised by ``handler`` into a 400."""
+
+    @functools.wraps(handler)
+    def answer(request: Request) -> Response:
+        try:
+            return handler(request)
+        except params.BadRequest as exc:
+            return _error(400, str(exc))
+
+    return answer
 
 
 def _host_name(header: str) -> str:
@@ -102,13 +110,15 @@ class Guard(BaseHTTPMiddleware):
 
 
 def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[str]] = None,
-               cookie: str = TOKEN_COOKIE) -> Starlette:
+               cookie: str = TOKEN_COOKIE, artifact_roots: Sequence[str] = ()) -> Starlette:
     """Build the app for ``db_path``; ``token`` protects every route; ``hosts`` are the accepted Host names.
 
+    Artifacts are served only from inside the database's directory and ``artifact_roots``.
     Cookies ignore ports: give each server on a host its own ``cookie`` name.
     """
 
     cache = data.SeriesCache()
+    roots = ArtifactRoots(db_path, artifact_roots)
 
     def read(work: Callable[[Any], Any]) -> Any:
         try:
@@ -123,29 +133,35 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
     def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
 
+    @_answers_bad_requests
     def list_experiments(request: Request) -> Response:
         q = request.query_params
-        return read(lambda conn: StrictJSON(data.experiments(
-            conn, q.get("type") or None, q.get("status") or None, q.getlist("tag"), q.get("q") or None)))
+        experiment_type, status, name = (params.text(q.get(k), k) for k in ("type", "status", "q"))
+        tags = params.tags(q.getlist("tag"))
+        return read(lambda conn: StrictJSON(data.experiments(conn, experiment_type, status, tags, name)))
 
+    @_answers_bad_requests
     def experiment(request: Request) -> Response:
-        exp_id = request.path_params["experiment_id"]
-        if exp_id > MAX_ID:
-            return _error(404, f"no experiment {exp_id}")
+        exp_id = params.row_id(request.path_params["experiment_id"])
+        if exp_id is None:
+            return _error(404, "no such experiment")
 
         def work(conn: Any) -> Response:
-            found = data.run(conn, exp_id, db_path)
+            found = data.run(conn, exp_id, roots)
             return StrictJSON(found) if found is not None else _error(404, f"no experiment {exp_id}")
 
         return read(work)
 
+    @_answers_bad_requests
     def metric(request: Request) -> Response:
-        exp_id = min(request.path_params["experiment_id"], MAX_ID)
+        exp_id = params.row_id(request.path_params["experiment_id"])
         name = request.query_params.get("name")
         axis = request.query_params.get("x", "step")
         if not name or axis not in data.AXES:
             return _error(400, f"name and x ({', '.join(data.AXES)}) are required")
-        points = _int(request.query_params.get("points"), 2000)
+        points = params.points(request.query_params.get("points"))
+        if exp_id is None:
+            return _error(404, "no such experiment")
 
         def work(conn: Any) -> Response:
             if not queries.experiment_exists(conn, exp_id):
@@ -154,29 +170,34 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
 
         return read(work)
 
+    @_answers_bad_requests
     def compare(request: Request) -> Response:
-        ids = [min(i, MAX_ID) for i in (_int(p, -1) for p in request.query_params.get("ids", "").split(","))
-               if i >= 0]
-        if len(ids) < 1:
-            return _error(400, "ids=1,2,... is required")
+        ids = params.ids(request.query_params.get("ids"))
+        if None in ids:
+            return _error(404, "no such experiment")
 
         def work(conn: Any) -> Response:
-            found = data.compare(conn, list(dict.fromkeys(ids)))
+            found = data.compare(conn, ids)
             return StrictJSON(found) if found is not None else _error(404, "no such experiment")
 
         return read(work)
 
+    @_answers_bad_requests
     def artifact(request: Request) -> Response:
-        exp_id, art_id = (min(request.path_params[k], MAX_ID) for k in ("experiment_id", "artifact_id"))
-        found = read(lambda conn: data.artifact(conn, exp_id, art_id, db_path))
-        if isinstance(found, Response):
-            return found
-        if found is None:
-            return _error(404, "no such artifact file for this experiment")
-        path, media_type, inline = found
-        response = FileResponse(path, media_type=media_type,
-                                content_disposition_type="inline" if inline else "attachment",
-                                filename=os.path.basename(path))
+        exp_id, art_id = (params.row_id(request.path_params[k]) for k in ("experiment_id", "artifact_id"))
+        missing = _error(404, "no such artifact file for this experiment, or outside the served directories")
+        if exp_id is None or art_id is None:
+            return missing
+        registered = read(lambda conn: data.artifact_path(conn, exp_id, art_id))
+        if isinstance(registered, Response):
+            return registered
+        opened = roots.open(registered)
+        if opened is None:
+            return missing
+        media_type, inline = opened.media()
+        response = StreamingResponse(opened.chunks(), media_type=media_type)
+        response.headers["Content-Length"] = str(opened.info.st_size)
+        response.headers["Content-Disposition"] = _disposition("inline" if inline else "attachment", opened.name)
         response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; img-src 'self'"
         return response
 
@@ -186,12 +207,20 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
     routes = [
         Route("/", index),
         Route("/api/experiments", list_experiments),
-        Route("/api/experiments/{experiment_id:int}", experiment),
-        Route("/api/experiments/{experiment_id:int}/metric", metric),
-        Route("/api/experiments/{experiment_id:int}/artifacts/{artifact_id:int}", artifact),
+        Route("/api/experiments/{experiment_id}", experiment),
+        Route("/api/experiments/{experiment_id}/metric", metric),
+        Route("/api/experiments/{experiment_id}/artifacts/{artifact_id}", artifact),
         Route("/api/compare", compare),
         Route("/static/plotly.min.js", plotly),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     middleware = [Middleware(Guard, token=token, hosts=hosts or set(), cookie=cookie)]
-    return Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.series_cache = cache  # its hits and misses show whether clients share curves
+    return app
+
+
+def _disposition(kind: str, filename: str) -> str:
+    """Return a Content-Disposition header for ``filename`` (RFC 5987 form when it is not plain ASCII)."""
+    quoted = quote(filename)
+    return f'{kind}; filename="{filename}"' if quoted == filename else f"{kind}; filename*=utf-8''{quoted}"

@@ -989,7 +989,7 @@
           } else if (url) {
             body = el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'artifact-link' }, name);
           } else {
-            body = el('span', { class: 'artifact-missing', title: 'The file is not available' }, name);
+            body = el('span', { class: 'artifact-missing', title: 'Not served: the file is missing or outside the directories this UI serves' }, name);
           }
           const size = toNumber(a.file_size_mb);
           return el('li', { class: 'artifact', dataset: { id: a.id } },
