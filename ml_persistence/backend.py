@@ -10,7 +10,14 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import schema
 from .buffer import EventBuffer
-from .errors import ClosedError, EventsDroppedError, FlushTimeoutError, InvalidValueError, WriterError
+from .errors import (
+    ClosedError,
+    EventsDroppedError,
+    EventsSavedError,
+    FlushTimeoutError,
+    InvalidValueError,
+    WriterError,
+)
 from .store import end_experiments_now
 from .writer import Writer, WriterOptions
 
@@ -154,7 +161,9 @@ class Backend:
         self._writer: Optional[Writer] = None
         self._reader: Optional[sqlite3.Connection] = None
         self._reported = 0
-        self._retired = {"written": 0, "rejected": 0, "lost": 0}
+        self._retired = {"written": 0, "rejected": 0, "lost": 0, "saved": 0, "recovered": 0}
+        self._recovery_files: list[str] = []  # recovery files earlier writers saved
+        self._last_failure: Optional[BaseException] = None  # the last retired writer's first failure
         self._held_for_fork: Optional[threading.Lock] = None
         self.buffer = EventBuffer(
             self.options.max_queue, self.options.wake_threshold, self._kick, self.options.new_spool()
@@ -263,6 +272,9 @@ class Backend:
     def _retire(self, writer: Writer) -> None:
         for key in self._retired:
             self._retired[key] += getattr(writer, key)
+        self._recovery_files.extend(writer.recovery_files)
+        if writer.failure is not None:
+            self._last_failure = writer.failure
 
     def end_now(self, events: list[Any], timeout: float) -> None:
         """End experiments without the writer thread: for interpreter exit, when no thread may start."""
@@ -271,28 +283,34 @@ class Backend:
     # -- losses and status ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Return counters: queued, spooled, spilled, written, dropped, rejected, lost, busy_retries, failure."""
+        """Return counters: queued, spooled, spilled, written, dropped, rejected, lost, saved, recovered,
+        busy_retries, failure; where the spool goes (spool_dir); recovery_files saved; and the
+        condition that holds writes back, if any ({"reason", "since", "retries"}, else None)."""
         writer = self._writer
         counts = dict(self._retired)
         if writer is not None:
             for key in counts:
                 counts[key] += getattr(writer, key)
+        condition = writer.condition if writer is not None else None
         return {
             "path": self.path,
             "mode": "embedded",
             "queued": len(self.buffer),
             "spooled": len(self.buffer.spool),
             "spilled": self.buffer.spilled,
+            "spool_dir": self.buffer.spool.where(),
             "dropped": self.buffer.dropped,
             "writer_alive": bool(writer and writer.alive),
             "busy_retries": writer.busy_retries if writer else 0,
+            "condition": dict(condition) if condition is not None else None,
             "failure": repr(writer.failure) if writer and writer.failure else None,
+            "recovery_files": self._recovery_files + (writer.recovery_files if writer is not None else []),
             **counts,
         }
 
     def _raise_losses(self) -> None:
         s = self.status()
-        losses = s["dropped"] + s["rejected"] + s["lost"]
+        losses = s["dropped"] + s["rejected"] + s["lost"] + s["saved"]
         if losses <= self._reported:
             return
         self._reported = losses
@@ -301,8 +319,22 @@ class Backend:
             f"{s['dropped']} events dropped (spool full), {s['rejected']} refused by the database, "
             f"{s['lost']} unwritten at a close deadline"
         )
+        if s["saved"] and not (s["dropped"] or s["rejected"] or s["lost"]):
+            cause = writer.failure if writer is not None else self._last_failure
+            message = f"{s['saved']} events unwritten at the close deadline" + (f" ({cause})" if cause else "")
+        if s["saved"]:
+            from . import recovery
+
+            files = s["recovery_files"]
+            message += (
+                f"; saved to {', '.join(files)}. Store them with: "
+                + " && ".join(recovery.command(f, self.path) for f in files)
+                + " (the next writer on this database also does)"
+            )
         if s["dropped"]:
             raise EventsDroppedError(message)
+        if s["saved"]:
+            raise EventsSavedError(message, tuple(s["recovery_files"]))
         error = WriterError(message)
         if writer is not None and writer.failure is not None:
             error.__cause__ = writer.failure

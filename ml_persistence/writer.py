@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -16,16 +17,21 @@ import anyio
 import msgspec
 
 from . import events as ev
+from . import recovery
 from .buffer import Barrier, Batch, EventBuffer, Request
 from .spool import Spool
-from .errors import WriterError
-from .store import Store, is_busy
+from .errors import EventsSavedError, WriterError
+from .store import BUSY, ENVIRONMENT, REFUSED, Store, classify, is_busy, local_text
 
 log = logging.getLogger("ml_persistence")
 
 
 class _Abandoned(Exception):
-    """The close deadline passed while the database was still locked."""
+    """The close deadline passed while the database was still locked, or could not be written."""
+
+
+_NOTICE_GRACE = 2.0  # seconds past a stop deadline for the writer to notice it (one SQLite busy wait)
+_SAVE_GRACE = 30.0  # seconds past a stop deadline for the writer to finish saving a recovery file
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,16 @@ class Writer:
         self.options = options
         self.written = 0  # events committed
         self.rejected = 0  # events the database refused (each logged)
-        self.lost = 0  # events still unwritten when a close deadline passed
+        self.lost = 0  # events unwritten at a close deadline that no recovery file could take
+        self.saved = 0  # events unwritten at a close deadline, saved to a recovery file instead
+        self.recovered = 0  # events this writer stored from earlier recovery files
+        self.recovery_files: list[str] = []  # the files it saved
+        # Set while the disk, file or system refuses writes: {"reason", "since", "retries"}.
+        self.condition: Optional[dict[str, Any]] = None
+        self._condition_started = 0.0
+        self._unwritten: list[bytes] = []  # encoded events abandoned at the deadline, in order
+        self._unwritten_keys: list[Optional[tuple[str, int]]] = []  # their agent (client, seq), if any
+        self._saving = False
         self.in_flight = 0  # events taken from the buffer and not yet committed or counted
         self._loss_lock = threading.Lock()
         self.failure: Optional[BaseException] = None  # first failure, re-raised by flush()
@@ -98,6 +113,10 @@ class Writer:
         self.wake()
         self._thread.join(timeout)
         if self._thread.is_alive():
+            self._thread.join(_NOTICE_GRACE)  # past the deadline: it gives up at its next retry
+        if self._thread.is_alive() and self._saving:
+            self._thread.join(_SAVE_GRACE)
+        if self._thread.is_alive():
             self.done = True
             self._lose_in_flight()
             self._give_up()
@@ -136,9 +155,10 @@ class Writer:
         self._loop = asyncio.get_running_loop()
         self._store = store = await self._open()
         try:
+            await self._apply_recovery_files(store)
             while True:
                 await self._step(store)
-                if self._closing and not len(self.buffer) and not self.buffer.requests:
+                if self._closing and not len(self.buffer) and not self.buffer.requests and not self._unwritten:
                     self.done = True
                     return
                 if self._past_deadline():
@@ -168,10 +188,26 @@ class Writer:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
+    async def _apply_recovery_files(self, store: Store) -> None:
+        """Store the events of earlier recovery files for this database first: they were logged earlier."""
+        for path in recovery.pending(self.path):
+            try:
+                with self.gate:
+                    applied = await recovery.apply_to(store, path)
+            except Exception as exc:  # noqa: BLE001 - the file stays for the next writer or `recover`
+                log.warning("ml_persistence: could not apply recovery file %s yet: %s", path, exc)
+                continue
+            self.recovered += applied.stored
+            self.rejected += applied.refused
+            log.warning(
+                "ml_persistence: applied recovery file %s to %s: %d events stored, %d were already there",
+                path, self.path, applied.stored, applied.skipped,
+            )
+
     async def _step(self, store: Store) -> None:
         """Serve waiting requests, then commit queued events in batches (the writer's one unit of work)."""
         await self._serve(store, self.buffer.take_requests())
-        while True:
+        while not self._unwritten:  # once a batch is abandoned at the deadline, the rest follows it
             items = self.buffer.take(self.options.batch_size)
             if not items:
                 return
@@ -190,20 +226,24 @@ class Writer:
             if not self.buffer.filled(items, self.options.batch_size):
                 return
 
-    def _decode(self, work: Sequence[Any]) -> tuple[list[ev.Event], dict[str, int]]:
-        """Return the events of ``work`` (encoded bytes or agent Batches) and each client's new high-water mark."""
+    def _decode(self, work: Sequence[Any]) -> tuple[list[ev.Event], dict[str, int], list[Optional[bytes]]]:
+        """Return the events of ``work`` (encoded bytes or agent Batches), each client's new
+        high-water mark, and each event's encoded bytes (None for an agent's, decoded already)."""
         decoded: list[ev.Event] = []
         marks: dict[str, int] = {}
+        sources: list[Optional[bytes]] = []
         for item in work:
             if type(item) is Batch:
                 decoded.extend(item.events)
+                sources.extend([None] * len(item.events))
                 marks[item.client_id] = item.last_seq
                 continue
             try:
                 decoded.append(ev.decode(item))
+                sources.append(item)
             except msgspec.DecodeError as exc:
                 self._reject(exc, "undecodable event")
-        return decoded, marks
+        return decoded, marks, sources
 
     async def _commit(self, store: Store, work: Sequence[Any]) -> bool:
         """Commit events in one transaction; if the database refuses it, retry one by one.
@@ -211,7 +251,7 @@ class Writer:
         Return False if the events were abandoned at a close deadline, True once each is stored
         or refused.
         """
-        events, marks = self._decode(work)
+        events, marks, sources = self._decode(work)
         self.in_flight = len(events)
         if not events and not marks:
             return True
@@ -221,20 +261,23 @@ class Writer:
             self.in_flight = 0
             return True
         except _Abandoned:
-            self._lose_in_flight()
+            self._keep_unwritten(work, events, sources, 0)
             return False
-        except Exception:  # noqa: BLE001 - find the event(s) the database refuses
-            pass
+        except Exception as exc:  # noqa: BLE001 - find the event(s) the database refuses
+            if classify(exc) != REFUSED:
+                raise  # fatal: the writer stops, and flush() raises it
         # One bad event must not take the rest of its batch with it. An agent client's event is
         # committed with its own sequence mark, so a crash here cannot lead to a replayed duplicate.
-        for event, (mark, batch) in zip(events, _marks_per_event(work, len(events))):
+        for i, (event, (mark, batch)) in enumerate(zip(events, _marks_per_event(work, len(events)))):
             try:
                 await self._retrying(functools.partial(store.apply, marks=mark), [event])
                 self.written += 1
             except _Abandoned:
-                self._lose_in_flight()
+                self._keep_unwritten(work, events, sources, i)
                 return False
             except Exception as exc:  # noqa: BLE001
+                if classify(exc) != REFUSED:
+                    raise
                 self._reject(exc, f"database refused {type(event).__name__}")
                 if batch is not None:
                     batch.rejected += 1
@@ -245,8 +288,23 @@ class Writer:
             except _Abandoned:
                 return False
             except Exception as exc:  # noqa: BLE001
+                if classify(exc) != REFUSED:
+                    raise
                 self._reject(exc, "database refused a client's sequence mark")
         return True
+
+    def _keep_unwritten(
+        self, work: Sequence[Any], events: list[ev.Event], sources: list[Optional[bytes]], start: int
+    ) -> None:
+        """Keep ``events[start:]`` of a batch abandoned at the close deadline, for the recovery file."""
+        marks = _marks_per_event(work, len(events))
+        with self._loss_lock:
+            if not self.in_flight:
+                return  # stop() gave up on this batch already (and counted it lost)
+            for event, source, (mark, _) in list(zip(events, sources, marks))[start:]:
+                self._unwritten.append(source if source is not None else ev.encode(event))
+                self._unwritten_keys.append(next(iter(mark.items())) if mark else None)
+            self.in_flight = 0
 
     async def _serve(self, store: Store, requests: list[Request]) -> None:
         """Apply id-returning events in one transaction and resolve their futures."""
@@ -278,7 +336,9 @@ class Writer:
             for _, request in pending:
                 request.future.set_exception(WriterError(str(exc)))
             return
-        except Exception:  # noqa: BLE001 - find the request(s) the database refuses
+        except Exception as exc:  # noqa: BLE001 - find the request(s) the database refuses
+            if classify(exc) != REFUSED:
+                raise
             ids = None
         if ids is not None:
             self.written += len(ids)
@@ -297,22 +357,76 @@ class Writer:
                 request.future.set_result(row_id)
 
     async def _retrying(self, apply, events):  # type: ignore[no-untyped-def]
-        """Call ``apply(events)``, waiting out a locked database with backoff until the close deadline."""
+        """Call ``apply(events)``, waiting out a locked database, a full disk or an unavailable file
+        with backoff until the close deadline; raise what the database refuses (see store.classify)."""
         delay = 0.02
         while not self.done:
             try:
                 with self.gate:
-                    return await apply(events)
+                    result = await apply(events)
             except Exception as exc:  # noqa: BLE001
-                if not is_busy(exc):
+                kind = classify(exc)
+                if kind not in (BUSY, ENVIRONMENT):
                     raise
+                failure = exc
+            else:
+                if self.condition is not None:
+                    await self._resumed()
+                return result
             if self._past_deadline():
-                self._record(WriterError(f"database {self.path!r} stayed locked past the close deadline"))
-                raise _Abandoned("the database stayed locked past the close deadline")
-            self.busy_retries += 1
-            await anyio.sleep(delay)
+                what = "stayed locked" if kind == BUSY else f"could not be written ({failure})"
+                self._record(WriterError(f"database {self.path!r} {what} past the close deadline"))
+                raise _Abandoned(f"the database {what} past the close deadline")
+            if kind == BUSY:
+                self.busy_retries += 1
+            else:
+                self._stalled(failure)
+                with self.gate:  # a full device may only need the write-ahead log moved into the database
+                    await self._store_checkpoint()
+            await self._pause(delay)
             delay = min(delay * 2, self.options.max_backoff)
         raise _Abandoned("the writer was stopped at its close deadline")
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds of backoff, ending early at wake() (a flush, stop()) and never past
+        the close deadline."""
+        if self._deadline is not None:
+            await anyio.sleep(min(delay, max(0.0, self._deadline - time.monotonic())))
+            return
+        self._wake_event = anyio.Event()
+        with anyio.move_on_after(delay):
+            await self._wake_event.wait()
+
+    async def _store_checkpoint(self) -> None:
+        if self._store is not None:
+            await self._store.checkpoint()
+
+    def _stalled(self, exc: BaseException) -> None:
+        """Note one more failed try at writing; say so once, when the condition starts."""
+        if self.condition is not None:
+            self.condition["retries"] += 1
+            return
+        now = time.time()
+        self._condition_started = time.monotonic()
+        self.condition = {"reason": str(exc) or type(exc).__name__, "since": local_text(now), "retries": 1}
+        spool = self.buffer.spool.where()
+        log.warning(
+            "ml_persistence: cannot write to %s (%s; %s free on its filesystem); keeping events in memory "
+            "(then in a spool file under %s) and retrying until it can",
+            self.path, self.condition["reason"], _free_space(self.path), spool,
+        )
+
+    async def _resumed(self) -> None:
+        """Say once that writing works again, and give the write-ahead log's space back."""
+        stalled = time.monotonic() - self._condition_started
+        retries = self.condition["retries"] if self.condition else 0
+        self.condition = None
+        log.warning(
+            "ml_persistence: writing to %s again after %.1f s (%d retries); catching up in logging order",
+            self.path, stalled, retries,
+        )
+        with self.gate:
+            await self._store_checkpoint()
 
     def _reject(self, exc: BaseException, what: str) -> None:
         self.rejected += 1
@@ -324,12 +438,40 @@ class Writer:
             self.failure = exc
 
     def _give_up(self) -> None:
-        """Count everything still queued as lost and release its waiters (at a passed close deadline)."""
-        items = self.buffer.take(len(self.buffer))
-        requests = self.buffer.take_requests()
-        self.lost += sum(len(i) if type(i) is Batch else 1 for i in items if type(i) is not Barrier)
-        self.lost += len(requests)
-        error = WriterError(f"close deadline passed with {self.lost} events unwritten")
+        """At a passed close deadline: save everything unwritten to a recovery file (count it lost if
+        nothing can take one) and release its waiters."""
+        with self._loss_lock:
+            self._saving = True
+            items = self.buffer.take(len(self.buffer))
+            requests = self.buffer.take_requests()
+            payloads, keys = self._unwritten, self._unwritten_keys
+            self._unwritten, self._unwritten_keys = [], []
+            for item in items:
+                if type(item) is Batch:
+                    payloads.extend(ev.encode(e) for e in item.events)
+                    keys.extend((item.client_id, seq) for seq in _seqs(item))
+                elif type(item) is not Barrier:
+                    payloads.append(item)
+                    keys.append(None)
+            self.lost += len(requests)  # their callers got an error: they know
+            path = None
+            if payloads:
+                try:
+                    path = recovery.save(self.path, payloads, keys)
+                except Exception as exc:  # noqa: BLE001 - a recovery that fails must still release waiters
+                    log.error("ml_persistence: could not save a recovery file: %r", exc)
+            if path is not None:
+                self.saved += len(payloads)
+                self.recovery_files.append(path)
+            else:
+                self.lost += len(payloads)
+            self._saving = False
+        if path is not None:
+            error: WriterError = EventsSavedError(
+                f"close deadline passed with {len(payloads)} events unwritten; saved to {path}", (path,)
+            )
+        else:
+            error = WriterError(f"close deadline passed with {self.lost} events unwritten")
         self._record(error)
         for item in items:
             if type(item) is Barrier:
@@ -363,10 +505,23 @@ def _marks_per_event(work: Sequence[Any], n: int) -> list[tuple[Optional[dict[st
     marks: list[tuple[Optional[dict[str, int]], Optional[Batch]]] = []
     for item in work:
         if type(item) is Batch:
-            seqs = item.seqs
-            if seqs is None:
-                seqs = range(item.last_seq - len(item.events) + 1, item.last_seq + 1)
-            marks.extend(({item.client_id: seq}, item) for seq in seqs)
+            marks.extend(({item.client_id: seq}, item) for seq in _seqs(item))
         else:
             marks.append((None, None))
     return marks
+
+
+def _seqs(batch: Batch) -> Sequence[int]:
+    """Return each event's sequence number in an agent ``batch``."""
+    if batch.seqs is not None:
+        return batch.seqs
+    return range(batch.last_seq - len(batch.events) + 1, batch.last_seq + 1)
+
+
+def _free_space(path: str) -> str:
+    """Return the free space of ``path``'s filesystem as text, for a log line."""
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+    return f"{info.f_bavail * info.f_frsize / 1e6:.1f} MB"

@@ -1,4 +1,4 @@
-"""Maintenance commands: backup, vacuum, check, delete."""
+"""Maintenance commands: backup, vacuum, check, delete, recover."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from .. import schema
+from .. import recovery, schema
 from ..liveness import with_liveness
 from .. import queries
 from . import arguments
@@ -195,6 +195,28 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def recover(args: argparse.Namespace) -> int:
+    """Store the events of recovery files in their database exactly once, then delete the files."""
+    for path in args.files:
+        try:
+            header = recovery.read_header(path)
+        except FileNotFoundError:
+            raise CLIError(f"{path}: no such recovery file (applied already, or never saved)") from None
+        except ValueError as exc:
+            raise CLIError(str(exc), 2) from None
+        db = args.target_db or header.get("db") or args.db
+        open_write(db).close()  # an existing ml_persistence database, never created here
+        try:
+            applied = recovery.apply(path, db)
+        except sqlite3.OperationalError as exc:
+            raise CLIError(f"cannot write to {db} now ({exc}); {path} is kept, try again") from exc
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        print(f"{path}: {out.plural(applied.stored, 'event')} stored in {db}, "
+              f"{applied.skipped} already there, {applied.refused} refused by the database; file removed")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the maintenance commands to the parser."""
     p = sub.add_parser("backup", parents=[common], help="consistent copy, safe while training writes",
@@ -223,3 +245,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--force", action="store_true", help="delete even a running (or stale) experiment")
     p.set_defaults(run=delete)
+
+    p = sub.add_parser("recover", help="store the events of a recovery file (saved at an exit deadline)",
+                       description="Store the events a trainer could not write before its exit deadline (a full "
+                       "disk, a locked or unavailable database) and saved to a recovery file instead. Each "
+                       "event is stored exactly once, however often this runs; the file is then removed. "
+                       "The next trainer that writes to the database does this by itself.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="recovery file(s), applied in the order given")
+    p.add_argument("--db", dest="target_db", default=None, metavar="PATH",
+                   help="database to store them in (default: the one the file was saved for)")
+    p.set_defaults(run=recover)
