@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -72,6 +75,36 @@ def test_no_token_on_loopback_serves_everyone_with_a_warning(db_path: str, tmp_p
         server.stop()
         warning = "".join(server.stderr)
         assert "warning: --no-token: every user of this machine can read the runs" in warning, warning
+
+
+def _pump(stream: Any, sink: Any) -> None:
+    for line in stream:
+        sink(line)
+
+
+def test_open_opens_the_printed_url_with_its_token(db_path: str, tmp_path: Path) -> None:
+    build(db_path, tmp_path)
+    browser = tmp_path / "browser"  # what $BROWSER names gets the URL: this one prints it
+    browser.write_text(f"#!{sys.executable}\nimport sys\nprint('opened', sys.argv[1], flush=True)\n")
+    browser.chmod(0o700)
+    proc = subprocess.Popen([sys.executable, "-m", "ml_persistence", "ui", "--db", db_path, "--port", "0", "--open"],
+                            cwd=tmp_path, env=subprocess_env(BROWSER=str(browser)), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_pump, args=(proc.stdout, lines.put), daemon=True)
+    reader.start()
+    try:
+        first = lines.get(timeout=60)
+        m = re.search(r"at (http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-]{43})$", first.strip())
+        assert m, first
+        line = lines.get(timeout=60)
+        while not line.startswith("opened "):
+            line = lines.get(timeout=60)
+        assert line.split()[1] == m.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
 
 
 @pytest.mark.parametrize("args, refused", [
@@ -256,6 +289,7 @@ def asgi_get(app: Any, raw_path: bytes, query: bytes = b"", headers: Optional[li
     from urllib.parse import unquote_to_bytes
 
     started: list[int] = []
+    given = list(headers or [])
 
     async def call() -> None:
         async def receive() -> dict:
@@ -268,7 +302,8 @@ def asgi_get(app: Any, raw_path: bytes, query: bytes = b"", headers: Optional[li
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
                  "method": "GET", "scheme": "http", "path": unquote_to_bytes(raw_path).decode("utf-8", "replace"),
                  "raw_path": raw_path, "query_string": query, "root_path": "", "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80), "headers": [(b"host", b"127.0.0.1"), *(headers or [])]}
+                 "server": ("127.0.0.1", 80), "headers": given if any(k == b"host" for k, _ in given)
+                 else [(b"host", b"127.0.0.1"), *given]}
         await app(scope, receive, send)
 
     anyio.run(call)
@@ -319,6 +354,21 @@ def test_hostile_urls_are_never_a_server_error(hostile_app: tuple[Any, dict[str,
         for headers in (auth, []):
             status = asgi_get(app, path, query, headers)
             assert status in (200, 303, 400, 401, 404), (path[:80], query[:80], status)
+
+
+HOSTILE_HEADERS = [[(b"host", b"[")], [(b"host", b"[::1")], [(b"host", b"\xff\xfe:80")], [(b"host", b":")],
+                   [(b"authorization", b"Bearer \xff\xfe")], [(b"authorization", b"Bearer")],
+                   [(b"cookie", b"mlp_token=\xff; =; ;;; a=\"")], [(b"cookie", b"mlp_token=" + TOKEN.encode() + b"\x00")],
+                   [(b"range", b"bytes=-1-2,99999999999999999999-")], [(b"if-range", b"\xff")]]
+
+
+def test_hostile_headers_are_never_a_server_error(hostile_app: tuple[Any, dict[str, Any]]) -> None:
+    app, built = hostile_app
+    artifact = b"/api/experiments/%d/artifacts/%d" % (built["a"], built["artifacts"]["png"])
+    for headers in HOSTILE_HEADERS:
+        for path in (b"/", b"/api/experiments", artifact, b"/static/app.js"):
+            status = asgi_get(app, path, b"", [*headers, (b"authorization", f"Bearer {TOKEN}".encode())])
+            assert status in (200, 400, 401, 404, 416), (path, headers, status)
 
 
 def test_the_issue_urls_are_404_and_400(hostile_app: tuple[Any, dict[str, Any]]) -> None:

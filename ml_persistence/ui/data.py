@@ -147,6 +147,7 @@ class SeriesCache:
     A curve whose rows changed is computed again, unless it is expensive (over 50 ms) and was
     computed less than 4 x that cost ago: re-reading big live curves then takes at most about a
     fifth of the server's time. A finished run's curves are reused until its rows change.
+    ``hits`` and ``misses`` count the lookups answered from the cache and the curves computed.
     """
 
     def __init__(self, entries: int = 256) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import os
 from typing import Any, Callable, Optional, Sequence
@@ -54,17 +53,9 @@ def _error(status: int, message: str) -> StrictJSON:
     return StrictJSON({"error": message}, status_code=status)
 
 
-def _answers_bad_requests(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """Turn a params.BadRequest raised by ``handler`` into a 400."""
-
-    @functools.wraps(handler)
-    def answer(request: Request) -> Response:
-        try:
-            return handler(request)
-        except params.BadRequest as exc:
-            return _error(400, str(exc))
-
-    return answer
+def _bad_request(request: Request, exc: Exception) -> Response:
+    """The answer to a params.BadRequest raised by a route: a 400 with its message."""
+    return _error(400, str(exc))
 
 
 def _host_name(header: str) -> str:
@@ -133,14 +124,12 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
     def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
 
-    @_answers_bad_requests
     def list_experiments(request: Request) -> Response:
         q = request.query_params
         experiment_type, status, name = (params.text(q.get(k), k) for k in ("type", "status", "q"))
         tags = params.tags(q.getlist("tag"))
         return read(lambda conn: StrictJSON(data.experiments(conn, experiment_type, status, tags, name)))
 
-    @_answers_bad_requests
     def experiment(request: Request) -> Response:
         exp_id = params.row_id(request.path_params["experiment_id"])
         if exp_id is None:
@@ -152,7 +141,6 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
 
         return read(work)
 
-    @_answers_bad_requests
     def metric(request: Request) -> Response:
         exp_id = params.row_id(request.path_params["experiment_id"])
         name = request.query_params.get("name")
@@ -170,7 +158,6 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
 
         return read(work)
 
-    @_answers_bad_requests
     def compare(request: Request) -> Response:
         ids = params.ids(request.query_params.get("ids"))
         if None in ids:
@@ -182,7 +169,6 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
 
         return read(work)
 
-    @_answers_bad_requests
     def artifact(request: Request) -> Response:
         exp_id, art_id = (params.row_id(request.path_params[k]) for k in ("experiment_id", "artifact_id"))
         missing = _error(404, "no such artifact file for this experiment, or outside the served directories")
@@ -215,7 +201,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     middleware = [Middleware(Guard, token=token, hosts=hosts or set(), cookie=cookie)]
-    app = Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={params.BadRequest: _bad_request})
     app.state.series_cache = cache  # its hits and misses show whether clients share curves
     return app
 
