@@ -175,7 +175,7 @@ def _json_default(value: Any) -> Any:
 _json_encoder = msgspec.json.Encoder(enc_hook=_json_default)
 
 
-def _check_tree(name: str, value: Any, strings: bool = True) -> None:
+def check_tree(name: str, value: Any, strings: bool = True) -> None:
     """Raise naming ``name`` if containers nest past MAX_DEPTH, an int is too long, or a string is not UTF-8."""
     stack = [(value, 0)]  # a loop, not recursion: the depth is what is being checked
     while stack:
@@ -213,7 +213,7 @@ def json_text(name: str, value: Any) -> Optional[str]:
     """
     if value is None:
         return None
-    _check_tree(name, value)
+    check_tree(name, value)
     try:
         return _json_encoder.encode(value).decode()
     except UnicodeEncodeError as exc:  # in what an enc_hook made of an object (numpy strings, ...)
@@ -244,7 +244,7 @@ def value_json(value: Any) -> Optional[str]:
             raise InvalidValueError(f"value_json: not valid JSON text ({exc})") from None
         except RecursionError:
             raise InvalidValueError(f"value_json: nested deeper than {MAX_DEPTH} levels") from None
-        _check_tree("value_json", decoded, strings=False)  # escapes like \\udcff are text UTF-8 can store
+        check_tree("value_json", decoded, strings=False)  # escapes like \\udcff are text UTF-8 can store
         return value.decode() if isinstance(value, bytes) else value
     return json_text("value_json", value)
 
@@ -276,7 +276,7 @@ def hyperparameter(name: Any, value: Any) -> tuple[str, Optional[str], str]:
     if isinstance(value, bool):
         return name, str(value), "bool"
     if isinstance(value, numbers.Integral):
-        _check_tree(name, int(value))
+        check_tree(name, int(value))
         return name, str(int(value)), "int"
     if isinstance(value, numbers.Real):
         return name, repr(_float(name, value)), "float"
@@ -301,6 +301,6 @@ def decode_hyperparameter(text: Optional[str], kind: Optional[str]) -> Any:
             return text == "True"
         if kind in ("list", "dict", "json", "tuple"):
             return msgspec.json.decode(text)
-    except (ValueError, msgspec.DecodeError):
+    except (ValueError, msgspec.DecodeError, RecursionError):
         return text
     return text

@@ -193,3 +193,34 @@ def test_a_full_disk_drops_and_counts_only_the_events_it_refused(monkeypatch: py
     assert buffer.dropped > 0
     assert len(delivered) + buffer.dropped == len(payloads)
     assert delivered == [p for p in payloads if p in set(delivered)]  # in order, no duplicates
+
+
+def test_json_written_by_something_else_too_deep_to_read_stays_text() -> None:
+    """A reader never recurses into JSON deeper than ml_persistence stores (another writer's, or a hostile client's)."""
+    from ml_persistence.strictjson import TOO_DEEP, decoded_json, json_safe
+
+    deep_text = "[" * 10_000 + "]" * 10_000
+    assert decoded_json(deep_text) == deep_text
+    assert decoded_json("[" * 150 + "]" * 150) == "[" * 150 + "]" * 150  # past MAX_DEPTH: not ours
+    assert decoded_json('{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+    assert v.decode_hyperparameter(deep_text, "list") == deep_text
+    deep: list = []
+    for _ in range(5_000):
+        deep = [deep]
+    shown = json_safe({"x": deep})
+    for _ in range(201):
+        shown = shown[0] if isinstance(shown, list) else shown["x"]
+    assert shown == TOO_DEEP
+
+
+def test_names_refuse_nul_and_text_refuses_lone_surrogates() -> None:
+    assert v.name_text("tags", "ok é") == "ok é"
+    with pytest.raises(InvalidValueError, match="tags.*NUL"):
+        v.name_text("tags", "a\x00b")
+    with pytest.raises(InvalidValueError, match="notes.*lone surrogate"):
+        v.optional_str("notes", "caf\udce9")
+    assert v.optional_str("notes", "a\x00b") == "a\x00b"
+    with pytest.raises(InvalidValueError, match="metric_name.*must not be empty"):
+        v.metric_name("")
+    with pytest.raises(InvalidTypeError, match="path"):
+        v.path_text("path", 3)
