@@ -20,8 +20,8 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
         if isinstance(text, str) and text:
             try:
                 out[key] = msgspec.json.decode(text)
-            except msgspec.DecodeError:
-                pass  # legacy free text stays text
+            except (msgspec.DecodeError, RecursionError):
+                pass  # legacy free text, or nesting no writer of ours makes, stays text
     if out.get("tags") is None and "tags" in out:
         out["tags"] = []
     if "is_best" in out and out["is_best"] is not None:
