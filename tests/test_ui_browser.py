@@ -557,6 +557,20 @@ def test_without_the_token_nothing_shows_and_the_printed_url_logs_in(driver: Any
     assert js(driver, "return document.cookie") == ""
 
 
+def test_the_page_open_writes_forwards_the_browser_in(driver: Any, ui: UI, server: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_persistence.ui.browser import write_redirect
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    page = Path(write_redirect(ui.login, int(server.rsplit(":", 1)[1])))
+    driver.get(server + "/")
+    driver.delete_all_cookies()
+    driver.get(page.as_uri())
+    wait_page(driver, "runs")  # file:// -> the printed URL -> its cookie -> the runs
+    assert driver.current_url == server + "/"
+    assert "PPO_BTC-USD_demo" in driver.find_element(By.TAG_NAME, "body").text
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _screenshots_dir() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)

@@ -82,27 +82,43 @@ def _pump(stream: Any, sink: Any) -> None:
         sink(line)
 
 
-def test_open_opens_the_printed_url_with_its_token(db_path: str, tmp_path: Path) -> None:
+def test_open_hands_the_browser_a_private_page_not_the_token(db_path: str, tmp_path: Path) -> None:
+    """A browser's command line is readable by every local user: --open gives it a 0600 file forwarding to the URL."""
     build(db_path, tmp_path)
-    browser = tmp_path / "browser"  # what $BROWSER names gets the URL: this one prints it
+    browser = tmp_path / "browser"  # what $BROWSER names is started with the URL: this one prints it
     browser.write_text(f"#!{sys.executable}\nimport sys\nprint('opened', sys.argv[1], flush=True)\n")
     browser.chmod(0o700)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = subprocess_env(BROWSER=str(browser), XDG_RUNTIME_DIR=str(runtime))
     proc = subprocess.Popen([sys.executable, "-m", "ml_persistence", "ui", "--db", db_path, "--port", "0", "--open"],
-                            cwd=tmp_path, env=subprocess_env(BROWSER=str(browser)), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_pump, args=(proc.stdout, lines.put), daemon=True)
     reader.start()
     try:
         first = lines.get(timeout=60)
-        m = re.search(r"at (http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-]{43})$", first.strip())
+        m = re.search(r"at (http://127\.0\.0\.1:(\d+)/\?token=([A-Za-z0-9_\-]{43}))$", first.strip())
         assert m, first
+        url, port, token = m.groups()
         line = lines.get(timeout=60)
         while not line.startswith("opened "):
             line = lines.get(timeout=60)
-        assert line.split()[1] == m.group(1)
-    finally:
+        opened = line.split()[1]
+        assert token not in opened
+        page = runtime / "ml_persistence" / f"ui-{port}-open.html"
+        assert opened == page.as_uri()
+        assert os.stat(page).st_mode & 0o777 == 0o600
+        assert os.stat(page.parent).st_mode & 0o777 == 0o700
+        assert f'content="0;url={url}"' in page.read_text()
+        assert fetch(f"http://127.0.0.1:{port}/", {"Authorization": f"Bearer {token}"})[0] == 200  # serving
         proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        assert not page.exists()  # it held the token: gone with the server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(timeout=30)
         reader.join(timeout=10)
 
@@ -123,6 +139,22 @@ def test_refused_flags_are_one_line_and_exit_2(db_path: str, tmp_path: Path, arg
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"ml-persistence: {refused}" + (
         ": beyond loopback the UI always needs a token" if "refused on" in refused else "")], done.stderr
+
+
+def test_token_url_opened_from_another_site_or_a_file_still_logs_in(db_path: str, tmp_path: Path) -> None:
+    """A SameSite=Strict cookie does not go with a cross-site redirect: such an opening continues from our page."""
+    build(db_path, tmp_path)
+    with TestClient(create_app(db_path, token=TOKEN)) as client:
+        cross = {"Sec-Fetch-Site": "cross-site"}
+        response = client.get(f"/?token={TOKEN}", headers=cross, follow_redirects=False)
+        assert response.status_code == 200 and "location" not in response.headers
+        assert '<meta http-equiv="refresh" content="0;url=/">' in response.text and TOKEN not in response.text
+        cookie = response.headers["set-cookie"].lower()
+        assert cookie.startswith(f"mlp_token={TOKEN}") and "samesite=strict" in cookie and "httponly" in cookie
+        hostile = client.get(f"/?token={TOKEN}&q=%22%3E%3Cscript%3Ealert(1)%3C/script%3E", headers=cross)
+        assert "<script" not in hostile.text and "&quot;" not in hostile.text  # the query stays URL-encoded
+        assert client.get(f"/?token={TOKEN}", follow_redirects=False).status_code == 303  # typed, or from a terminal
+        assert client.get("/api/experiments").json()["experiments"]
 
 
 def _as_nobody(program: str, *args: str) -> Any:

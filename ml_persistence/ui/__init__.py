@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import socket
 import sys
-import webbrowser
 from typing import Optional, Sequence
 
 from ..errors import InvalidValueError
@@ -50,6 +49,7 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
     import uvicorn
 
     from .artifacts import ArtifactRoots
+    from .browser import open_ui, remove_redirect
     from .server import create_app
 
     _Server = _server_class()
@@ -75,10 +75,12 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
     elif not loopback:
         print("ml-persistence ui: listening beyond this machine: the runs are readable by whoever has the "
               "URL above (its token)", file=sys.stderr, flush=True)
-    if open_browser:
-        webbrowser.open(url)
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    server.run(sockets=[sock])
+    opened = open_ui(url, bound, token is not None) if open_browser else None
+    try:
+        server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        server.run(sockets=[sock])
+    finally:
+        remove_redirect(opened)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import html
 import os
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import quote
@@ -12,7 +13,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response,
+                                 StreamingResponse)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -58,6 +60,10 @@ def _bad_request(request: Request, exc: Exception) -> Response:
     return _error(400, str(exc))
 
 
+_CONTINUE = ('<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={0}">'
+             '<title>ml-persistence ui</title><p><a href="{0}">Continue to the ml-persistence UI</a></p>\n')
+
+
 def _host_name(header: str) -> str:
     """Return the host of a Host header without its port: 'a.b:80' -> 'a.b', '[::1]:80' -> '::1'."""
     header = header.strip().lower()
@@ -85,6 +91,10 @@ class Guard(BaseHTTPMiddleware):
                 rest = request.url.remove_query_params("token")
                 location = rest.path + (f"?{rest.query}" if rest.query else "")  # relative: no Host trusted
                 response: Response = RedirectResponse(location, status_code=303)
+                if request.headers.get("sec-fetch-site") == "cross-site":
+                    # Opened from another site or a file (--open's page): a SameSite=Strict cookie would
+                    # not go with the redirect, so the browser moves on from a page of ours instead.
+                    response = HTMLResponse(_CONTINUE.format(html.escape(location, quote=True)))
                 response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict")
                 return self._secured(response)
             header = request.headers.get("authorization", "")
