@@ -228,6 +228,7 @@ async def apply_to(store, path: str) -> Applied:  # type: ignore[no-untyped-def]
             stored = await store.apply_keyed(batch, batch_keys)
             result.stored += stored
             result.skipped += len(batch) - stored
+            await store.keep_wal_small()
             return
         except Exception as exc:  # noqa: BLE001 - only an event's own refusal is handled here
             if classify(exc) != REFUSED:

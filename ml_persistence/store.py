@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
 import sqlite3
 import time
 from typing import Any, AsyncIterator, Optional, Sequence, Union
@@ -33,6 +34,7 @@ _MAX_ROWS_PER_INSERT = 2500
 # sqlite3 caches 128 prepared statements per connection by default; a 2500-row INSERT is ~3.5 MB
 # prepared, and batch tails come in every size, so the default cache grows RSS by ~200 MB.
 _CACHED_STATEMENTS = 8
+_WAL_SIZE_LIMIT = 8 << 20  # bytes (about twice the WAL of an automatic checkpoint's 1000 pages)
 _SPLIT_PREFIXES = (("train_", "train"), ("val_", "val"), ("test_", "test"))
 
 _last_second: tuple[int, str] = (-1, "")  # replaced whole, so writer threads never see half an update
@@ -169,8 +171,9 @@ def is_busy(exc: BaseException) -> bool:
 class Store:
     """One aiosqlite connection that writes events; used only from the writer's event loop."""
 
-    def __init__(self, conn: aiosqlite.Connection, max_variables: int) -> None:
+    def __init__(self, conn: aiosqlite.Connection, max_variables: int, path: str = "") -> None:
         self.conn = conn
+        self.path = path
         self.rows_per_insert = max(1, min(max_variables // _METRIC_WIDTH, _MAX_ROWS_PER_INSERT))
         self._insert_sql: dict[tuple[tuple[bool, ...], int], str] = {}
 
@@ -182,10 +185,13 @@ class Store:
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await conn.execute("PRAGMA synchronous = NORMAL")
+            # After a checkpoint, the write-ahead log shrinks back to this instead of keeping its
+            # largest size for good: on a nearly full device, that space is the database's room.
+            await conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, max_variables)
+        return cls(conn, max_variables, path)
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -223,6 +229,20 @@ class Store:
         """Copy the write-ahead log into the database and truncate it to zero bytes (best effort)."""
         with contextlib.suppress(sqlite3.Error):
             await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def keep_wal_small(self) -> None:
+        """Checkpoint when the write-ahead log nears half its device's free space.
+
+        Past that, the log could fill the device and a checkpoint, which needs room for the pages
+        it copies, could never empty it again. On a roomy disk this never triggers.
+        """
+        try:
+            wal = os.path.getsize(self.path + "-wal")
+            info = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return
+        if wal * 2 > info.f_bavail * info.f_frsize:
+            await self.checkpoint()
 
     async def apply_requests(
         self, events: Sequence[Event], keys: Optional[Sequence[Optional[tuple[str, int]]]] = None

@@ -259,6 +259,8 @@ class Writer:
             await self._retrying(functools.partial(store.apply, marks=marks), events)
             self.written += len(events)
             self.in_flight = 0
+            with self.gate:
+                await store.keep_wal_small()
             return True
         except _Abandoned:
             self._keep_unwritten(work, events, sources, 0)
