@@ -32,6 +32,7 @@ class _Abandoned(Exception):
 
 _NOTICE_GRACE = 2.0  # seconds past a stop deadline for the writer to notice it (one SQLite busy wait)
 _SAVE_GRACE = 30.0  # seconds past a stop deadline for the writer to finish saving a recovery file
+_QUIET = 60.0  # seconds after a condition clears during which a new one is not logged again (status() shows it)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Writer:
         # Set while the disk, file or system refuses writes: {"reason", "since", "retries"}.
         self.condition: Optional[dict[str, Any]] = None
         self._condition_started = 0.0
+        self._announced = False  # the current condition was logged (so its end is too)
+        self._quiet_until = 0.0
         self._unwritten: list[bytes] = []  # encoded events abandoned at the deadline, in order
         self._unwritten_keys: list[Optional[tuple[str, int]]] = []  # their agent (client, seq), if any
         self._saving = False
@@ -411,6 +414,9 @@ class Writer:
         now = time.time()
         self._condition_started = time.monotonic()
         self.condition = {"reason": str(exc) or type(exc).__name__, "since": local_text(now), "retries": 1}
+        self._announced = self._condition_started >= self._quiet_until  # a flapping disk logs 2 lines a minute
+        if not self._announced:
+            return
         spool = self.buffer.spool.where()
         log.warning(
             "ml_persistence: cannot write to %s (%s; %s free on its filesystem); keeping events in memory "
@@ -423,10 +429,12 @@ class Writer:
         stalled = time.monotonic() - self._condition_started
         retries = self.condition["retries"] if self.condition else 0
         self.condition = None
-        log.warning(
-            "ml_persistence: writing to %s again after %.1f s (%d retries); catching up in logging order",
-            self.path, stalled, retries,
-        )
+        self._quiet_until = time.monotonic() + _QUIET
+        if self._announced:
+            log.warning(
+                "ml_persistence: writing to %s again after %.1f s (%d retries); catching up in logging order",
+                self.path, stalled, retries,
+            )
         with self.gate:
             await self._store_checkpoint()
 
