@@ -473,8 +473,12 @@ class Writer:
             if path is not None:
                 self.saved += len(payloads)
                 self.recovery_files.append(path)
-            else:
+            elif payloads:
                 self.lost += len(payloads)
+                log.error(
+                    "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); "
+                    "they are lost", len(payloads), ", ".join(recovery.candidate_directories(self.path)),
+                )
             self._saving = False
         if path is not None:
             error: WriterError = EventsSavedError(
