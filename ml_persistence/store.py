@@ -274,6 +274,8 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
+        if self.conn.in_transaction:  # an earlier ROLLBACK failed (an I/O error): end that one first
+            await self.conn.execute("ROLLBACK")
         await self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
