@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -192,3 +193,48 @@ def test_no_thread_of_ours_can_block_interpreter_exit(db_path: str) -> None:
     tracker.flush()
     after = {t for t in threading.enumerate() if not t.daemon}
     assert after <= before, [t.name for t in after - before]
+
+
+def test_a_full_disk_is_waited_out_whole_never_refused_event_by_event(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_persistence.store import Store
+
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("full")
+    tracker.flush()
+    full = threading.Event()
+    full.set()
+    real_apply = Store.apply
+
+    async def apply(self, events, marks=None):  # type: ignore[no-untyped-def]
+        if full.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real_apply(self, events, marks)
+
+    monkeypatch.setattr(Store, "apply", apply)
+    said: list[str] = []
+    stalled = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+            if "cannot write" in record.getMessage():
+                stalled.set()
+
+    handler = Seen()
+    logging.getLogger("ml_persistence").addHandler(handler)
+    try:
+        for step in range(1000):
+            tracker.log_metric("loss", float(step), step=step)
+        assert stalled.wait(60)
+        during = tracker.status()
+        assert during["condition"]["reason"] == "database or disk is full" and during["rejected"] == 0
+        full.clear()
+        tracker.flush(timeout=60)
+    finally:
+        logging.getLogger("ml_persistence").removeHandler(handler)
+    assert [s for (s,) in rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))] == list(range(1000))
+    after = tracker.status()
+    assert after["condition"] is None and after["rejected"] == after["lost"] == 0
+    assert len(said) == 2 and "again" in said[1], said  # one line when it starts, one when it clears
