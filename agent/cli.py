@@ -42,6 +42,21 @@ def parser() -> argparse.ArgumentParser:
         "--frame-timeout", type=float, default=30.0, help="seconds a client has to finish a frame it started"
     )
     ap.add_argument("--max-connections", type=int, default=1024, help="connections served at once; more are closed")
+    ap.add_argument(
+        "--max-unread-mb", type=int, default=16, help="answers a connection may leave unread; past this it is closed"
+    )
+    ap.add_argument(
+        "--max-partial-mb",
+        type=int,
+        default=128,
+        help="unfinished frames held across all connections; the connection that would pass this is closed",
+    )
+    ap.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to write what clients sent at shutdown; the rest stays unacknowledged and is replayed",
+    )
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
 
@@ -63,6 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             hello_timeout=args.hello_timeout,
             frame_timeout=args.frame_timeout,
             max_connections=args.max_connections,
+            max_unread_bytes=args.max_unread_mb << 20,
+            max_partial_bytes=args.max_partial_mb << 20,
+            stop_timeout=args.stop_timeout,
         )
     except (MLPersistenceError, OSError) as exc:
         print(f"ml-persistence-agent: {exc}", file=sys.stderr)

@@ -25,6 +25,9 @@ from .session import Session
 
 log = logging.getLogger("ml_persistence.agent")
 ACCEPT_BACKOFF = 0.5
+DEFAULT_MAX_UNREAD = 16 << 20  # bytes of answers a connection may leave unread before it is dropped
+DEFAULT_MAX_PARTIAL = 128 << 20  # bytes of unfinished frames held across all connections
+DEFAULT_STOP_TIMEOUT = 30.0  # seconds the writer has at shutdown; what it could not write stays unacknowledged
 
 
 class AgentBuffer(EventBuffer):
@@ -101,6 +104,9 @@ class Agent:
         frame_timeout: float = 30.0,
         max_pending: int = 1_000_000,
         max_connections: int = 1024,
+        max_unread_bytes: int = DEFAULT_MAX_UNREAD,
+        max_partial_bytes: int = DEFAULT_MAX_PARTIAL,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         for address in addresses:
             if address.kind == "tcp" and not p.is_loopback(address.host) and token is None:
@@ -116,6 +122,10 @@ class Agent:
         self.frame_timeout = frame_timeout
         self.max_pending = max_pending
         self.max_connections = max_connections
+        self.max_unread_bytes = max_unread_bytes
+        self.max_partial_bytes = max_partial_bytes
+        self.stop_timeout = stop_timeout
+        self.partial_bytes = 0  # bytes of unfinished frames held by all sessions
         self.clients: dict[str, ClientState] = {}
         self.sessions: set[Session] = set()
         self.stats = AgentStats()
@@ -171,11 +181,18 @@ class Agent:
                 await session.reading_done.wait()
         writer = self._writer
         if writer is not None:
-            await anyio.to_thread.run_sync(writer.stop, 3600.0)
-            log.info(
-                "committed %d events in all (%d rejected, %d lost); %s",
-                writer.written, writer.rejected, writer.lost, self.stats,
-            )
+            # A full disk can last longer than anyone waits for a stop: what is not written by then is
+            # not acknowledged, so its clients keep it and replay it to the next agent.
+            await anyio.to_thread.run_sync(writer.stop, self.stop_timeout)
+            log.info("committed %d events in all (%d rejected); %s", writer.written, writer.rejected, self.stats)
+            unwritten = writer.saved + writer.lost
+            if unwritten:
+                saved = f"saved to {', '.join(writer.recovery_files)}; " if writer.recovery_files else ""
+                log.warning(
+                    "%d events not written within --stop-timeout %.0f s: %sleft unacknowledged, so their clients "
+                    "keep them and replay them to the next agent (never stored twice)",
+                    unwritten, self.stop_timeout, saved,
+                )
         await anyio.sleep(0)  # let the writer's last acknowledgements reach the sessions
         self.drained.set()
 

@@ -22,6 +22,7 @@ _MAX_SEQ = 2**63 - 1  # stored in SQLite INTEGER columns
 DRAIN_QUIET = 0.2  # at shutdown, a connection with nothing more to read for this long is drained
 MAX_READS_IN_FLIGHT = 64  # a client's reads waiting for an answer; more is abuse
 DRAIN_MAX = 2.0  # ... and a client that keeps sending is read this long at most (it replays the rest)
+SEND_LAST_TIMEOUT = 5.0  # a client that does not take its last answers (a Refused, acknowledgements) this long loses them
 
 
 class Session:
@@ -32,7 +33,13 @@ class Session:
         self.stream = stream
         self.peer = _peer(stream)
         self.state: Optional[ClientState] = None
-        self._outbox: deque[p.Message] = deque()
+        self._outbox: deque[tuple[bytes, bool]] = deque()  # encoded frames, and whether each answers a read
+        self._outbox_bytes = 0  # answers queued behind the send in progress: unread by the client
+        self._drop_reason: Optional[str] = None
+        self._send_scope = anyio.CancelScope()
+        self._closing = False  # the sender sends what is queued, then stops
+        self._sender_done = anyio.Event()
+        self._partial_held = 0  # bytes of an unfinished frame counted in agent.partial_bytes
         self._committed_seq = 0  # the latest Committed to send, coalesced
         self._outbox_ready = anyio.Event()
         self._read_scope = anyio.CancelScope()
@@ -66,16 +73,18 @@ class Session:
                         reason = await self._serve()
                 finally:
                     self.reading_done.set()
+                reason = reason or self._drop_reason
                 if reason:
                     self.agent.stats.dropped_connections += 1
                     log.warning("closing connection from %s: %s", self.who, reason)
-                if self._draining or self._read_scope.cancel_called:
+                elif self._draining or self._read_scope.cancel_called:
                     with anyio.move_on_after(5):
                         await self.agent.drained.wait()
-                        await self._flush_outbox()
+                        await self._send_last()
                 tasks.cancel_scope.cancel()
         finally:
             self._detach()
+            self._release()
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -107,8 +116,33 @@ class Session:
         return self.state.rejected if self.state is not None else 0
 
     def send(self, message: p.Message) -> None:
-        self._outbox.append(message)
+        """Queue ``message`` for the client; drop the connection if it leaves too many answers unread."""
+        if self._outbox_bytes > self.agent.max_unread_bytes:
+            self.drop(
+                f"more than {self.agent.max_unread_bytes >> 20} MiB of answers unread "
+                f"({len(self._outbox)} answers waiting for the client to read)"
+            )
+            return
+        data = p.frame(message)
+        self._outbox.append((data, type(message) is p.ReadAnswer))
+        self._outbox_bytes += len(data)
         self._outbox_ready.set()
+
+    def drop(self, reason: str) -> None:
+        """Close the connection now, logging ``reason``; the client reconnects and replays what is unacknowledged."""
+        if self._drop_reason is None:
+            self._drop_reason = reason
+        self._read_scope.cancel()
+        self._send_scope.cancel()  # the send in progress may wait on a client that does not read
+
+    def _release(self) -> None:
+        """Give back what the connection held: its unfinished frame, its unsent answers."""
+        self.agent.partial_bytes -= self._partial_held
+        self._partial_held = 0
+        self._decoder.clear()
+        self._pending_bodies.clear()
+        self._outbox.clear()
+        self._outbox_bytes = 0
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -126,7 +160,7 @@ class Session:
                 self.agent.stats.refused += 1
                 log.warning("refusing %s: %s", self.peer, refusal)
                 self.send(p.Refused(refusal))
-                await self._flush_outbox()
+                await self._send_last()
                 return None
             await self._attach(hello)
             while True:
@@ -139,6 +173,8 @@ class Session:
         except _Stale:
             log.info("closing a stale connection from %s: its client reconnected", self.peer)
             return None
+        except _OverBudget as exc:
+            return str(exc)
         except TimeoutError:
             return "no complete frame in time" if self.state else "no Hello in time"
         except (p.ProtocolError, ValueError) as exc:  # msgspec's DecodeError is a ValueError
@@ -180,6 +216,22 @@ class Session:
             if bodies:
                 self._frame_started = anyio.current_time()  # a frame completed: the next one starts now
             self._pending_bodies.extend(bodies)
+            self._hold_partial()
+
+    def _hold_partial(self) -> None:
+        """Count this connection's unfinished frame in the agent's total; past its cap, this connection goes."""
+        if self.state is None:
+            return  # before the Hello, a frame is at most HELLO_MAX_BYTES
+        agent = self.agent
+        held = self._decoder.buffered
+        grew = held > self._partial_held
+        agent.partial_bytes += held - self._partial_held
+        self._partial_held = held
+        if grew and agent.partial_bytes > agent.max_partial_bytes:
+            raise _OverBudget(
+                f"unfinished frames of all connections would hold more than {agent.max_partial_bytes >> 20} MiB "
+                f"(this one {held >> 20} MiB of a frame)"
+            )
 
     def _check(self, hello: p.Hello) -> Optional[str]:
         if hello.version != p.PROTOCOL_VERSION:
@@ -300,8 +352,6 @@ class Session:
                 self.send(p.ReadAnswer(message.read_id, error=f"{type(exc).__name__}: {exc}"))
             else:
                 self.send(p.ReadAnswer(message.read_id, msgspec.Raw(result)))
-            finally:
-                self._reads_in_flight -= 1
 
         assert self._tasks is not None
         self._tasks.start_soon(answer)
@@ -309,28 +359,50 @@ class Session:
     # -- writing -------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready = anyio.Event()
-            try:
-                await self._flush_outbox()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-                self._read_scope.cancel()
-                return
+        """The connection's only sender (two tasks sending on one stream at once is an error)."""
+        try:
+            with self._send_scope:
+                while True:
+                    await self._outbox_ready.wait()
+                    self._outbox_ready = anyio.Event()
+                    await self._flush_outbox()
+                    if self._closing and not self._outbox and not self._committed_seq:
+                        return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            self._read_scope.cancel()
+        finally:
+            self._sender_done.set()
+
+    async def _send_last(self) -> None:
+        """Have the sender send everything queued, then stop; return when it has."""
+        self._closing = True
+        self._outbox_ready.set()
+        with anyio.move_on_after(SEND_LAST_TIMEOUT):
+            await self._sender_done.wait()
 
     async def _flush_outbox(self) -> None:
         chunks = []
+        reads = 0
         while self._outbox:  # the Welcome, when there is one, goes first
-            chunks.append(p.frame(self._outbox.popleft()))
+            data, answers_read = self._outbox.popleft()
+            chunks.append(data)
+            reads += answers_read
+        queued = sum(len(c) for c in chunks)
+        self._outbox_bytes -= queued  # now in the send in progress
         if self._committed_seq:
             chunks.append(p.frame(p.Committed(self._committed_seq, self._rejected)))
             self._committed_seq = 0
         if chunks:
             await self.stream.send(b"".join(chunks))
+        self._reads_in_flight -= reads  # a read is done once its answer is sent, not when it is queued
 
 
 class _Stale(Exception):
     """The connection's client has reconnected on another connection."""
+
+
+class _OverBudget(Exception):
+    """Accepting more of this connection's frame would pass the agent's cap on unfinished frames."""
 
 
 def _peer(stream: anyio.abc.ByteStream) -> str:

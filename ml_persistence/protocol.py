@@ -135,6 +135,15 @@ class FrameDecoder:
         """True while part of a frame has been received."""
         return bool(self._buf)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished frame held, as received (never the length it announces)."""
+        return len(self._buf)
+
+    def clear(self) -> None:
+        """Release the bytes of an unfinished frame (the connection is gone)."""
+        self._buf = bytearray()
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the bodies of every frame now complete."""
         buf = self._buf
@@ -148,9 +157,12 @@ class FrameDecoder:
             end = pos + LENGTH.size + length
             if end > len(buf):
                 break
-            bodies.append(bytes(buf[pos + LENGTH.size : end]))
+            with memoryview(buf) as view:  # one copy of the body, not two
+                bodies.append(bytes(view[pos + LENGTH.size : end]))
             pos = end
-        if pos:
+        if pos == len(buf):
+            self._buf = bytearray()  # give a large frame's memory back now
+        elif pos:
             del buf[:pos]
         return bodies
 
