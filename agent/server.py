@@ -184,7 +184,10 @@ class Agent:
             # A full disk can last longer than anyone waits for a stop: what is not written by then is
             # not acknowledged, so its clients keep it and replay it to the next agent.
             await anyio.to_thread.run_sync(writer.stop, self.stop_timeout)
-            log.info("committed %d events in all (%d rejected); %s", writer.written, writer.rejected, self.stats)
+            log.info(
+                "committed %d events in all (%d rejected, %d lost); %s",
+                writer.written, writer.rejected, writer.lost, self.stats,
+            )
             unwritten = writer.saved + writer.lost
             if unwritten:
                 saved = f"saved to {', '.join(writer.recovery_files)}; " if writer.recovery_files else ""

@@ -255,7 +255,11 @@ class Session:
         state.pid, state.host = hello.pid, hello.host
         self.state = state
         self._decoder.max_frame = self.agent.max_frame
-        self.send(p.Welcome(p.PROTOCOL_VERSION, state.received, state.committed, self.agent.max_frame, state.rejected))
+        self.send(
+            p.Welcome(
+                p.PROTOCOL_VERSION, state.received, state.committed, self.agent.max_frame, state.rejected, self.agent.db_path
+            )
+        )
         log.info("client %s connected from %s: pid %d on %s", hello.client_id[:8], self.peer, hello.pid, hello.host)
 
     def _detach(self) -> None:

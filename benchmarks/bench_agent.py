@@ -45,8 +45,10 @@ import random
 import select
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -145,9 +147,10 @@ class AgentProc:
         self.log_path = os.path.join(directory, name + ".agent.log")
         self.proc: Optional[subprocess.Popen] = None
         self.drain_s = 0.0
+        self.extra: list[str] = []
 
     def start(self) -> "AgentProc":
-        args = [sys.executable, "-m", "agent", "--db", self.db, "--listen", self.url, "--log-level", "WARNING"]
+        args = [sys.executable, "-m", "agent", "--db", self.db, "--listen", self.url, "--log-level", "WARNING", *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=child_env(), cwd=REPO)
         assert self.proc.stdout is not None
@@ -781,7 +784,128 @@ def bench_sigkill(tmp: str, kills: int, embedded: bool) -> dict[str, Any]:
 # -- main -------------------------------------------------------------------------------------
 
 
-SCENARIOS = ("ingest", "latency", "slowdown", "sigkill")
+# -- 4. memory under clients that hold it -----------------------------------------------------
+
+
+def _rss_mib(pid: int, field: str = "VmRSS:") -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _raw_client(url: str, client_id: str) -> Any:
+    """A socket that has said Hello to the agent at ``url`` (a unix:// URL) and read nothing since."""
+    from ml_persistence import protocol as proto
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(url[len("unix://"):])
+    sock.sendall(proto.frame(proto.Hello(proto.PROTOCOL_VERSION, client_id, os.getpid(), "bench")))
+    decoder = proto.FrameDecoder()
+    while not decoder.feed(sock.recv(65536)):  # the Welcome: larger frames are accepted from here on
+        pass
+    return sock
+
+
+def one_unread(tmp: str, seconds: float, points: int, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """A client sends 100 metric_history reads/s of a ``points``-step curve and never reads an answer."""
+    from ml_persistence import protocol as proto
+
+    agent = AgentProc(tmp, os.path.join(tmp, f"unread-{points}.db"), f"unread{points}")
+    agent.extra = list(extra)
+    agent.start()
+    try:
+        tracker = ml_persistence.ExperimentTracker(agent=agent.url, capture_environment=False)
+        eid = tracker.start_experiment("curve")
+        for step in range(points):
+            tracker.log_metric("loss", 1.0 / (1 + step), step=step)
+        tracker.end_experiment()
+        ml_persistence.shutdown(timeout=60)
+        pid = agent.proc.pid  # type: ignore[union-attr]
+        baseline = _rss_mib(pid)
+        sock = _raw_client(agent.url, f"never-reads-{points}")
+        samples: list[tuple[float, Optional[float]]] = []
+        t0 = time.monotonic()
+        sent = 0
+        dropped_at = None
+        while time.monotonic() - t0 < seconds:
+            try:
+                sock.sendall(proto.frame(proto.Read(sent, "metric_history", [eid, "loss"])))
+            except OSError:
+                dropped_at = time.monotonic() - t0
+                break
+            sent += 1
+            if sent % 100 == 0:
+                samples.append((round(time.monotonic() - t0, 1), _rss_mib(pid)))
+            time.sleep(0.01)
+        peak = max([r for _, r in samples if r is not None] + [_rss_mib(pid) or 0])
+        sock.close()
+        reasons = [line.split(": ", 2)[-1] for line in agent.log().splitlines() if "never-re" in line and "closing" in line]
+        agent.stop()
+    finally:
+        agent.kill()
+    return {"points": points, "reads_sent": sent, "dropped_after_s": dropped_at, "reason": reasons[0] if reasons else None,
+            "baseline_rss_mib": baseline, "peak_rss_mib": peak, "rss_samples": samples}
+
+
+def one_partial(tmp: str, connections: int, frame_mib: int) -> dict[str, Any]:
+    """``connections`` clients each announce a ``frame_mib`` MiB frame and send all of it but 1 MiB; then close."""
+    agent = AgentProc(tmp, os.path.join(tmp, "partial.db"), "partial")
+    agent.extra = ["--frame-timeout", "600"]
+    agent.start()
+    try:
+        pid = agent.proc.pid  # type: ignore[union-attr]
+        baseline = _rss_mib(pid)
+        chunk = bytes(1 << 20)
+        socks = []
+        refused = 0
+        for i in range(connections):
+            sock = _raw_client(agent.url, f"partial-{i}")
+            try:
+                sock.sendall(struct.pack(">I", frame_mib << 20))
+                for _ in range(frame_mib - 1):
+                    sock.sendall(chunk)
+            except OSError:
+                refused += 1  # the agent closed it: past --max-partial-mb
+            socks.append(sock)
+        holding = _rss_mib(pid)
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 10
+        after = _rss_mib(pid)
+        while time.monotonic() < deadline:  # settle: the agent notices the closes
+            time.sleep(0.5)
+            now = _rss_mib(pid)
+            if now is not None and after is not None and abs(now - after) < 1:
+                break
+            after = now
+        agent.stop()
+    finally:
+        agent.kill()
+    return {"connections": connections, "frame_mib": frame_mib, "dropped_by_cap": refused,
+            "baseline_rss_mib": baseline, "holding_rss_mib": holding, "after_close_rss_mib": after}
+
+
+def bench_memory(tmp: str, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, points, extra in (("unread_small_answers", 200, ()), ("unread_large_answers", 2000, ["--max-unread-mb", "1"])):
+        r = out[name] = one_unread(tmp, seconds, points, extra)
+        say(f"  never-reading client, {points}-point answers{' (--max-unread-mb 1)' if extra else ''}: "
+            f"RSS {r['baseline_rss_mib']:.0f} -> peak {r['peak_rss_mib']:.0f} MiB; "
+            + (f"dropped after {r['dropped_after_s']:.1f} s, {r['reads_sent']} reads: {r['reason']}"
+               if r["dropped_after_s"] is not None else f"not dropped in {seconds:.0f} s ({r['reads_sent']} reads)"))
+    r = out["partial_frames"] = one_partial(tmp, 8, 60)
+    say(f"  8 connections x 60 MiB unfinished frames: RSS {r['baseline_rss_mib']:.0f} -> {r['holding_rss_mib']:.0f} MiB "
+        f"while held ({r['dropped_by_cap']} dropped by --max-partial-mb), {r['after_close_rss_mib']:.0f} MiB after they close")
+    return out
+
+
+SCENARIOS = ("ingest", "latency", "slowdown", "sigkill", "memory")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -861,6 +985,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "sigkill" in selected:
             header("3. SIGKILL loss window (age of the newest committed event at the kill)")
             kil = figures["sigkill"] = bench_sigkill(tmp, kills, not a.no_embedded_sigkill)
+        if "memory" in selected:
+            header("4. Agent memory under clients that never read answers or never finish a frame")
+            figures["memory"] = bench_memory(tmp, 10.0 if q else 40.0)
     finally:
         if not a.keep and not a.tmpdir:
             shutil.rmtree(tmp, ignore_errors=True)

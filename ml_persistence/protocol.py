@@ -76,6 +76,7 @@ class Welcome(Message):
     committed_seq: int  # everything up to here is in the database
     max_frame: int = DEFAULT_MAX_FRAME  # the largest frame the agent accepts from this client
     rejected: int = 0  # this client's events refused so far (malformed, or refused by the database)
+    database: Optional[str] = None  # the agent's database file, named in a client's recovery message
 
 
 class Refused(Message):

@@ -31,6 +31,7 @@ from .errors import (
     AgentRefusedError,
     ClosedError,
     EventsDroppedError,
+    EventsSavedError,
     FlushTimeoutError,
     InvalidValueError,
     WriterError,
@@ -45,7 +46,7 @@ SEND_STALL = 30.0  # a connection that takes no bytes and sends none for this lo
 WINDOW = 65536  # events sent and not yet acknowledged, at most
 FRAME_BYTES = 8 << 20  # events per Events frame stop here (the agent accepts 64 MiB by default)
 MAX_EVENT_BYTES = 32 << 20  # a larger single event is refused at the call
-RETIRED_COUNTERS = ("sent", "written", "replayed", "reconnects", "rejected", "lost")
+RETIRED_COUNTERS = ("sent", "written", "replayed", "reconnects", "rejected", "lost", "saved")
 
 
 class AgentBackend:
@@ -71,6 +72,9 @@ class AgentBackend:
         self.client_id = uuid.uuid4().hex
         self.next_seq = 1  # sequence numbers continue across senders: the agent keys on (client_id, seq)
         self._retired = dict.fromkeys(RETIRED_COUNTERS, 0)  # counters of senders that have stopped
+        self.agent_rejected = 0  # the agent's count of this client's refused events, as last heard
+        self.agent_database: Optional[str] = None  # the agent's database file, as its Welcome said
+        self.recovery_files: list[str] = []  # where events unsent or unacknowledged at a deadline went
         self._lock = threading.RLock()
         self._held_for_fork: Optional[threading.Lock] = None
         self._reported = 0
@@ -229,12 +233,13 @@ class AgentBackend:
             "spilled": self.buffer.spilled,
             "dropped": self.buffer.dropped,
             **counts,
+            "recovery_files": list(self.recovery_files),
             "failure": repr(self.refused) if self.refused else None,
         }
 
     def _raise_losses(self) -> None:
         s = self.status()
-        losses = s["dropped"] + s["lost"] + s["rejected"]
+        losses = s["dropped"] + s["lost"] + s["rejected"] + s["saved"]
         if losses <= self._reported:
             return
         self._reported = losses
@@ -242,7 +247,29 @@ class AgentBackend:
             f"{s['dropped']} events dropped (spool full), {s['rejected']} refused (malformed, too large, or refused by the database), "
             f"{s['lost']} not committed by the agent at a close deadline"
         )
-        raise (EventsDroppedError if s["dropped"] else WriterError)(message)
+        if s["saved"] and not (s["dropped"] or s["rejected"] or s["lost"]):
+            message = f"{s['saved']} events not committed by the agent at {self.path} by the close deadline"
+        if s["saved"]:
+            message += f"; saved to {', '.join(self.recovery_files)}. Store them with: " + " && ".join(
+                self._recover_command(f) for f in self.recovery_files
+            )
+        if s["dropped"]:
+            raise EventsDroppedError(message)
+        if s["saved"]:
+            raise EventsSavedError(message, tuple(self.recovery_files))
+        raise WriterError(message)
+
+    def _recover_command(self, path: str) -> str:
+        from . import recovery
+
+        if self.agent_database is None:
+            return recovery.command(path, None) + " --db DB (the agent's database)"
+        return recovery.command(path, self.agent_database) + (
+            "" if self._agent_is_local() else " (on the agent's host)"
+        )
+
+    def _agent_is_local(self) -> bool:
+        return self.address.kind == "unix" or p.is_loopback(self.address.host)
 
     def _check_usable(self) -> None:
         if self.closed:
@@ -284,9 +311,10 @@ class Sender:
         self._new_reads: deque[tuple[int, str, list[Any], Future]] = deque()
         self._read_ids = itertools.count(1)
         self._early: list[bytes] = []
-        self._rejected_seen = 0
         self.sent = 0
-        self.written = 0
+        self.acknowledged = 0  # events the agent acknowledged: stored, or refused (counted in agent_rejected)
+        self.agent_rejected = 0  # events the agent refused, as it told this sender
+        self.saved = 0  # events unacknowledged at the deadline, saved to a recovery file
         self.replayed = 0
         self.reconnects = 0
         self.lost = 0
@@ -304,6 +332,11 @@ class Sender:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def written(self) -> int:
+        """Events the agent stored: acknowledged ones but those it refused (a refusal is counted no later than its ack)."""
+        return max(0, self.acknowledged - self.agent_rejected)
 
     def start(self) -> None:
         self._thread.start()
@@ -370,7 +403,11 @@ class Sender:
     def _resume(self, welcome: p.Welcome) -> bool:
         """Take in the agent's Welcome and replay what it lacks; False if the connection dropped meanwhile."""
         self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
-        self._rejected_seen = welcome.rejected
+        if welcome.rejected < self.backend.agent_rejected:
+            self.backend.agent_rejected = 0  # a new agent: its count of this client starts again
+        self._note_rejected(welcome.rejected)
+        if welcome.database is not None:
+            self.backend.agent_database = welcome.database
         try:
             self._acknowledge(welcome.committed_seq)
             for body in self._early:  # acknowledgements that came with the Welcome
@@ -390,12 +427,28 @@ class Sender:
         return not (len(self.buffer) or self.unacked or self.calls or self.buffer.requests or self.barriers)
 
     def _finish(self) -> None:
-        """Count what never reached the database and release every waiter."""
-        self.backend.next_seq = self.next_seq
+        """Save what never reached the database to a recovery file (lost if none can be written); release every waiter."""
         items = self.buffer.take(len(self.buffer))
-        lost = len(self.unacked) + sum(1 for i in items if type(i) is bytes)
-        self.lost += lost
-        error = self.refused or (WriterError(f"{lost} events not committed by the agent at {self.backend.path}") if lost else None)
+        unsent = [(seq, item) for seq, item in zip(itertools.count(self.next_seq), (i for i in items if type(i) is bytes))]
+        self.next_seq += len(unsent)  # numbered as if sent: the file's keys never meet another event's
+        self.backend.next_seq = self.next_seq
+        unwritten = list(self.unacked) + unsent
+        self.unacked.clear()
+        path = self._save(unwritten) if unwritten else None
+        error: Optional[BaseException] = self.refused
+        if path is not None:
+            self.saved += len(unwritten)
+            self.backend.recovery_files.append(path)
+            message = f"{len(unwritten)} events not committed by the agent at {self.backend.path}; saved to {path}"
+            error = error or EventsSavedError(message, (path,))
+            log.warning("ml_persistence: %s", message)
+        elif unwritten:
+            self.lost += len(unwritten)
+            error = error or WriterError(f"{len(unwritten)} events not committed by the agent at {self.backend.path}")
+            log.error(
+                "ml_persistence: %d events not committed by the agent at %s, and no recovery file could be written; "
+                "they are lost", len(unwritten), self.backend.path,
+            )
         for item in items:
             if type(item) is Barrier:
                 item.set(error)
@@ -406,8 +459,22 @@ class Sender:
         self.connected = False
         self._wake_r.close()
         self._wake_w.close()
-        if lost:
-            log.error("ml_persistence: %d events not committed by the agent at %s", lost, self.backend.path)
+
+    def _save(self, unwritten: list[tuple[int, bytes]]) -> Optional[str]:
+        """Write events to a recovery file keyed by this client's sequence numbers; None if nowhere had room.
+
+        The keys make it exactly once: whatever of them the agent did store is skipped when applied. For an
+        agent on this machine the file names its database, so the next writer there applies it by itself.
+        """
+        from . import recovery
+
+        backend = self.backend
+        db = backend.agent_database if backend._agent_is_local() else None
+        try:
+            return recovery.save(db, [payload for _, payload in unwritten], [(backend.client_id, seq) for seq, _ in unwritten])
+        except Exception as exc:  # noqa: BLE001 - a failed save must still release every waiter
+            log.error("ml_persistence: could not save a recovery file: %r", exc)
+            return None
 
     def _fail_all(self, error: BaseException) -> None:
         for request in self.buffer.take_requests():
@@ -644,9 +711,7 @@ class Sender:
     def _handle(self, message: p.Message) -> None:
         match message:
             case p.Committed(seq=seq, rejected=rejected) | p.Flushed(seq=seq, rejected=rejected):
-                if rejected > self._rejected_seen:
-                    self.rejected += rejected - self._rejected_seen
-                    self._rejected_seen = rejected
+                self._note_rejected(rejected)
                 self._acknowledge(seq)
             case p.Answer(seq=seq, row_id=row_id, error=error):
                 entry = self.calls.pop(seq, None)
@@ -665,6 +730,14 @@ class Sender:
             case _:
                 raise p.ProtocolError(f"unexpected {type(message).__name__} from the agent")
 
+    def _note_rejected(self, count: int) -> None:
+        """Take in the agent's growing count of this client's refused events."""
+        new = count - self.backend.agent_rejected
+        if new > 0:
+            self.rejected += new
+            self.agent_rejected += new
+            self.backend.agent_rejected = count
+
     def _acknowledge(self, seq: int) -> None:
         if seq <= self.committed:
             return
@@ -672,7 +745,7 @@ class Sender:
         unacked = self.unacked
         while unacked and unacked[0][0] <= seq:
             unacked.popleft()
-            self.written += 1
+            self.acknowledged += 1
         barriers = self.barriers
         while barriers and barriers[0][0] <= seq:
             barriers.popleft()[1].set()
