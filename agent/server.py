@@ -17,7 +17,7 @@ import anyio.abc
 
 from ml_persistence import address as addr
 from ml_persistence import protocol as p
-from ml_persistence import queries, schema
+from ml_persistence import queries, recovery, schema
 from ml_persistence.buffer import Batch, EventBuffer, Item
 from ml_persistence.writer import Writer, WriterOptions
 
@@ -148,6 +148,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         self._reader = schema.connect(self.db_path)  # creates or upgrades the schema, fails fast
         self._reader.row_factory = sqlite3.Row
+        await anyio.to_thread.run_sync(self._apply_recovery_files)
         self._start_writer()
         listeners = [await self._listen(a) for a in self.addresses]
         try:
@@ -165,6 +166,22 @@ class Agent:
                 await listener.aclose()
             self._remove_socket_files()
             self._reader.close()
+
+    def _apply_recovery_files(self) -> None:
+        """Store earlier recovery files for this database before any client connects.
+
+        A client's Welcome must count what they hold: it replays only events after its high-water mark.
+        """
+        for path in recovery.pending(self.db_path):
+            try:
+                applied = recovery.apply(path, self.db_path)
+            except Exception as exc:  # noqa: BLE001 - the file stays; the writer tries it again
+                log.warning("could not apply recovery file %s yet: %s", path, exc)
+                continue
+            log.warning(
+                "applied recovery file %s: %d events stored, %d were already there",
+                path, applied.stored, applied.skipped,
+            )
 
     def stop(self) -> None:
         """Stop accepting, drain and return from run() (event loop thread)."""

@@ -164,3 +164,34 @@ def test_a_trainer_exiting_while_the_agent_cannot_write_saves_its_events_and_the
     assert re.search(r": [1-9]\d* events stored", done.stdout), done.stdout  # what never reached the agent
     assert sorted(steps(agent.db)) == list(range(n))
     assert rows(agent.db, "SELECT status FROM experiments") == [("completed",)]  # its end was saved too
+
+
+def test_what_an_agent_could_not_write_by_its_stop_deadline_is_stored_once_through_the_next_agent(
+    tmp_path: Path,
+) -> None:
+    n = 5000
+    agent = AgentProcess(str(tmp_path / "agent.db"), [short_socket(tmp_path)], tmp_path, extra=["--stop-timeout", "1"])
+    agent.start()
+    try:
+        tracker = ExperimentTracker(agent=agent.url, capture_environment=False)
+        tracker.start_experiment("outlives-its-agent")
+        tracker.flush()
+        fill_disk(agent)
+        for step in range(n):
+            tracker.log_metric("loss", float(step), step=step)
+        wait_for_log(agent, "cannot write")
+        assert agent.stop() == 0, agent.log()  # the disk is still full: the stop deadline passes
+        assert "left unacknowledged" in agent.log(), agent.log()
+        assert tracker.status()["written"] <= len(steps(agent.db)) < n  # written never counts what is not stored
+        agent.start()  # a new agent, where there is room: the client replays what was not acknowledged
+        tracker.flush(timeout=WAIT)
+        status = tracker.status()
+        tracker.end_experiment()
+        ml_persistence.shutdown(timeout=30)
+        assert agent.stop() == 0, agent.log()
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.kill()
+    print(f"agent log:\n{agent.log()}\nclient: {status}")
+    assert steps(agent.db) == list(range(n))  # each once, in logging order
+    assert status["written"] == n and status["lost"] == status["rejected"] == 0, status
