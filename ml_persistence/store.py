@@ -197,12 +197,36 @@ class Store:
         """Close the connection (idempotent)."""
         await self.conn.close()
 
-    async def apply(self, events: Sequence[Event], marks: Optional[dict[str, int]] = None) -> None:
-        """Apply ``events`` in one transaction, with agent clients' new high-water ``marks``: all land or none do."""
+    async def apply(
+        self,
+        events: Sequence[Event],
+        marks: Optional[dict[str, int]] = None,
+        keys: Optional[Sequence[tuple[str, int]]] = None,
+    ) -> None:
+        """Apply ``events`` in one transaction, with agent clients' new high-water ``marks``: all land or none do.
+
+        With ``keys`` (each event's agent (client id, seq)), events at or below their client's
+        stored mark are skipped: a recovery file applied meanwhile may have stored them.
+        """
         async with self._transaction():
-            await self._apply(events)
+            await self._apply(events if keys is None else await self._above_marks(events, keys))
             if marks:
                 await self.conn.executemany(_MARK_SQL, list(marks.items()))
+
+    async def _above_marks(self, events: Sequence[Event], keys: Sequence[tuple[str, int]]) -> Sequence[Event]:
+        """Return the events whose (client id, seq) key is above its client's stored mark (inside a transaction)."""
+        clients = list(dict.fromkeys(client for client, _ in keys))
+        stored = dict.fromkeys(clients, 0)
+        for start in range(0, len(clients), 500):
+            part = clients[start : start + 500]
+            found = await self.conn.execute_fetchall(
+                f"SELECT client_id, last_seq FROM agent_clients WHERE client_id IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            stored.update((client, seq) for client, seq in found)
+        if all(seq > stored[client] for client, seq in keys):
+            return events
+        return [event for event, (client, seq) in zip(events, keys) if seq > stored[client]]
 
     async def apply_keyed(self, events: Sequence[Event], keys: Sequence[tuple[str, int]]) -> int:
         """Apply, in one transaction, the events whose (client id, seq) key is above its client's mark.
@@ -211,13 +235,7 @@ class Store:
         nothing. Return how many events were applied.
         """
         async with self._transaction():
-            stored: dict[str, int] = {}
-            for client in dict.fromkeys(client for client, _ in keys):
-                found = await self.conn.execute_fetchall(
-                    "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client,)
-                )
-                stored[client] = next(iter(found))[0] if found else 0
-            fresh = [event for event, (client, seq) in zip(events, keys) if seq > stored[client]]
+            fresh = await self._above_marks(events, keys)
             await self._apply(fresh)
             marks: dict[str, int] = {}
             for client, seq in keys:

@@ -259,7 +259,8 @@ class Writer:
         if not events and not marks:
             return True
         try:
-            await self._retrying(functools.partial(store.apply, marks=marks), events)
+            keyed = {"keys": _keys(work, len(events))} if marks else {}  # an agent's: skip what is stored
+            await self._retrying(functools.partial(store.apply, marks=marks, **keyed), events)
             self.written += len(events)
             self.in_flight = 0
             with self.gate:
@@ -275,7 +276,8 @@ class Writer:
         # committed with its own sequence mark, so a crash here cannot lead to a replayed duplicate.
         for i, (event, (mark, batch)) in enumerate(zip(events, _marks_per_event(work, len(events)))):
             try:
-                await self._retrying(functools.partial(store.apply, marks=mark), [event])
+                keyed = {"keys": list(mark.items())} if mark else {}
+                await self._retrying(functools.partial(store.apply, marks=mark, **keyed), [event])
                 self.written += 1
             except _Abandoned:
                 self._keep_unwritten(work, events, sources, i)
@@ -475,9 +477,11 @@ class Writer:
                 self.recovery_files.append(path)
             elif payloads:
                 self.lost += len(payloads)
+                # An agent's events were never acknowledged: their clients still hold them and replay them.
+                fate = "left unacknowledged for their clients to replay" if any(keys) else "they are lost"
                 log.error(
-                    "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); "
-                    "they are lost", len(payloads), ", ".join(recovery.candidate_directories(self.path)),
+                    "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); %s",
+                    len(payloads), ", ".join(recovery.candidate_directories(self.path)), fate,
                 )
             self._saving = False
         if path is not None:
@@ -523,6 +527,11 @@ def _marks_per_event(work: Sequence[Any], n: int) -> list[tuple[Optional[dict[st
         else:
             marks.append((None, None))
     return marks
+
+
+def _keys(work: Sequence[Any], n: int) -> list[tuple[str, int]]:
+    """Return each agent event's (client id, seq), for the ``n`` events _decode got from ``work`` (all Batches)."""
+    return [next(iter(mark.items())) for mark, _ in _marks_per_event(work, n) if mark]
 
 
 def _seqs(batch: Batch) -> Sequence[int]:

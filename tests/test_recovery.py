@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -183,3 +184,24 @@ def test_the_spool_continues_in_a_new_file_when_its_disk_fills(tmp_path: Path, m
         got.extend(p for _, p in spool.get(333))
     assert got == payloads
     spool.close()
+
+
+def test_an_agent_batch_skips_events_a_recovery_file_stored_while_it_was_queued(db_path: str, experiment: int) -> None:
+    # The trainer's file (seqs 1-5) is applied with `recover` while a live agent still holds seqs 1-10.
+    from agent.server import AgentBuffer
+    from ml_persistence.buffer import Batch
+    from ml_persistence.writer import Writer, WriterOptions
+
+    path = recovery.save(db_path, [metric(experiment, seq) for seq in range(1, 6)],
+                         [("trainer-1", seq) for seq in range(1, 6)])
+    assert path is not None and recovery.apply(path).stored == 5
+    committed = threading.Event()
+    buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
+    writer = Writer(db_path, buffer, WriterOptions())
+    events = [ev.decode(metric(experiment, seq)) for seq in range(1, 11)]
+    buffer.append_batch(Batch("trainer-1", 10, events, committed.set, list(range(1, 11))))
+    writer.start()
+    assert committed.wait(30)
+    assert writer.stop(30)
+    assert stored_steps(db_path) == list(range(1, 11))
+    assert rows(db_path, "SELECT last_seq FROM agent_clients WHERE client_id = 'trainer-1'") == [(10,)]
