@@ -321,7 +321,7 @@ class Backend:
         )
         if s["saved"] and not (s["dropped"] or s["rejected"] or s["lost"]):
             cause = writer.failure if writer is not None else self._last_failure
-            message = f"{s['saved']} events unwritten at the close deadline" + (f" ({cause})" if cause else "")
+            message = f"{s['saved']} events unwritten" + (f" ({cause})" if cause else "")
         if s["saved"]:
             from . import recovery
 

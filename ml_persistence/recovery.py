@@ -127,8 +127,10 @@ def pending(db_path: str) -> list[str]:
                 header = read_header(path)
             except (OSError, ValueError):
                 continue
-            # A file next to the database belongs to it (even if the two were moved together).
-            if os.path.dirname(path) == local or header.get("db") == real:
+            # A file next to the database belongs to it even if the two were moved together; the
+            # name check keeps runs.db from taking runs.db.old's files, which match its pattern too.
+            beside = os.path.dirname(path) == local and os.path.basename(str(header.get("db"))) == os.path.basename(real)
+            if beside or header.get("db") == real:
                 found.append((float(header.get("created") or 0), path))
     return [path for _, path in sorted(found)]
 

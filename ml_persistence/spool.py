@@ -85,8 +85,10 @@ class Spool:
 
     def where(self) -> str:
         """Return the directory spilled events go to (or would go to)."""
-        if self._segments:
+        try:
             return self._segments[-1].directory
+        except IndexError:  # none, or another thread dropped the last one since
+            pass
         return next(iter(self._directories()), self.directory or tempfile.gettempdir())
 
     def put(self, kind: int, payload: bytes) -> None:

@@ -30,7 +30,7 @@ class _Abandoned(Exception):
     """The close deadline passed while the database was still locked, or could not be written."""
 
 
-_NOTICE_GRACE = 2.0  # seconds past a stop deadline for the writer to notice it (one SQLite busy wait)
+_NOTICE_GRACE = 1.0  # seconds past a stop deadline for the writer to notice it, beyond two SQLite busy waits
 _SAVE_GRACE = 30.0  # seconds past a stop deadline for the writer to finish saving a recovery file
 _QUIET = 60.0  # seconds after a condition clears during which a new one is not logged again (status() shows it)
 
@@ -116,7 +116,8 @@ class Writer:
         self.wake()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            self._thread.join(_NOTICE_GRACE)  # past the deadline: it gives up at its next retry
+            # Past the deadline it gives up at its next retry, after at most a checkpoint and an apply.
+            self._thread.join(_NOTICE_GRACE + 2 * self.options.busy_timeout_ms / 1000)
         if self._thread.is_alive() and self._saving:
             self._thread.join(_SAVE_GRACE)
         if self._thread.is_alive():
@@ -261,17 +262,21 @@ class Writer:
         try:
             keyed = {"keys": _keys(work, len(events))} if marks else {}  # an agent's: skip what is stored
             await self._retrying(functools.partial(store.apply, marks=marks, **keyed), events)
-            self.written += len(events)
-            self.in_flight = 0
-            with self.gate:
-                await store.keep_wal_small()
-            return True
         except _Abandoned:
             self._keep_unwritten(work, events, sources, 0)
             return False
         except Exception as exc:  # noqa: BLE001 - find the event(s) the database refuses
             if classify(exc) != REFUSED:
-                raise  # fatal: the writer stops, and flush() raises it
+                # Fatal: keep this batch in a recovery file before the writer stops and flush() raises.
+                self._keep_unwritten(work, events, sources, 0)
+                self._save_unwritten()
+                raise
+        else:
+            self.written += len(events)
+            self.in_flight = 0
+            with self.gate:
+                await store.keep_wal_small()
+            return True
         # One bad event must not take the rest of its batch with it. An agent client's event is
         # committed with its own sequence mark, so a crash here cannot lead to a replayed duplicate.
         for i, (event, (mark, batch)) in enumerate(zip(events, _marks_per_event(work, len(events)))):
@@ -284,6 +289,8 @@ class Writer:
                 return False
             except Exception as exc:  # noqa: BLE001
                 if classify(exc) != REFUSED:
+                    self._keep_unwritten(work, events, sources, i)
+                    self._save_unwritten()
                     raise
                 self._reject(exc, f"database refused {type(event).__name__}")
                 if batch is not None:
@@ -412,13 +419,19 @@ class Writer:
         """Note one more failed try at writing; say so once, when the condition starts."""
         if self.condition is not None:
             self.condition["retries"] += 1
+            if not self._announced and time.monotonic() >= self._quiet_until:
+                self._announce()  # began in a quiet window and is still here: say so now
             return
-        now = time.time()
         self._condition_started = time.monotonic()
-        self.condition = {"reason": str(exc) or type(exc).__name__, "since": local_text(now), "retries": 1}
-        self._announced = self._condition_started >= self._quiet_until  # a flapping disk logs 2 lines a minute
-        if not self._announced:
-            return
+        self.condition = {"reason": str(exc) or type(exc).__name__, "since": local_text(time.time()), "retries": 1}
+        self._announced = False
+        if self._condition_started >= self._quiet_until:  # a flapping disk logs 2 lines a minute
+            self._announce()
+
+    def _announce(self) -> None:
+        """Log the one warning for the current condition."""
+        assert self.condition is not None
+        self._announced = True
         spool = self.buffer.spool.where()
         log.warning(
             "ml_persistence: cannot write to %s (%s; %s free on its filesystem); keeping events in memory "
@@ -456,37 +469,20 @@ class Writer:
             self._saving = True
             items = self.buffer.take(len(self.buffer))
             requests = self.buffer.take_requests()
-            payloads, keys = self._unwritten, self._unwritten_keys
-            self._unwritten, self._unwritten_keys = [], []
             for item in items:
                 if type(item) is Batch:
-                    payloads.extend(ev.encode(e) for e in item.events)
-                    keys.extend((item.client_id, seq) for seq in _seqs(item))
+                    self._unwritten.extend(ev.encode(e) for e in item.events)
+                    self._unwritten_keys.extend((item.client_id, seq) for seq in _seqs(item))
                 elif type(item) is not Barrier:
-                    payloads.append(item)
-                    keys.append(None)
+                    self._unwritten.append(item)
+                    self._unwritten_keys.append(None)
             self.lost += len(requests)  # their callers got an error: they know
-            path = None
-            if payloads:
-                try:
-                    path = recovery.save(self.path, payloads, keys)
-                except Exception as exc:  # noqa: BLE001 - a recovery that fails must still release waiters
-                    log.error("ml_persistence: could not save a recovery file: %r", exc)
-            if path is not None:
-                self.saved += len(payloads)
-                self.recovery_files.append(path)
-            elif payloads:
-                self.lost += len(payloads)
-                # An agent's events were never acknowledged: their clients still hold them and replay them.
-                fate = "left unacknowledged for their clients to replay" if any(keys) else "they are lost"
-                log.error(
-                    "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); %s",
-                    len(payloads), ", ".join(recovery.candidate_directories(self.path)), fate,
-                )
+            unwritten = len(self._unwritten)
+            path = self._save_unwritten()
             self._saving = False
         if path is not None:
             error: WriterError = EventsSavedError(
-                f"close deadline passed with {len(payloads)} events unwritten; saved to {path}", (path,)
+                f"close deadline passed with {unwritten} events unwritten; saved to {path}", (path,)
             )
         else:
             error = WriterError(f"close deadline passed with {self.lost} events unwritten")
@@ -496,6 +492,31 @@ class Writer:
                 item.set(error)
         for request in requests:
             request.future.set_exception(error)
+
+    def _save_unwritten(self) -> Optional[str]:
+        """Save the kept unwritten events to a recovery file; return its path (None: nothing to save, or
+        nowhere had room, and then they are counted lost)."""
+        payloads, keys = self._unwritten, self._unwritten_keys
+        self._unwritten, self._unwritten_keys = [], []
+        if not payloads:
+            return None
+        try:
+            path = recovery.save(self.path, payloads, keys)
+        except Exception as exc:  # noqa: BLE001 - a recovery that fails must still release waiters
+            log.error("ml_persistence: could not save a recovery file: %r", exc)
+            path = None
+        if path is not None:
+            self.saved += len(payloads)
+            self.recovery_files.append(path)
+            return path
+        self.lost += len(payloads)
+        # An agent's events were never acknowledged: their clients still hold them and replay them.
+        fate = "left unacknowledged for their clients to replay" if any(keys) else "they are lost"
+        log.error(
+            "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); %s",
+            len(payloads), ", ".join(recovery.candidate_directories(self.path)), fate,
+        )
+        return None
 
     def _fail_everything(self, exc: BaseException) -> None:
         self.done = True  # from here on, a new barrier or request starts a new writer

@@ -205,3 +205,12 @@ def test_an_agent_batch_skips_events_a_recovery_file_stored_while_it_was_queued(
     assert writer.stop(30)
     assert stored_steps(db_path) == list(range(1, 11))
     assert rows(db_path, "SELECT last_seq FROM agent_clients WHERE client_id = 'trainer-1'") == [(10,)]
+
+
+def test_a_neighbouring_databases_recovery_files_are_not_taken(db_path: str, experiment: int) -> None:
+    # runs.db.old's files match runs.db's name pattern (runs.db.*.mlrecovery): they are not ours.
+    other = db_path + ".old"
+    path = recovery.save(other, [metric(experiment, 1)])
+    assert path is not None and os.path.dirname(path) == os.path.dirname(db_path)
+    assert recovery.pending(db_path) == []
+    assert recovery.pending(other) == [path]

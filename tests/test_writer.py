@@ -238,3 +238,37 @@ def test_a_full_disk_is_waited_out_whole_never_refused_event_by_event(
     after = tracker.status()
     assert after["condition"] is None and after["rejected"] == after["lost"] == 0
     assert len(said) == 2 and "again" in said[1], said  # one line when it starts, one when it clears
+
+
+def test_a_fatal_database_error_keeps_the_batch_in_a_recovery_file_and_flush_raises(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_persistence import recovery
+    from ml_persistence.errors import EventsSavedError
+    from ml_persistence.store import Store
+
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("fatal")
+    tracker.flush()
+    broken = threading.Event()
+    broken.set()
+    real_apply = Store.apply
+
+    async def apply(self, events, marks=None):  # type: ignore[no-untyped-def]
+        if broken.is_set():
+            broken.clear()  # once, as a damaged page the next writer no longer meets would
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return await real_apply(self, events, marks)
+
+    monkeypatch.setattr(Store, "apply", apply)
+    for step in range(1000):
+        tracker.log_metric("loss", float(step), step=step)
+    with pytest.raises(EventsSavedError) as raised:
+        tracker.flush(timeout=60)
+    (path,) = raised.value.paths
+    assert path in raised.value.args[0] and "ml-persistence recover" in raised.value.args[0]
+    mp.shutdown(timeout=60)  # the crashed writer is gone; nothing else applies the file now
+    monkeypatch.setattr(Store, "apply", real_apply)
+    assert recovery.apply(path).stored == 1000
+    steps = [s for (s,) in rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))]
+    assert steps == list(range(1000))
