@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sqlite3
+import stat
 import sys
 from typing import Optional, Sequence
 
@@ -15,6 +17,7 @@ import anyio
 from ml_persistence import address as addr
 from ml_persistence.backend import default_db_path
 from ml_persistence.errors import MLPersistenceError
+from ml_persistence.protocol import is_loopback
 
 from .server import Agent
 
@@ -35,13 +38,28 @@ def parser() -> argparse.ArgumentParser:
         help="unix:///path/to.sock or tcp://HOST:PORT; repeatable "
         f"(default: {addr.default_address()})",
     )
-    ap.add_argument("--token-file", help="file holding the token clients must present (required off loopback)")
+    ap.add_argument(
+        "--token-file",
+        help="file holding the token TCP clients must present: yours alone (mode 0600), at least 22 characters "
+        "(32 if hex); required off loopback. Without it, a TCP agent makes a token and writes it where this "
+        "user's clients on this machine find it",
+    )
+    ap.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also admit Unix socket peers running as UID (repeatable); others than the agent's user are refused",
+    )
     ap.add_argument("--max-frame-mb", type=int, default=64, help="largest frame accepted from a client")
     ap.add_argument("--hello-timeout", type=float, default=10.0, help="seconds a new connection has to say Hello")
     ap.add_argument(
         "--frame-timeout", type=float, default=30.0, help="seconds a client has to finish a frame it started"
     )
-    ap.add_argument("--max-connections", type=int, default=1024, help="connections served at once; more are closed")
+    ap.add_argument(
+        "--max-connections", type=int, default=1024, help="authenticated connections served at once; more are closed"
+    )
     ap.add_argument(
         "--max-unread-mb", type=int, default=16, help="answers a connection may leave unread; past this it is closed"
     )
@@ -67,11 +85,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s ml-persistence-agent %(levelname)s %(message)s"
     )
+    db = args.db or default_db_path()
     try:
         addresses = [addr.parse(u, listen=True) for u in (args.listen or ["default"])]
         token = addr.read_token(args.token_file)
+        generated = token is None and any(a.kind == "tcp" for a in addresses)
+        if generated:
+            for address in addresses:
+                if address.kind == "tcp" and not is_loopback(address.host):
+                    raise PermissionError(f"listening on {address} (not loopback) requires a token: pass --token-file")
+            token = addr.new_token()
+        _check_database_path(db)
         agent = Agent(
-            args.db or default_db_path(),
+            db,
             addresses,
             token=token,
             max_frame=args.max_frame_mb << 20,
@@ -81,20 +107,73 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_unread_bytes=args.max_unread_mb << 20,
             max_partial_bytes=args.max_partial_mb << 20,
             stop_timeout=args.stop_timeout,
+            allowed_uids=frozenset(args.allow_uid),
         )
     except (MLPersistenceError, OSError) as exc:
-        print(f"ml-persistence-agent: {exc}", file=sys.stderr)
-        return 2
+        return _startup_failed(exc, db)
     # Up to a million queued events are live container objects; the default collector thresholds
     # would spend about a quarter of the agent's CPU re-scanning them (bench_agent.py).
     gc.set_threshold(100_000, 50, 100)
     _raise_open_file_limit()
+    published: list[int] = []  # ports whose token file this agent wrote
+    ready: list[bool] = []
     try:
-        anyio.run(_serve, agent, backend="asyncio")
-    except (MLPersistenceError, OSError, sqlite3.Error) as exc:
-        print(f"ml-persistence-agent: {exc}", file=sys.stderr)
+        anyio.run(_serve, agent, token if generated else None, published, ready, backend="asyncio")
+    except Exception as exc:  # noqa: BLE001 - reported in one line, whatever it is
+        cause = _sole_cause(exc)
+        if not isinstance(cause, (MLPersistenceError, OSError, sqlite3.Error)):
+            raise
+        if not ready:
+            return _startup_failed(cause, db)
+        print(f"ml-persistence-agent: {_describe(cause, db)}", file=sys.stderr)
         return 1
+    finally:
+        for port in published:
+            addr.unpublish_token(port, token)  # type: ignore[arg-type]
     return 0
+
+
+def _check_database_path(db: str) -> None:
+    """Refuse a database path that cannot work before anything starts (its directory must exist)."""
+    directory = os.path.dirname(os.path.abspath(db))
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"cannot open database {db}: directory {directory} does not exist") from None
+    except PermissionError:
+        raise PermissionError(f"cannot open database {db}: permission denied (on {directory})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"cannot open database {db}: {directory} is not a directory")
+    if os.path.isdir(db):
+        raise IsADirectoryError(f"cannot open database {db}: it is a directory")
+
+
+def _startup_failed(exc: BaseException, db: str) -> int:
+    """Print why the agent cannot start, in one line; return the exit status 2."""
+    print(f"ml-persistence-agent: {_describe(exc, db)}", file=sys.stderr)
+    return 2
+
+
+def _describe(exc: BaseException, db: str) -> str:
+    text = str(exc).replace("\n", " ")
+    if isinstance(exc, sqlite3.DatabaseError):
+        if "not a database" in text:
+            return f"{db} is not an SQLite database"
+        if "unable to open" in text or "readonly" in text:
+            target = db if os.path.exists(db) else os.path.dirname(os.path.abspath(db))
+            if not os.access(target, os.R_OK | os.W_OK):
+                return f"cannot open database {db}: permission denied"
+        return f"cannot open database {db}: {text}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return text or type(exc).__name__
+
+
+def _sole_cause(exc: BaseException) -> BaseException:
+    """Return the one exception inside (nested) exception groups of one, or ``exc`` itself."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and len(exc.exceptions) == 1:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
 
 
 def _raise_open_file_limit() -> None:
@@ -109,12 +188,21 @@ def _raise_open_file_limit() -> None:
         pass
 
 
-async def _serve(agent: Agent) -> None:
+async def _serve(agent: Agent, generated: Optional[str], published: list[int], started: list[bool]) -> None:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_stop_on_signal, agent, tasks.cancel_scope)
 
         def ready(urls: list[str]) -> None:
+            # Runs before the first accept: a client that finds the token file finds this agent's token.
+            if generated is not None:
+                for url in urls:
+                    address = addr.parse(url)
+                    if address.kind == "tcp" and address.port not in published:
+                        path = addr.publish_token(address.port, generated)
+                        published.append(address.port)
+                        log.info("token for %s in %s (this user's clients read it there)", url, path)
             print(f"ml-persistence-agent: ready, listening on {' '.join(urls)} (database {agent.db_path})", flush=True)
+            started.append(True)
 
         await agent.run(ready)
         tasks.cancel_scope.cancel()

@@ -21,6 +21,7 @@ from ml_persistence import queries, recovery, schema
 from ml_persistence.buffer import Batch, EventBuffer, Item
 from ml_persistence.writer import Writer, WriterOptions
 
+from .gate import Gate
 from .session import Session
 
 log = logging.getLogger("ml_persistence.agent")
@@ -107,12 +108,11 @@ class Agent:
         max_unread_bytes: int = DEFAULT_MAX_UNREAD,
         max_partial_bytes: int = DEFAULT_MAX_PARTIAL,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        allowed_uids: frozenset[int] = frozenset(),
     ) -> None:
         for address in addresses:
-            if address.kind == "tcp" and not p.is_loopback(address.host) and token is None:
-                raise PermissionError(
-                    f"listening on {address} (not loopback) requires a token: pass --token-file"
-                )
+            if address.kind == "tcp" and token is None:  # loopback too: other local users can connect there
+                raise PermissionError(f"listening on {address} requires a token")
         self.db_path = os.path.abspath(db_path)
         self.addresses = addresses
         self.token = token
@@ -121,7 +121,8 @@ class Agent:
         self.hello_timeout = hello_timeout
         self.frame_timeout = frame_timeout
         self.max_pending = max_pending
-        self.max_connections = max_connections
+        self.max_connections = max_connections  # authenticated ones; the gate limits the others
+        self.gate = Gate(allowed_uids)
         self.max_unread_bytes = max_unread_bytes
         self.max_partial_bytes = max_partial_bytes
         self.stop_timeout = stop_timeout
@@ -156,6 +157,7 @@ class Agent:
                 async with anyio.create_task_group() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept, listener, sessions)
+                    accepting.start_soon(self.gate.log_summaries)
                     if ready is not None:
                         ready(self.listening)
                     await self._stop.wait()
@@ -217,11 +219,18 @@ class Agent:
         self.drained.set()
 
     async def _listen(self, address: addr.Address) -> anyio.abc.Listener:
+        try:
+            if address.kind == "unix":
+                listener = await self._listen_unix(address.path)
+            else:
+                listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
+        except OSError as exc:  # the same errno (EADDRINUSE, EACCES, ...), naming the address
+            if exc.errno is None:
+                raise OSError(f"cannot listen on {address}: {exc}") from None
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}") from None
         if address.kind == "unix":
-            listener = await self._listen_unix(address.path)
             self.listening.append(str(address))
         else:
-            listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
             port = listener.extra(anyio.abc.SocketAttribute.local_port)
             self.listening.append(str(addr.Address("tcp", host=address.host, port=port)))
         log.info("listening on %s (database %s)", self.listening[-1], self.db_path)
@@ -266,11 +275,14 @@ class Agent:
                 log.error("cannot accept a connection (%s); retrying in %.1f s", exc.__cause__ or exc, ACCEPT_BACKOFF)
                 await anyio.sleep(ACCEPT_BACKOFF)
                 continue
-            if len(self.sessions) >= self.max_connections:
-                log.warning("refusing a connection: already %d open (--max-connections)", len(self.sessions))
+            session = Session(self, stream)
+            authenticated = len(self.sessions) - self.gate.unauthenticated
+            if authenticated >= self.max_connections:
+                message = f"refusing a connection: already {authenticated} open (--max-connections)"
+                self.gate.refuse(session.origin.key, "--max-connections reached", message)
                 await stream.aclose()
                 continue
-            session = Session(self, stream)
+            self.gate.admit(session)  # may close the oldest unauthenticated connection to make room
             self.sessions.add(session)  # counted now, before its task runs
             sessions.start_soon(session.run)
 

@@ -14,6 +14,8 @@ import msgspec
 from ml_persistence import events as ev
 from ml_persistence import protocol as p
 
+from .gate import identify
+
 if TYPE_CHECKING:
     from .server import Agent, ClientState
 
@@ -32,6 +34,8 @@ class Session:
         self.agent = agent
         self.stream = stream
         self.peer = _peer(stream)
+        self.origin = identify(stream)
+        self.authenticated = False  # a valid Hello came: no longer counted by agent.gate
         self.state: Optional[ClientState] = None
         self._outbox: deque[tuple[bytes, bool]] = deque()  # encoded frames, and whether each answers a read
         self._outbox_bytes = 0  # answers queued behind the send in progress: unread by the client
@@ -76,7 +80,10 @@ class Session:
                 reason = reason or self._drop_reason
                 if reason:
                     self.agent.stats.dropped_connections += 1
-                    log.warning("closing connection from %s: %s", self.who, reason)
+                    if self.authenticated:
+                        log.warning("closing connection from %s: %s", self.who, reason)
+                    else:  # logged one by one, or summed up under a flood
+                        self.agent.gate.refuse(self.origin.key, reason, f"closing connection from {self.who}: {reason}")
                 elif self._draining or self._read_scope.cancel_called:
                     with anyio.move_on_after(5):
                         await self.agent.drained.wait()
@@ -158,10 +165,12 @@ class Session:
             refusal = self._check(hello)
             if refusal is not None:
                 self.agent.stats.refused += 1
-                log.warning("refusing %s: %s", self.peer, refusal)
+                await self.agent.gate.failed(self, refusal, f"refusing {self.peer}: {refusal}")
                 self.send(p.Refused(refusal))
                 await self._send_last()
                 return None
+            self.authenticated = True
+            self.agent.gate.authenticated(self)
             await self._attach(hello)
             while True:
                 message = await self._next_message()
@@ -236,8 +245,11 @@ class Session:
     def _check(self, hello: p.Hello) -> Optional[str]:
         if hello.version != p.PROTOCOL_VERSION:
             return f"protocol version {hello.version} is not supported (agent speaks {p.PROTOCOL_VERSION})"
+        refusal = self.agent.gate.peer_refusal(self.origin)
+        if refusal is not None:
+            return refusal
         token = self.agent.token
-        if token is not None:
+        if token is not None and self.origin.uid is None:  # a Unix socket's peer uid, when known, stands for it
             if not hello.token:
                 return "this agent requires a token (set ML_PERSISTENCE_TOKEN)"
             if not hmac.compare_digest(hello.token.encode(), token.encode()):
@@ -264,6 +276,7 @@ class Session:
 
     def _detach(self) -> None:
         self.agent.sessions.discard(self)
+        self.agent.gate.closed(self)
         state = self.state
         if state is not None and state.session is self:
             state.session = None

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
+import string
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
 from .errors import InvalidValueError
+from .protocol import is_loopback
 
 SOCKET_NAME = "agent.sock"
+# A token must carry 128 bits: 16 random bytes are 22 characters of URL-safe base64
+# (secrets.token_urlsafe(16)) or 32 hex digits (openssl rand -hex 16). A string's randomness
+# cannot be measured, so this is a floor on its length: 22 characters, 32 if all are hex digits.
+MIN_TOKEN_CHARS = 22
+MIN_HEX_TOKEN_CHARS = 32
+_HEX = frozenset(string.hexdigits)
 
 
 @dataclass(frozen=True)
@@ -72,11 +81,102 @@ def ensure_private_dir(path: str) -> None:
 
 
 def read_token(path: Optional[str]) -> Optional[str]:
-    """Return the token stored in the file at ``path`` (stripped), or None without a path."""
+    """Return the token stored in the file at ``path`` (stripped), or None without a path.
+
+    Like ssh with private keys, refuse a file another user owns or could read or write, and a
+    token too short to hold 128 bits (check_token).
+    """
     if path is None:
         return None
-    with open(path, encoding="utf-8") as handle:
-        token = handle.read().strip()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:  # the same errno, naming what the file is for
+        raise OSError(exc.errno, f"cannot read token file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidValueError(f"token file {path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise PermissionError(f"token file {path} belongs to uid {info.st_uid}, not to this user: refusing it")
+        if info.st_mode & 0o077:
+            raise PermissionError(
+                f"token file {path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}): "
+                f"refusing it; run chmod 600 {path}"
+            )
+        with os.fdopen(os.dup(fd), encoding="utf-8") as handle:
+            token = handle.read(4096).strip()
+    finally:
+        os.close(fd)
     if not token:
         raise InvalidValueError(f"token file {path} is empty")
+    check_token(token, f"the token in {path}")
     return token
+
+
+def check_token(token: str, origin: str = "the token") -> None:
+    """Raise InvalidValueError unless ``token`` is long enough to hold 128 bits (MIN_TOKEN_CHARS)."""
+    need = MIN_HEX_TOKEN_CHARS if set(token) <= _HEX else MIN_TOKEN_CHARS
+    if len(token) < need or any(c.isspace() or not c.isprintable() for c in token):
+        raise InvalidValueError(
+            f"{origin} is too weak: a token needs at least {MIN_TOKEN_CHARS} printable characters without "
+            f"spaces ({MIN_HEX_TOKEN_CHARS} if hex), 128 bits; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+
+
+def new_token() -> str:
+    """Return a fresh random token of 256 bits."""
+    return secrets.token_urlsafe(32)
+
+
+def token_path(port: int) -> str:
+    """Return where an agent listening on TCP ``port`` publishes its generated token for this user's clients."""
+    return os.path.join(runtime_dir(), f"agent-tcp-{port}.token")
+
+
+def publish_token(port: int, token: str) -> str:
+    """Write ``token`` for clients of TCP ``port``: mode 0600 in the private runtime directory; return the path."""
+    directory = runtime_dir()
+    ensure_private_dir(directory)
+    path = token_path(port)
+    partial = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (token + "\n").encode())
+    finally:
+        os.close(fd)
+    os.replace(partial, path)  # atomic: a client reads the old token or the new one, never half
+    return path
+
+
+def unpublish_token(port: int, token: str) -> None:
+    """Remove the token file of ``port`` if it still holds ``token`` (a newer agent may have replaced it)."""
+    path = token_path(port)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read().strip() != token:
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def published_token(address: Address) -> Optional[str]:
+    """Return the token a local agent published for ``address`` (a loopback TCP one), or None.
+
+    A token is looked up only for loopback hosts: it must never be sent to another machine.
+    """
+    if address.kind != "tcp" or not is_loopback(address.host):
+        return None
+    directory = runtime_dir()
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{directory} is not a private directory of this user: not reading tokens from it")
+    try:
+        return read_token(token_path(address.port))
+    except FileNotFoundError:
+        return None

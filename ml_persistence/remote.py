@@ -24,7 +24,7 @@ import msgspec
 
 from . import protocol as p
 from . import queries
-from .address import Address, default_address
+from .address import Address, default_address, published_token
 from .buffer import Barrier, EventBuffer
 from .errors import (
     AgentError,
@@ -521,6 +521,7 @@ class Sender:
         timeout = CONNECT_TIMEOUT
         if self._deadline is not None:
             timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
+        token = self.backend.token
         try:
             if address.kind == "unix":
                 _check_private(address)
@@ -528,9 +529,11 @@ class Sender:
                 sock.settimeout(timeout)
                 sock.connect(address.path)
             else:
+                if token is None:  # the token a local agent made for this port, in this user's runtime directory
+                    token = published_token(address)
                 sock = socket.create_connection((address.host, address.port), timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except PermissionError as exc:
+        except (PermissionError, InvalidValueError) as exc:
             self.refused = AgentRefusedError(str(exc))
             self.backend.refused = self.refused
             log.error("ml_persistence: %s", exc)
@@ -540,7 +543,7 @@ class Sender:
             log.debug("cannot reach the agent at %s: %s", address, exc)
             return None
         try:
-            hello = p.Hello(p.PROTOCOL_VERSION, self.backend.client_id, os.getpid(), socket.gethostname(), self.backend.token)
+            hello = p.Hello(p.PROTOCOL_VERSION, self.backend.client_id, os.getpid(), socket.gethostname(), token)
             sock.sendall(p.frame(hello))
             reply = self._first_reply(sock)
         except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
@@ -549,6 +552,9 @@ class Sender:
             return None
         if type(reply) is p.Refused:
             sock.close()
+            if self.backend.token is None and _published_token_changed(address, token):
+                log.debug("the agent at %s has a new token; connecting again", address)
+                return None  # a restarted agent published it after we read the old one
             self.refused = AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}")
             self.backend.refused = self.refused
             log.error("ml_persistence: %s", self.refused)
@@ -749,6 +755,14 @@ class Sender:
         barriers = self.barriers
         while barriers and barriers[0][0] <= seq:
             barriers.popleft()[1].set()
+
+
+def _published_token_changed(address: Address, used: Optional[str]) -> bool:
+    """True if the token published for ``address`` is now another than ``used``."""
+    try:
+        return published_token(address) not in (None, used)
+    except (OSError, InvalidValueError):
+        return False
 
 
 def _check_private(address: Address) -> None:

@@ -139,18 +139,24 @@ def test_a_replayed_call_does_not_hide_the_events_sent_before_it(tmp_path: Path)
     assert rows(db, "SELECT COUNT(*) FROM artifacts") == [(1,)]
 
 
-def test_connections_past_the_limit_are_closed_and_logged(tmp_path: Path) -> None:
+def test_authenticated_connections_past_the_limit_are_closed_and_logged(tmp_path: Path) -> None:
     import socket
+
+    from ml_persistence import protocol as p
 
     url = short_socket(tmp_path)
     extra = ["--max-connections", "2", "--hello-timeout", "600"]
     with AgentProcess(str(tmp_path / "agent.db"), [url], tmp_path, extra=extra) as agent:
         held = []
-        for _ in range(3):
+        for i in range(3):
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(30)
             conn.connect(url[len("unix://") :])
             held.append(conn)
-        assert held[2].recv(1) == b""  # the third is closed at once; the first two wait for their Hello
+            if i < 2:  # --max-connections counts connections that said Hello; the unauthenticated have their own limits
+                conn.sendall(p.frame(p.Hello(p.PROTOCOL_VERSION, f"client-{i}", 1, "h")))
+                assert type(p.decode_agent_message(conn.recv(65536)[4:])) is p.Welcome
+        assert held[2].recv(1) == b""  # the third is closed at once
         assert "already 2 open" in agent.log()
         for conn in held:
             conn.close()

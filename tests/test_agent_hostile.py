@@ -50,6 +50,7 @@ class RawClient:
             sock = socket.create_connection((where.host, where.port), FAILSAFE)
         sock.settimeout(FAILSAFE)
         self.sock = sock
+        self.token = address.published_token(where)  # a TCP agent's, made for this user; None on a Unix socket
         self._decoder = p.FrameDecoder(p.DEFAULT_MAX_FRAME)
         self._inbox: deque[p.Message] = deque()
         self.eof = False
@@ -85,7 +86,7 @@ class RawClient:
             assert type(message) is p.Committed, f"unexpected {message!r}"
 
     def hello(self, client_id: str = "hostile-client") -> p.Welcome:
-        self.send_message(p.Hello(p.PROTOCOL_VERSION, client_id, 4242, "nowhere"))
+        self.send_message(p.Hello(p.PROTOCOL_VERSION, client_id, 4242, "nowhere", self.token))
         welcome = self.receive()
         assert type(welcome) is p.Welcome, welcome
         return welcome
@@ -171,7 +172,7 @@ def trainer(agent: AgentProcess):
 
 
 def free_tcp_url() -> str:
-    # The agent refuses port 0 (address.parse), so pick a free port for it.
+    # A free port for the agent's TCP listener (RawClient finds the token the agent makes for it).
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"

@@ -504,7 +504,7 @@ def free_port() -> int:
 def test_token_is_required_and_checked(tmp_path: Path, procs) -> None:
     db = str(tmp_path / "agent.db")
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token-4711\n")
+    token_file.write_text("s3cret-token-4711-0123456789\n")
     token_file.chmod(0o600)
     agent = procs.agent(db, [f"tcp://127.0.0.1:{free_port()}"], tmp_path, ("--token-file", str(token_file)))
 
@@ -520,7 +520,7 @@ def test_token_is_required_and_checked(tmp_path: Path, procs) -> None:
         say("exp", exp)
         """,
         agent.url,
-        ML_PERSISTENCE_TOKEN="s3cret-token-4711",
+        ML_PERSISTENCE_TOKEN="s3cret-token-4711-0123456789",
     )
     # A refusal must come back as AgentRefusedError at once, not as the request timeout: with the
     # timeout this long, waiting for it would trip the test's hang guard instead.
@@ -563,7 +563,8 @@ def test_token_is_required_and_checked(tmp_path: Path, procs) -> None:
 def test_agent_on_tcp_port_zero_reports_the_port_it_bound(tmp_path: Path, procs) -> None:
     db = str(tmp_path / "agent.db")
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token-4711\n")
+    token_file.write_text("s3cret-token-4711-0123456789\n")
+    token_file.chmod(0o600)
     agent = procs.agent(db, ["tcp://127.0.0.1:0"], tmp_path, ("--token-file", str(token_file)))
     assert agent.url.startswith("tcp://127.0.0.1:") and not agent.url.endswith(":0"), agent.url
     trainer = procs.trainer(
@@ -577,7 +578,7 @@ def test_agent_on_tcp_port_zero_reports_the_port_it_bound(tmp_path: Path, procs)
         say("exp", exp)
         """,
         agent.url,
-        ML_PERSISTENCE_TOKEN="s3cret-token-4711",
+        ML_PERSISTENCE_TOKEN="s3cret-token-4711-0123456789",
     )
     exp = int(trainer.line("exp"))
     check_exit(trainer)

@@ -1,0 +1,348 @@
+"""Who may use an agent: a token on every TCP listener, the peer's uid on a Unix socket, bounded
+unauthenticated connections, slower answers to wrong tokens, and one-line startup errors.
+
+Another local user is `nobody` (tests/otheruser.py), which needs root; those tests skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from agent_process import AgentProcess, short_socket
+from conftest import PYTHON, rows, subprocess_env
+from otheruser import other_user  # noqa: F401 - a fixture
+
+import ml_persistence
+from ml_persistence import ExperimentTracker, MetricsLogger, address
+from ml_persistence import protocol as p
+
+GUARD = 120.0  # a subprocess that runs longer than this has hung
+TOKEN = "correct-horse-battery-staple-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tcp_agent(tmp_path: Path, *extra: str, port: int = 0) -> AgentProcess:
+    return AgentProcess(str(tmp_path / "agent.db"), [f"tcp://127.0.0.1:{port or free_port()}"], tmp_path, extra=extra)
+
+
+def hello_reply(url: str, token: str | None) -> p.Message | None:
+    """Say Hello with ``token`` on a raw socket; return the agent's answer, or None if it just closed."""
+    where = address.parse(url)
+    with socket.create_connection((where.host, where.port), 30) as sock:
+        sock.sendall(p.frame(p.Hello(p.PROTOCOL_VERSION, "raw-client", 1, "h", token)))
+        decoder = p.FrameDecoder()
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return None
+            bodies = decoder.feed(data)
+            if bodies:
+                return p.decode_agent_message(bodies[0])
+
+
+# -- a token on every TCP listener, made for this user when none is given ---------------------------
+
+
+def test_a_tcp_agent_makes_a_private_token_that_this_users_clients_find(tmp_path: Path) -> None:
+    with tcp_agent(tmp_path) as agent:
+        port = address.parse(agent.url).port
+        path = Path(address.token_path(port))
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        token = path.read_text().strip()
+        assert len(token) >= 43  # 256 bits of URL-safe base64
+        # The same user needs no configuration at all ...
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("zero-setup")
+        tracker.log_metric("loss", 0.5, step=0)
+        tracker.flush(timeout=30)
+        assert [r["value"] for r in MetricsLogger(agent=agent.url).get_metric_history(exp, "loss")] == [0.5]
+        tracker.end_experiment()
+        ml_persistence.shutdown(timeout=30)
+        # ... while a raw client with no token, or a wrong one, is refused, on loopback too.
+        for wrong in (None, "x" * 43, token[:-1] + ("A" if token[-1] != "A" else "B")):
+            reply = hello_reply(agent.url, wrong)
+            assert type(reply) is p.Refused and "token" in reply.reason, reply
+        assert type(hello_reply(agent.url, token)) is p.Welcome
+        assert agent.stop() == 0, agent.log()
+    assert not path.exists()  # removed at exit
+    assert rows(agent.db, "SELECT name FROM experiments") == [("zero-setup",)]
+
+
+def test_another_user_can_neither_log_to_nor_read_from_a_loopback_tcp_agent(tmp_path: Path, other_user) -> None:
+    with tcp_agent(tmp_path) as agent:
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("victim")
+        tracker.log_metric("secret", 42.0, step=0)
+        tracker.flush(timeout=30)
+        token_path = address.token_path(address.parse(agent.url).port)
+        intruder = other_user.run(
+            textwrap.dedent(
+                f"""
+                import os
+                from ml_persistence import ExperimentTracker, MetricsLogger, AgentRefusedError
+                try:
+                    open({token_path!r}).read()
+                    print("token file readable")
+                except PermissionError:
+                    print("token file unreadable")
+                for token in (None, "guess-guess-guess-guess-guess"):
+                    try:
+                        ExperimentTracker(agent={agent.url!r}, token=token).start_experiment("intruder")
+                        print("logged")
+                    except AgentRefusedError as exc:
+                        print("log refused:", exc)
+                    try:
+                        MetricsLogger(agent={agent.url!r}, token=token).get_metric_history({exp}, "secret")
+                        print("read")
+                    except AgentRefusedError as exc:
+                        print("read refused:", exc)
+                """
+            ),
+            env=other_user.env(ML_PERSISTENCE_AGENT_TIMEOUT="60"),
+        )
+        lines = intruder.stdout.splitlines()
+        assert lines[0] == "token file unreadable", intruder
+        assert [line.split(":")[0] for line in lines[1:]] == ["log refused", "read refused"] * 2, intruder
+        assert all("token" in line for line in lines[1:]), intruder
+        tracker.end_experiment()
+        ml_persistence.shutdown(timeout=30)
+        assert agent.stop() == 0, agent.log()
+    assert rows(agent.db, "SELECT name FROM experiments") == [("victim",)]
+
+
+# -- Unix sockets: the peer's uid ------------------------------------------------------------------
+
+
+def start_agent_as(other_user, directory: str, name: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """Start an agent as the other user on socket ``name`` in ``directory``; return it and its URL once ready."""
+    url = f"unix://{directory}/{name}"
+    proc = other_user.popen(
+        "-m", "agent", "--db", f"{directory}/agent.db", "--listen", url, *extra,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()  # the ready line, or EOF if it failed
+    assert "ready, listening on" in line, (line, proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    _, err = proc.communicate(timeout=GUARD)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_a_unix_socket_agent_refuses_a_peer_of_another_uid_unless_allowed(tmp_path: Path, other_user) -> None:
+    # root can reach nobody's 0700 directory and 0600 socket despite their modes: the uid check is what stops it.
+    directory = other_user.private_dir()
+    proc, url = start_agent_as(other_user, directory, "a.sock")
+    try:
+        with pytest.raises(ml_persistence.AgentRefusedError, match="connections from uid 0 are not allowed"):
+            ExperimentTracker(agent=url).start_experiment("root-intruder")
+    finally:
+        ml_persistence.shutdown(timeout=30)
+        err = stop(proc)
+    assert "connections from uid 0 are not allowed" in err
+
+    proc, url = start_agent_as(other_user, directory, "b.sock", "--allow-uid", "0")  # a new client: a.sock's refused
+    try:
+        tracker = ExperimentTracker(agent=url)
+        exp = tracker.start_experiment("allowed-root")
+        tracker.log_metric("loss", 1.0, step=0)
+        tracker.flush(timeout=30)
+        assert [r["value"] for r in MetricsLogger(agent=url).get_metric_history(exp, "loss")] == [1.0]
+        tracker.end_experiment()
+    finally:
+        ml_persistence.shutdown(timeout=30)
+        stop(proc)
+    assert rows(f"{directory}/agent.db", "SELECT name FROM experiments") == [("allowed-root",)]
+
+
+# -- token files and startup errors: one line, exit status 2 --------------------------------------
+
+
+def run_agent(tmp_path: Path, *args: str, runner=None) -> subprocess.CompletedProcess:
+    argv = [PYTHON, "-m", "agent", *args] if runner is None else runner.command("-m", "agent", *args)
+    env = subprocess_env() if runner is None else runner.env()
+    return subprocess.run(argv, cwd=tmp_path if runner is None else runner.site, env=env,
+                          capture_output=True, text=True, timeout=GUARD, check=False)
+
+
+def assert_one_line_exit_2(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode == 2, done
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("ml-persistence-agent: "), done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert "ready" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "words"),
+    [
+        (TOKEN, 0o644, ("accessible by other users", "0644", "chmod 600")),
+        (TOKEN, 0o606, ("accessible by other users",)),
+        (TOKEN, 0o620, ("accessible by other users",)),
+        ("short-token-4711", 0o600, ("too weak", "22")),
+        ("0123456789abcdef0123456789", 0o600, ("too weak", "32 if hex")),  # 26 hex digits: 104 bits
+        ("", 0o600, ("empty",)),
+    ],
+    ids=["world-readable", "world-writable", "group-writable", "short", "short-hex", "empty"],
+)
+def test_an_unsafe_token_file_stops_the_agent_with_one_line(tmp_path: Path, content: str, mode: int, words) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(content + "\n")
+    token_file.chmod(mode)
+    done = run_agent(tmp_path, "--db", str(tmp_path / "a.db"), "--listen", f"tcp://127.0.0.1:{free_port()}",
+                     "--token-file", str(token_file))
+    assert_one_line_exit_2(done, *words)
+
+
+def test_a_safe_token_file_is_accepted(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    with tcp_agent(tmp_path, "--token-file", str(token_file)) as agent:
+        assert type(hello_reply(agent.url, TOKEN)) is p.Welcome
+        # A token given by the user is not copied anywhere: clients get it from $ML_PERSISTENCE_TOKEN.
+        assert not Path(address.token_path(address.parse(agent.url).port)).exists()
+        assert agent.stop() == 0
+
+
+def test_startup_failures_are_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    db = str(tmp_path / "a.db")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_exit_2(
+            run_agent(tmp_path, "--db", db, "--listen", f"tcp://127.0.0.1:{port}"),
+            f"cannot listen on tcp://127.0.0.1:{port}", "in use",
+        )
+    assert_one_line_exit_2(
+        run_agent(tmp_path, "--db", str(tmp_path / "missing" / "a.db"), "--listen", short_socket(tmp_path)),
+        "does not exist", str(tmp_path / "missing"),
+    )
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database, just text\n" * 100)
+    assert_one_line_exit_2(
+        run_agent(tmp_path, "--db", str(not_sqlite), "--listen", short_socket(tmp_path)), "is not an SQLite database"
+    )
+    assert_one_line_exit_2(
+        run_agent(tmp_path, "--db", db, "--listen", f"tcp://127.0.0.1:{free_port()}", "--token-file",
+                  str(tmp_path / "no-such-token")),
+        "cannot read token file", "No such file",
+    )
+    assert_one_line_exit_2(run_agent(tmp_path, "--db", db, "--listen", f"tcp://0.0.0.0:{free_port()}"), "--token-file")
+
+
+def test_permission_denied_is_one_line_and_exit_status_2(tmp_path: Path, other_user) -> None:
+    readonly = tmp_path / "shared"
+    readonly.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(readonly, 0o755)  # root's: nobody may look, not write
+    sock_dir = other_user.private_dir()
+    done = run_agent(tmp_path, "--db", str(readonly / "a.db"), "--listen", f"unix://{sock_dir}/a.sock",
+                     runner=other_user)
+    assert_one_line_exit_2(done, "permission denied", str(readonly / "a.db"))
+    ExperimentTracker(str(readonly / "b.db"), agent=False).start_experiment("roots")
+    ml_persistence.shutdown(timeout=30)
+    done = run_agent(tmp_path, "--db", str(readonly / "b.db"), "--listen", f"unix://{sock_dir}/a.sock",
+                     runner=other_user)
+    assert_one_line_exit_2(done, "permission denied", str(readonly / "b.db"))
+
+
+# -- bounded under abuse -----------------------------------------------------------------------------
+
+FLOOD = r"""
+import resource, socket, sys, threading
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+host, port, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = []
+for _ in range(idle):
+    held.append(socket.create_connection((host, port), 30))
+stop = threading.Event()
+def reopen():
+    while not stop.is_set():
+        try:
+            socket.create_connection((host, port), 5).close()
+        except OSError:
+            pass
+threads = [threading.Thread(target=reopen, daemon=True) for _ in range(4)]
+for t in threads:
+    t.start()
+print("flooding", flush=True)
+sys.stdin.readline()
+stop.set()
+for t in threads:
+    t.join()
+print("stopped", flush=True)
+"""
+
+TRAINER = """
+import sys
+from ml_persistence import ExperimentTracker
+tracker = ExperimentTracker(agent=sys.argv[1])
+exp = tracker.start_experiment("through-the-flood")
+for step in range(100):
+    tracker.log_metric("loss", 1.0 / (1 + step), step=step)
+tracker.flush(timeout=10)
+tracker.end_experiment()
+print("done", exp, flush=True)
+"""
+
+
+def test_a_token_holder_gets_in_through_a_connection_flood_and_the_log_stays_small(tmp_path: Path) -> None:
+    with tcp_agent(tmp_path) as agent:
+        where = address.parse(agent.url)
+        flood = subprocess.Popen(
+            [PYTHON, "-c", FLOOD, where.host, str(where.port), "1500"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env(),
+        )
+        try:
+            assert flood.stdout.readline().strip() == "flooding"
+            trainer = subprocess.run(
+                [PYTHON, "-c", TRAINER, agent.url], capture_output=True, text=True, timeout=GUARD,
+                env=subprocess_env(ML_PERSISTENCE_AGENT_TIMEOUT="10"), cwd=tmp_path, check=False,
+            )
+            assert trainer.returncode == 0 and trainer.stdout.startswith("done"), trainer
+        finally:
+            flood.stdin.write("\n")
+            flood.stdin.close()
+            assert flood.stdout.readline().strip() == "stopped"
+            flood.wait(GUARD)
+        assert agent.stop() == 0, agent.log()
+    log = agent.log()
+    summaries = re.findall(r"refused (\d+) more connections from (\d+) peers", log)
+    refused = sum(int(n) for n, _ in summaries)
+    assert refused >= 1000, log[-3000:]  # the flood was refused ...
+    assert len(log.splitlines()) < 100, log[-3000:]  # ... in a few summary lines, not a line each
+    exp = int(trainer.stdout.split()[1])
+    assert rows(agent.db, "SELECT COUNT(*) FROM metrics WHERE experiment_id = ?", (exp,)) == [(100,)]
+
+
+def test_wrong_tokens_are_answered_later_and_later(tmp_path: Path) -> None:
+    with tcp_agent(tmp_path) as agent:
+        for _ in range(6):  # one after the other, as a guessing loop does
+            reply = hello_reply(agent.url, "wrong-wrong-wrong-wrong-wrong")
+            assert type(reply) is p.Refused and reply.reason == "wrong token"
+        token = Path(address.token_path(address.parse(agent.url).port)).read_text().strip()
+        assert type(hello_reply(agent.url, token)) is p.Welcome  # the token holder is not slowed down
+        assert agent.stop() == 0
+    delays = [float(d) for d in re.findall(r"wrong token \(answered after ([\d.]+) s\)", agent.log())]
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6], agent.log()
