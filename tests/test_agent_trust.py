@@ -82,6 +82,34 @@ def test_a_tcp_agent_makes_a_private_token_that_this_users_clients_find(tmp_path
     assert rows(agent.db, "SELECT name FROM experiments") == [("zero-setup",)]
 
 
+def test_a_client_follows_a_restarted_agent_to_its_new_token(tmp_path: Path) -> None:
+    port = free_port()
+    agent = tcp_agent(tmp_path, port=port).start()
+    try:
+        tracker = ExperimentTracker(agent=agent.url)
+        exp = tracker.start_experiment("across-restarts")
+        first = Path(address.token_path(port)).read_text()
+        for restart in range(3):
+            for step in range(restart * 100, restart * 100 + 100):
+                tracker.log_metric("loss", float(step), step=step)
+            tracker.flush(timeout=30)
+            assert agent.stop() == 0, agent.log()
+            for step in range(restart * 100 + 100, restart * 100 + 200):  # logged while no agent runs
+                tracker.log_metric("gap", float(step), step=step)
+            agent.start()  # same port, a new token: the client re-reads it when it reconnects
+        assert Path(address.token_path(port)).read_text() != first
+        tracker.flush(timeout=30)
+        tracker.end_experiment()
+    finally:
+        ml_persistence.shutdown(timeout=30)
+        agent.stop()
+    assert rows(
+        agent.db,
+        "SELECT COUNT(*), COUNT(DISTINCT metric_name || ':' || step) FROM metrics WHERE experiment_id = ?",
+        (exp,),
+    ) == [(600, 600)]
+
+
 def test_another_user_can_neither_log_to_nor_read_from_a_loopback_tcp_agent(tmp_path: Path, other_user) -> None:
     with tcp_agent(tmp_path) as agent:
         tracker = ExperimentTracker(agent=agent.url)
