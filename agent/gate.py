@@ -10,7 +10,7 @@ import struct
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import anyio
 import anyio.abc
@@ -68,11 +68,6 @@ def peer_uid(sock: socket.socket) -> Optional[int]:
     return None
 
 
-def peer_uid_supported() -> bool:
-    """True if this platform reports a Unix socket peer's uid."""
-    return hasattr(socket, "SO_PEERCRED") or hasattr(socket, "LOCAL_PEERCRED")
-
-
 @dataclass
 class _Penalty:
     failures: int = 0
@@ -92,10 +87,9 @@ class Gate:
     penalties: dict[str, _Penalty] = field(default_factory=dict)
     refusals: Counter = field(default_factory=Counter)  # reason -> count, since the last summary
     refused_peers: set[str] = field(default_factory=set)
-    refused_total: int = 0
     logged: int = 0  # refusals logged one by one in this interval
     longest_delay: float = 0.0
-    sleeping: dict = field(default_factory=dict)  # session -> the CancelScope of its failure delay
+    sleeping: "dict[Session, anyio.CancelScope]" = field(default_factory=dict)  # failure delays, to cut short
 
     def __post_init__(self) -> None:
         self.uid = os.geteuid() if hasattr(os, "geteuid") else None
@@ -177,13 +171,6 @@ class Gate:
             finally:
                 self.sleeping.pop(session, None)
 
-    def delay_of(self, key: str) -> float:
-        """Return the delay the next failed Hello from peer ``key`` would wait."""
-        penalty = self.penalties.get(key)
-        if penalty is None or self.clock() - penalty.last > FAILURE_MEMORY:
-            return FAILURE_DELAY
-        return min(FAILURE_DELAY_MAX, FAILURE_DELAY * 2 ** min(penalty.failures, 30))
-
     def _prune(self, now: float) -> None:
         if len(self.penalties) > 4096:
             for key in [k for k, p in self.penalties.items() if now - p.last > FAILURE_MEMORY]:
@@ -193,7 +180,6 @@ class Gate:
 
     def refuse(self, peer: str, reason: str, message: str) -> None:
         """Log ``message`` about a refused or closed unauthenticated connection, or past LOGGED_EACH, count it for the summary."""
-        self.refused_total += 1
         if self.logged < LOGGED_EACH:
             self.logged += 1
             log.warning("%s", message)
@@ -226,9 +212,10 @@ class Gate:
         try:
             while True:
                 await anyio.sleep(interval)
-                if not self.refusals:
+                if not self.refusals:  # all were logged one by one: start a new interval
                     self._since = self.clock()
                     self.logged = 0
+                    self.longest_delay = 0.0
                     continue
                 line = self.summary()
                 if line is not None:
