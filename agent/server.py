@@ -224,6 +224,7 @@ class Agent:
                 listener = await self._listen_unix(address.path)
             else:
                 listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
+                defer_accept(listener, self.hello_timeout)
         except OSError as exc:  # the same errno (EADDRINUSE, EACCES, ...), naming the address
             if exc.errno is None:
                 raise OSError(f"cannot listen on {address}: {exc}") from None
@@ -389,6 +390,19 @@ class Agent:
                 return p.encode_value(query(self._reader, *args))
 
         return await anyio.to_thread.run_sync(run)
+
+
+def defer_accept(listener: anyio.abc.Listener, seconds: float) -> None:
+    """Have the kernel hand over a TCP connection only once its first bytes arrive (Linux).
+
+    A client always speaks first (Hello), so connections that stay silent never take the agent's
+    time, and a token holder's connection is not queued behind them.
+    """
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None:
+        return
+    for part in getattr(listener, "listeners", [listener]):
+        part.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds)))
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -10,8 +10,9 @@ makes a token and publishes it for this user), then:
 
 1. idle: N connections opened and left silent (1,100 and 4,000), then a real trainer process
    (ExperimentTracker(agent=URL), no token configured) runs start_experiment, 100 log_metric
-   calls and flush(); the figure is that process's wall time from start to flush() returning
-   (Python start-up included), and the agent's log size.
+   calls and flush(); the figures are that process's wall time from start to flush() returning
+   (Python start-up included) and, in brackets, start_experiment's (connect, Hello, first
+   answer), and the agent's log size.
 2. reopening: 4 threads open and close connections in a loop (and N idle ones are held), with
    the same trainer measured, over a --flood-seconds window, and the agent's log size then.
 3. wrong tokens: one client sends Hellos with a wrong token one after another for
@@ -42,11 +43,13 @@ import sys, time
 t0 = time.monotonic()
 from ml_persistence import ExperimentTracker
 tracker = ExperimentTracker(agent=sys.argv[1])
+t1 = time.monotonic()
 tracker.start_experiment("through-the-flood")
+t2 = time.monotonic()
 for step in range(100):
     tracker.log_metric("loss", 1.0, step=step)
 tracker.flush(timeout=60)
-print(f"{time.monotonic() - t0:.2f}", flush=True)
+print(f"{time.monotonic() - t0:.2f} ({t2 - t1:.2f} in start_experiment)", flush=True)
 tracker.end_experiment()
 """
 
@@ -175,7 +178,7 @@ def main() -> None:
         s.close()
     print(
         f"reopening flood ({counter[0]} connections in {elapsed:.0f} s, {counter[0] / elapsed:.0f}/s, plus 1500 idle): "
-        f"trainer start+100 logs+flush {', '.join(took)} s; agent log {lines} lines, {size} bytes"
+        f"trainer start+100 logs+flush {'; '.join(took)} s; agent log {lines} lines, {size} bytes"
     )
 
     for clients in (1, 64):

@@ -302,8 +302,9 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 host, port, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 held = []
-for _ in range(idle):
+for _ in range(idle):  # each starts a Hello and stalls (silent ones the kernel keeps from the agent: TCP_DEFER_ACCEPT)
     held.append(socket.create_connection((host, port), 30))
+    held[-1].sendall(b"\x00\x00")
 stop = threading.Event()
 def reopen():
     while not stop.is_set():
