@@ -108,6 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_partial_bytes=args.max_partial_mb << 20,
             stop_timeout=args.stop_timeout,
             allowed_uids=frozenset(args.allow_uid),
+            token_generated=generated,
         )
     except (MLPersistenceError, OSError) as exc:
         return _startup_failed(exc, db)

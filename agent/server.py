@@ -109,6 +109,7 @@ class Agent:
         max_partial_bytes: int = DEFAULT_MAX_PARTIAL,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         allowed_uids: frozenset[int] = frozenset(),
+        token_generated: bool = False,
     ) -> None:
         for address in addresses:
             if address.kind == "tcp" and token is None:  # loopback too: other local users can connect there
@@ -116,6 +117,9 @@ class Agent:
         self.db_path = os.path.abspath(db_path)
         self.addresses = addresses
         self.token = token
+        # A token the agent made for its TCP clients is not asked of Unix socket peers, whose uid is checked;
+        # a token the user gave is asked of every client.
+        self.token_generated = token_generated
         self.options = options or WriterOptions()
         self.max_frame = max_frame
         self.hello_timeout = hello_timeout

@@ -249,7 +249,7 @@ class Session:
         if refusal is not None:
             return refusal
         token = self.agent.token
-        if token is not None and self.origin.uid is None:  # a Unix socket's peer uid, when known, stands for it
+        if token is not None and not (self.agent.token_generated and self.origin.uid is not None):
             if not hello.token:
                 return "this agent requires a token (set ML_PERSISTENCE_TOKEN)"
             if not hmac.compare_digest(hello.token.encode(), token.encode()):
