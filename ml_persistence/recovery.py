@@ -38,6 +38,8 @@ import uuid
 import zlib
 from typing import Iterator, Optional, Sequence
 
+from .spool import free_bytes
+
 MAGIC = b"ML-PERSISTENCE-RECOVERY 1\n"
 SUFFIX = ".mlrecovery"
 _RECORD = struct.Struct(">HQI")  # client index, seq, payload length
@@ -85,7 +87,7 @@ def save(
     name = _file_name(db_path, file_id)
     for directory in candidate_directories(db_path):
         path = os.path.join(directory, name if directory != _db_dir(db_path) else _local_name(db_path, file_id))
-        if _room(directory) < len(data) + _MARGIN:
+        if free_bytes(directory) < len(data) + _MARGIN:
             continue
         with contextlib.suppress(OSError):
             _write_private(path, data)
@@ -286,14 +288,6 @@ def _file_name(db_path: Optional[str], file_id: str) -> str:
 
 def _stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-
-
-def _room(directory: str) -> int:
-    try:
-        info = os.statvfs(directory)
-    except OSError:
-        return 0
-    return info.f_bavail * info.f_frsize
 
 
 def _private_dir(path: str, create: bool) -> bool:

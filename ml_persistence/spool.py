@@ -32,7 +32,8 @@ def spool_directories(configured: Optional[str]) -> list[str]:
     return [p for p in dict.fromkeys(places) if os.path.isdir(p)]
 
 
-def _room(directory: str) -> int:
+def free_bytes(directory: str) -> int:
+    """Return the bytes an unprivileged writer may still use on ``directory``'s filesystem (0 if unknown)."""
     try:
         info = os.statvfs(directory)
     except OSError:
@@ -163,7 +164,7 @@ class Spool:
     def _directories(self) -> list[str]:
         """Return the candidate directories, those with room first."""
         places = spool_directories(self.directory)
-        return [p for p in places if _room(p) >= _ROOM] + [p for p in places if _room(p) < _ROOM]
+        return [p for p in places if free_bytes(p) >= _ROOM] + [p for p in places if free_bytes(p) < _ROOM]
 
     def _new_segment(self, full: Optional[_Segment]) -> _Segment:
         """Open a spool file in the first directory with room (after ``full``'s, if its disk is full)."""

@@ -40,7 +40,13 @@ def tcp_agent(tmp_path: Path, *extra: str, port: int = 0) -> AgentProcess:
 def hello_reply(url: str, token: str | None) -> p.Message | None:
     """Say Hello with ``token`` on a raw socket; return the agent's answer, or None if it just closed."""
     where = address.parse(url)
-    with socket.create_connection((where.host, where.port), 30) as sock:
+    if where.kind == "unix":
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(30)
+        connection.connect(where.path)
+    else:
+        connection = socket.create_connection((where.host, where.port), 30)
+    with connection as sock:
         sock.sendall(p.frame(p.Hello(p.PROTOCOL_VERSION, "raw-client", 1, "h", token)))
         decoder = p.FrameDecoder()
         while True:
@@ -377,33 +383,16 @@ def test_wrong_tokens_are_answered_later_and_later(tmp_path: Path) -> None:
     assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6], agent.log()
 
 
-def unix_hello_reply(path: str, token: str | None) -> p.Message | None:
-    """Say Hello with ``token`` on a raw Unix socket connection; return the agent's answer, or None."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
-        sock.connect(path)
-        sock.sendall(p.frame(p.Hello(p.PROTOCOL_VERSION, "raw-unix-client", 1, "h", token)))
-        decoder = p.FrameDecoder()
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return None
-            bodies = decoder.feed(data)
-            if bodies:
-                return p.decode_agent_message(bodies[0])
-
-
 def test_a_token_the_user_gave_is_asked_of_unix_socket_clients_too(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     sock = short_socket(tmp_path)
     with AgentProcess(str(tmp_path / "agent.db"), [sock], tmp_path, extra=("--token-file", str(token_file))) as agent:
-        path = address.parse(agent.url).path
-        refused = unix_hello_reply(path, None)
+        refused = hello_reply(agent.url, None)
         assert type(refused) is p.Refused and "token" in refused.reason
-        assert type(unix_hello_reply(path, "wrong" + TOKEN)) is p.Refused
-        assert type(unix_hello_reply(path, TOKEN)) is p.Welcome
+        assert type(hello_reply(agent.url, "wrong" + TOKEN)) is p.Refused
+        assert type(hello_reply(agent.url, TOKEN)) is p.Welcome
         assert agent.stop() == 0
 
 
@@ -411,5 +400,5 @@ def test_a_token_the_agent_made_for_tcp_is_not_asked_of_its_own_users_unix_clien
     sock = short_socket(tmp_path)
     listen = [sock, f"tcp://127.0.0.1:{free_port()}"]
     with AgentProcess(str(tmp_path / "agent.db"), listen, tmp_path) as agent:
-        assert type(unix_hello_reply(address.parse(sock).path, None)) is p.Welcome
+        assert type(hello_reply(sock, None)) is p.Welcome
         assert agent.stop() == 0
