@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from .spool import free_bytes
 
@@ -58,21 +58,30 @@ class Applied:
 
 
 def save(
-    db_path: Optional[str], payloads: Sequence[bytes], keys: Optional[Sequence[Optional[tuple[str, int]]]] = None
+    db_path: Optional[str], payloads: Iterable[bytes], keys: Optional[Iterable[Optional[tuple[str, int]]]] = None
 ) -> Optional[str]:
     """Write ``payloads`` (encoded events, in logging order) to a new recovery file; return its path.
 
     ``keys`` gives each event's (client id, seq), or None for 'this file's own numbering'.
     Returns None when no candidate directory could take the file.
     """
+    return save_keyed(db_path, zip(payloads, keys) if keys is not None else ((p, None) for p in payloads))
+
+
+def save_keyed(db_path: Optional[str], events: Iterable[tuple[bytes, Optional[tuple[str, int]]]]) -> Optional[str]:
+    """Write ``events``, (encoded event, (client id, seq) or None) pairs in logging order, to a new
+    recovery file; return its path, or None when no candidate directory could take it.
+
+    ``events`` may be an iterator: only the compressed file is held in memory, never the events.
+    """
     file_id = str(uuid.uuid4())
     own = f"recovery:{file_id}"
     clients: dict[str, int] = {own: 0}
     body = zlib.compressobj(6)
     chunks = []
-    for i, payload in enumerate(payloads):
-        key = keys[i] if keys is not None else None
-        client, seq = key if key is not None else (own, i + 1)
+    count = 0
+    for count, (payload, key) in enumerate(events, 1):
+        client, seq = key if key is not None else (own, count)
         index = clients.setdefault(client, len(clients))
         chunks.append(body.compress(_RECORD.pack(index, seq, len(payload)) + payload))
     chunks.append(body.flush())
@@ -80,17 +89,18 @@ def save(
         "uuid": file_id,
         "db": os.path.realpath(db_path) if db_path else None,
         "created": time.time(),
-        "events": len(payloads),
+        "events": count,
         "clients": list(clients),
     }
-    data = MAGIC + json.dumps(header).encode() + b"\n" + b"".join(chunks)
+    chunks.insert(0, MAGIC + json.dumps(header).encode() + b"\n")
+    size = sum(len(chunk) for chunk in chunks)
     name = _file_name(db_path, file_id)
     for directory in candidate_directories(db_path):
         path = os.path.join(directory, name if directory != _db_dir(db_path) else _local_name(db_path, file_id))
-        if free_bytes(directory) < len(data) + _MARGIN:
+        if free_bytes(directory) < size + _MARGIN:
             continue
         with contextlib.suppress(OSError):
-            _write_private(path, data)
+            _write_private(path, chunks)
             return path
     return None
 
@@ -306,15 +316,16 @@ def _ours_and_private(path: str) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
-def _write_private(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode 0600) whole: a temporary name, fsync, then rename."""
+def _write_private(path: str, chunks: Sequence[bytes]) -> None:
+    """Write ``chunks`` to ``path`` (mode 0600) whole: a temporary name, fsync, then rename."""
     partial = f"{path}.partial"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -11,7 +11,7 @@ import time
 import warnings
 import functools
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import anyio
 import msgspec
@@ -465,20 +465,14 @@ class Writer:
     def _give_up(self) -> None:
         """At a passed close deadline: save everything unwritten to a recovery file (count it lost if
         nothing can take one) and release its waiters."""
+        barriers: list[Barrier] = []
         with self._loss_lock:
             self._saving = True
-            items = self.buffer.take(len(self.buffer))
             requests = self.buffer.take_requests()
-            for item in items:
-                if type(item) is Batch:
-                    self._unwritten.extend(ev.encode(e) for e in item.events)
-                    self._unwritten_keys.extend((item.client_id, seq) for seq in _seqs(item))
-                elif type(item) is not Barrier:
-                    self._unwritten.append(item)
-                    self._unwritten_keys.append(None)
             self.lost += len(requests)  # their callers got an error: they know
-            unwritten = len(self._unwritten)
-            path = self._save_unwritten()
+            before = self.saved
+            path = self._save_unwritten(self._drain(barriers))
+            unwritten = self.saved - before
             self._saving = False
         if path is not None:
             error: WriterError = EventsSavedError(
@@ -487,34 +481,66 @@ class Writer:
         else:
             error = WriterError(f"close deadline passed with {self.lost} events unwritten")
         self._record(error)
-        for item in items:
-            if type(item) is Barrier:
-                item.set(error)
+        for barrier in barriers:
+            barrier.set(error)
         for request in requests:
             request.future.set_exception(error)
 
-    def _save_unwritten(self) -> Optional[str]:
-        """Save the kept unwritten events to a recovery file; return its path (None: nothing to save, or
-        nowhere had room, and then they are counted lost)."""
-        payloads, keys = self._unwritten, self._unwritten_keys
+    def _drain(self, barriers: list[Barrier]) -> Iterator[tuple[bytes, Optional[tuple[str, int]]]]:
+        """Yield the kept unwritten events, then what is queued now, batch by batch (never all in memory at
+        once: the spool can hold gigabytes), as (encoded event, agent key or None); collect the barriers."""
+        yield from zip(self._unwritten, self._unwritten_keys)
         self._unwritten, self._unwritten_keys = [], []
-        if not payloads:
-            return None
+        remaining = len(self.buffer)  # what logging threads add meanwhile stays for the next writer
+        while remaining > 0:
+            items = self.buffer.take(min(remaining, self.options.batch_size))
+            if not items:
+                return
+            for item in items:
+                if type(item) is Batch:
+                    remaining -= len(item)
+                    for event, seq in zip(item.events, _seqs(item)):
+                        yield ev.encode(event), (item.client_id, seq)
+                elif type(item) is Barrier:
+                    barriers.append(item)
+                else:
+                    remaining -= 1
+                    yield item, None
+
+    def _save_unwritten(
+        self, events: Optional[Iterator[tuple[bytes, Optional[tuple[str, int]]]]] = None
+    ) -> Optional[str]:
+        """Save ``events`` (default: the kept unwritten ones) to a recovery file; return its path (None:
+        nothing to save, or nowhere had room, and then they are counted lost)."""
+        if events is None:
+            events = zip(self._unwritten, self._unwritten_keys)
+            self._unwritten, self._unwritten_keys = [], []
+        seen = {"events": 0, "keyed": False}
+
+        def counted() -> Iterator[tuple[bytes, Optional[tuple[str, int]]]]:
+            for payload, key in events:  # type: ignore[union-attr]
+                seen["events"] += 1
+                seen["keyed"] = seen["keyed"] or key is not None
+                yield payload, key
+
         try:
-            path = recovery.save(self.path, payloads, keys)
+            path = recovery.save_keyed(self.path, counted())
         except Exception as exc:  # noqa: BLE001 - a recovery that fails must still release waiters
             log.error("ml_persistence: could not save a recovery file: %r", exc)
             path = None
+        n = seen["events"]
+        if not n:
+            return None
         if path is not None:
-            self.saved += len(payloads)
+            self.saved += n
             self.recovery_files.append(path)
             return path
-        self.lost += len(payloads)
+        self.lost += n
         # An agent's events were never acknowledged: their clients still hold them and replay them.
-        fate = "left unacknowledged for their clients to replay" if any(keys) else "they are lost"
+        fate = "left unacknowledged for their clients to replay" if seen["keyed"] else "they are lost"
         log.error(
             "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); %s",
-            len(payloads), ", ".join(recovery.candidate_directories(self.path)), fate,
+            n, ", ".join(recovery.candidate_directories(self.path)), fate,
         )
         return None
 
