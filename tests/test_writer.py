@@ -272,3 +272,33 @@ def test_a_fatal_database_error_keeps_the_batch_in_a_recovery_file_and_flush_rai
     assert recovery.apply(path).stored == 1000
     steps = [s for (s,) in rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))]
     assert steps == list(range(1000))
+
+
+@pytest.mark.filterwarnings("ignore:ml_persistence. more than 100 events:RuntimeWarning")
+def test_events_spilled_to_the_spool_are_saved_in_order_at_the_close_deadline(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_persistence import recovery
+    from ml_persistence.errors import EventsSavedError
+    from ml_persistence.store import Store
+
+    tracker = ExperimentTracker(db_path)
+    exp = tracker.start_experiment("spilled")
+    tracker.flush()
+    mp.configure(db_path, max_queue=100)  # past 100 queued events, the rest go to the spool file
+    real_apply = Store.apply
+
+    async def full(self, events, marks=None):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "apply", full)
+    for step in range(5000):
+        tracker.log_metric("loss", float(step), step=step)
+    assert tracker.status()["spilled"] > 0
+    with pytest.raises(EventsSavedError) as raised:
+        mp.shutdown(timeout=1)
+    (path,) = raised.value.paths
+    monkeypatch.setattr(Store, "apply", real_apply)
+    assert recovery.apply(path).stored == 5000
+    steps = [s for (s,) in rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))]
+    assert steps == list(range(5000))
