@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # would spend about a quarter of the agent's CPU re-scanning them (bench_agent.py).
     gc.set_threshold(100_000, 50, 100)
     _raise_open_file_limit()
-    published: list[int] = []  # ports whose token file this agent wrote
+    published: list[tuple[str, int]] = []  # (IP, port) of each token file this agent wrote
     ready: list[bool] = []
     try:
         anyio.run(_serve, agent, token if generated else None, published, ready, backend="asyncio")
@@ -129,8 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ml-persistence-agent: {_describe(cause, db)}", file=sys.stderr)
         return 1
     finally:
-        for port in published:
-            addr.unpublish_token(port, token)  # type: ignore[arg-type]
+        for host, port in published:
+            addr.unpublish_token(host, port, token)  # type: ignore[arg-type]
     return 0
 
 
@@ -189,19 +189,18 @@ def _raise_open_file_limit() -> None:
         pass
 
 
-async def _serve(agent: Agent, generated: Optional[str], published: list[int], started: list[bool]) -> None:
+async def _serve(agent: Agent, generated: Optional[str], published: list[tuple[str, int]], started: list[bool]) -> None:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_stop_on_signal, agent, tasks.cancel_scope)
 
         def ready(urls: list[str]) -> None:
             # Runs before the first accept: a client that finds the token file finds this agent's token.
             if generated is not None:
-                for url in urls:
-                    address = addr.parse(url)
-                    if address.kind == "tcp" and address.port not in published:
-                        path = addr.publish_token(address.port, generated)
-                        published.append(address.port)
-                        log.info("token for %s in %s (this user's clients read it there)", url, path)
+                for host, port in agent.bound_tcp:
+                    if (host, port) not in published:
+                        path = addr.publish_token(host, port, generated)
+                        published.append((host, port))
+                        log.info("token for %s in %s (this user's clients read it there)", addr.Address("tcp", host=host, port=port), path)
             print(f"ml-persistence-agent: ready, listening on {' '.join(urls)} (database {agent.db_path})", flush=True)
             started.append(True)
 

@@ -47,6 +47,10 @@ class AgentBuffer(EventBuffer):
             self.wake_pending = True
             self._kick()
 
+    def queued_events(self) -> int:
+        """Return how many events the queued batches hold."""
+        return self.events
+
     def take(self, limit: int) -> list[Item]:
         """Remove whole batches until they hold ``limit`` events (writer thread)."""
         items = self.items
@@ -136,6 +140,7 @@ class Agent:
         self.stats = AgentStats()
         self.pending = 0  # events received and not yet committed
         self.listening: list[str] = []
+        self.bound_tcp: list[tuple[str, int]] = []  # each TCP socket's (numeric IP, port), once listening
         self.buffer = AgentBuffer(self.options.wake_threshold, self._kick)
         self._writer: Optional[Writer] = None
         self._stopping = False
@@ -238,6 +243,8 @@ class Agent:
         else:
             port = listener.extra(anyio.abc.SocketAttribute.local_port)
             self.listening.append(str(addr.Address("tcp", host=address.host, port=port)))
+            for part in getattr(listener, "listeners", [listener]):  # a name may bind several families
+                self.bound_tcp.append(part.extra(anyio.abc.SocketAttribute.local_address)[:2])
         log.info("listening on %s (database %s)", self.listening[-1], self.db_path)
         return listener
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import stat
@@ -129,16 +130,26 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_path(port: int) -> str:
-    """Return where an agent listening on TCP ``port`` publishes its generated token for this user's clients."""
-    return os.path.join(runtime_dir(), f"agent-tcp-{port}.token")
+def token_path(port: int, host: str = "127.0.0.1") -> str:
+    """Return where an agent bound to TCP ``host``:``port`` (a numeric IP) publishes its generated token.
+
+    The file names the exact address: a client reads it only for a connection that reached that
+    address, so another user listening on the other loopback family (``[::1]`` beside ``127.0.0.1``)
+    never receives it.
+    """
+    return os.path.join(runtime_dir(), f"agent-tcp-{_ip_text(host)}-{port}.token")
 
 
-def publish_token(port: int, token: str) -> str:
-    """Write ``token`` for clients of TCP ``port``: mode 0600 in the private runtime directory; return the path."""
+def _ip_text(host: str) -> str:
+    """Return ``host`` (a numeric IP, maybe with an IPv6 zone) in one canonical spelling; ValueError otherwise."""
+    return ipaddress.ip_address(host.split("%", 1)[0].strip("[]")).compressed
+
+
+def publish_token(host: str, port: int, token: str) -> str:
+    """Write ``token`` for clients of TCP ``host``:``port``: mode 0600 in the private runtime directory; return the path."""
     directory = runtime_dir()
     ensure_private_dir(directory)
-    path = token_path(port)
+    path = token_path(port, host)
     partial = f"{path}.{os.getpid()}.tmp"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
@@ -150,9 +161,9 @@ def publish_token(port: int, token: str) -> str:
     return path
 
 
-def unpublish_token(port: int, token: str) -> None:
-    """Remove the token file of ``port`` if it still holds ``token`` (a newer agent may have replaced it)."""
-    path = token_path(port)
+def unpublish_token(host: str, port: int, token: str) -> None:
+    """Remove the token file of ``host``:``port`` if it still holds ``token`` (a newer agent may have replaced it)."""
+    path = token_path(port, host)
     try:
         with open(path, encoding="utf-8") as handle:
             if handle.read().strip() != token:
@@ -162,12 +173,20 @@ def unpublish_token(port: int, token: str) -> None:
         pass
 
 
-def published_token(address: Address) -> Optional[str]:
-    """Return the token a local agent published for ``address`` (a loopback TCP one), or None.
+def published_token(address: Address, peer_ip: Optional[str] = None) -> Optional[str]:
+    """Return the token a local agent published for the loopback TCP ``address``, or None.
 
-    A token is looked up only for loopback hosts: it must never be sent to another machine.
+    ``peer_ip`` is the numeric address the connection actually reached (``localhost`` may resolve
+    to either family); without it, ``address.host`` must be numeric. A token is looked up only for
+    loopback: it must never be sent to another machine.
     """
     if address.kind != "tcp" or not is_loopback(address.host):
+        return None
+    try:
+        ip = _ip_text(peer_ip or address.host)
+    except ValueError:
+        return None  # a name, not yet resolved: connect first, then ask with the address reached
+    if not ipaddress.ip_address(ip).is_loopback:
         return None
     directory = runtime_dir()
     try:
@@ -177,6 +196,6 @@ def published_token(address: Address) -> Optional[str]:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
         raise PermissionError(f"{directory} is not a private directory of this user: not reading tokens from it")
     try:
-        return read_token(token_path(address.port))
+        return read_token(token_path(address.port, ip))
     except FileNotFoundError:
         return None

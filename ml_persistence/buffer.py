@@ -185,6 +185,10 @@ class EventBuffer:
     def __len__(self) -> int:
         return len(self.items) + len(self.spool)
 
+    def queued_events(self) -> int:
+        """Return how many events are queued (barriers included, which cost nothing to count)."""
+        return len(self)
+
     def _spill(self, payload: bytes) -> None:
         with self._spool_lock:
             if not self.spilling and len(self.items) < self.max_events:

@@ -70,7 +70,7 @@ def save(
 
 def save_keyed(db_path: Optional[str], events: Iterable[tuple[bytes, Optional[tuple[str, int]]]]) -> Optional[str]:
     """Write ``events``, (encoded event, (client id, seq) or None) pairs in logging order, to a new
-    recovery file; return its path, or None when no candidate directory could take it.
+    recovery file; return its path, or None when there were none or no candidate directory could take it.
 
     ``events`` may be an iterator: only the compressed file is held in memory, never the events.
     """
@@ -84,6 +84,8 @@ def save_keyed(db_path: Optional[str], events: Iterable[tuple[bytes, Optional[tu
         client, seq = key if key is not None else (own, count)
         index = clients.setdefault(client, len(clients))
         chunks.append(body.compress(_RECORD.pack(index, seq, len(payload)) + payload))
+    if not count:
+        return None
     chunks.append(body.flush())
     header = {
         "uuid": file_id,

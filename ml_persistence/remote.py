@@ -522,6 +522,7 @@ class Sender:
         if self._deadline is not None:
             timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
         token = self.backend.token
+        peer_ip: Optional[str] = None
         try:
             if address.kind == "unix":
                 _check_private(address)
@@ -529,10 +530,15 @@ class Sender:
                 sock.settimeout(timeout)
                 sock.connect(address.path)
             else:
-                if token is None:  # the token a local agent made for this port, in this user's runtime directory
-                    token = published_token(address)
                 sock = socket.create_connection((address.host, address.port), timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer_ip = sock.getpeername()[0]
+                if token is None:  # the token a local agent made for the address reached, in this user's runtime dir
+                    try:
+                        token = published_token(address, peer_ip)
+                    except BaseException:
+                        sock.close()
+                        raise
         except (PermissionError, InvalidValueError) as exc:
             self.refused = AgentRefusedError(str(exc))
             self.backend.refused = self.refused
@@ -552,7 +558,7 @@ class Sender:
             return None
         if type(reply) is p.Refused:
             sock.close()
-            if self.backend.token is None and _published_token_changed(address, token):
+            if self.backend.token is None and _published_token_changed(address, peer_ip, token):
                 log.debug("the agent at %s has a new token; connecting again", address)
                 return None  # a restarted agent published it after we read the old one
             self.refused = AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}")
@@ -757,10 +763,10 @@ class Sender:
             barriers.popleft()[1].set()
 
 
-def _published_token_changed(address: Address, used: Optional[str]) -> bool:
-    """True if the token published for ``address`` is now another than ``used``."""
+def _published_token_changed(address: Address, peer_ip: Optional[str], used: Optional[str]) -> bool:
+    """True if the token published for ``address`` (reached at ``peer_ip``) is now another than ``used``."""
     try:
-        return published_token(address) not in (None, used)
+        return published_token(address, peer_ip) not in (None, used)
     except (OSError, InvalidValueError):
         return False
 

@@ -491,7 +491,7 @@ class Writer:
         once: the spool can hold gigabytes), as (encoded event, agent key or None); collect the barriers."""
         yield from zip(self._unwritten, self._unwritten_keys)
         self._unwritten, self._unwritten_keys = [], []
-        remaining = len(self.buffer)  # what logging threads add meanwhile stays for the next writer
+        remaining = self.buffer.queued_events()  # what logging threads add meanwhile stays for the next writer
         while remaining > 0:
             items = self.buffer.take(min(remaining, self.options.batch_size))
             if not items:

@@ -88,6 +88,51 @@ def test_a_tcp_agent_makes_a_private_token_that_this_users_clients_find(tmp_path
     assert rows(agent.db, "SELECT name FROM experiments") == [("zero-setup",)]
 
 
+def test_a_published_token_is_sent_only_to_the_loopback_address_it_was_made_for(tmp_path: Path) -> None:
+    # The agent binds 127.0.0.1:P only; anyone else on the machine may bind [::1]:P. A trainer sent
+    # to tcp://[::1]:P (or a localhost that resolves to ::1) must not hand that listener the token.
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 loopback here")
+    with tcp_agent(tmp_path) as agent:
+        port = address.parse(agent.url).port
+        impostor = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        impostor.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            impostor.bind(("::1", port))
+        except OSError as exc:
+            impostor.close()
+            pytest.skip(f"cannot bind [::1]:{port} beside the agent: {exc}")
+        impostor.listen(1)
+        impostor.settimeout(60)
+        trainer = subprocess.Popen(
+            [PYTHON, "-c", textwrap.dedent(f"""
+                from ml_persistence import ExperimentTracker
+                try:
+                    ExperimentTracker(agent="tcp://[::1]:{port}").start_experiment("lured")
+                except Exception as exc:
+                    print(type(exc).__name__)
+            """)],
+            env=subprocess_env(ML_PERSISTENCE_AGENT_TIMEOUT="5"), cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            conn, _ = impostor.accept()
+            with conn:
+                conn.settimeout(60)
+                decoder = p.FrameDecoder(p.HELLO_MAX_BYTES)
+                bodies: list[bytes] = []
+                while not bodies:
+                    data = conn.recv(65536)
+                    assert data, "the trainer closed before saying Hello"
+                    bodies = decoder.feed(data)
+                hello = p.decode_client_message(bodies[0])
+        finally:
+            impostor.close()
+            trainer.kill()
+            trainer.wait(GUARD)
+        assert type(hello) is p.Hello and hello.token is None
+        assert agent.stop() == 0
+
+
 def test_a_client_follows_a_restarted_agent_to_its_new_token(tmp_path: Path) -> None:
     port = free_port()
     agent = tcp_agent(tmp_path, port=port).start()

@@ -214,3 +214,33 @@ def test_a_neighbouring_databases_recovery_files_are_not_taken(db_path: str, exp
     assert path is not None and os.path.dirname(path) == os.path.dirname(db_path)
     assert recovery.pending(db_path) == []
     assert recovery.pending(other) == [path]
+
+
+def test_saving_nothing_writes_no_file(db_path: str) -> None:
+    assert recovery.save_keyed(db_path, iter([])) is None
+    assert recovery.pending(db_path) == []
+
+
+def test_every_batch_an_agent_still_queues_at_its_stop_deadline_is_saved(
+    db_path: str, experiment: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.server import AgentBuffer
+    from ml_persistence.buffer import Batch
+    from ml_persistence.store import Store
+    from ml_persistence.writer import Writer, WriterOptions
+
+    async def full(self, events, marks=None, keys=None):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "apply", full)
+    buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
+    for client in range(5):
+        events = [ev.decode(metric(experiment, client * 1000 + seq)) for seq in range(1, 1001)]
+        buffer.append_batch(Batch(f"trainer-{client}", 1000, events, lambda: None, list(range(1, 1001))))
+    writer = Writer(db_path, buffer, WriterOptions(batch_size=1000))
+    writer.start()
+    writer.stop(0.5)
+    assert (writer.saved, writer.lost) == (5000, 0)
+    (path,) = writer.recovery_files
+    keys = [key for _, key in recovery.records(path)]
+    assert keys == [(f"trainer-{client}", seq) for client in range(5) for seq in range(1, 1001)]
