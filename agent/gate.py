@@ -3,6 +3,7 @@ how long its failed attempts wait, and one summary line per interval for everyth
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -51,7 +52,26 @@ def identify(stream: anyio.abc.ByteStream) -> Origin:
         host = raw.getpeername()[0]
     except OSError:
         host = "?"
-    return Origin("tcp", host)
+    return Origin("tcp", peer_key(host))
+
+
+def peer_key(host: str) -> str:
+    """Return the key a TCP peer's limits and delays are kept under.
+
+    Any local process may pick any source in 127.0.0.0/8, and anyone holds a whole IPv6 /64, so
+    those count as one peer each; a token holder is never slowed by its peer's failures.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def peer_uid(sock: socket.socket) -> Optional[int]:

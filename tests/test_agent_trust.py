@@ -447,3 +447,21 @@ def test_a_token_the_agent_made_for_tcp_is_not_asked_of_its_own_users_unix_clien
     with AgentProcess(str(tmp_path / "agent.db"), listen, tmp_path) as agent:
         assert type(hello_reply(sock, None)) is p.Welcome
         assert agent.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "host, key",
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.77.3.9", "loopback"),  # any local process can pick another source in 127/8
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.2", "loopback"),
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8::1", "2001:db8::/64"),
+        ("2001:db8::abcd:1", "2001:db8::/64"),  # one /64 is one peer
+    ],
+)
+def test_peers_are_limited_under_keys_an_attacker_cannot_multiply(host: str, key: str) -> None:
+    from agent.gate import peer_key
+
+    assert peer_key(host) == key
