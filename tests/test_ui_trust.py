@@ -77,6 +77,15 @@ def test_no_token_on_loopback_serves_everyone_with_a_warning(db_path: str, tmp_p
         assert "warning: --no-token: every user of this machine can read the runs" in warning, warning
 
 
+def test_a_home_directory_root_is_warned_about(db_path: str, tmp_path: Path) -> None:
+    build(db_path, tmp_path)
+    with ui_server(db_path, "--artifact-root", os.path.expanduser("~"), cwd=tmp_path) as server:
+        assert fetch(server.base + "/")[0] == 401  # serving: everything it says at start is said
+        server.stop()
+    warning = "".join(server.stderr)
+    assert "is an artifact root, so any file under it can be served" in warning, warning
+
+
 def _pump(stream: Any, sink: Any) -> None:
     for line in stream:
         sink(line)

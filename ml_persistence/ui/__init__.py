@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import sys
@@ -67,8 +68,13 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
     hosts = (LOOPBACK_NAMES | {host}) if loopback else set()
     app = create_app(db_path, token=token, hosts=hosts, cookie=f"mlp_token_{bound}", artifact_roots=artifact_roots)
     print(f"ml-persistence ui: serving {db_path} (read-only) at {url}", flush=True)
-    roots = ", ".join(ArtifactRoots(db_path, artifact_roots).paths)
-    print(f"ml-persistence ui: artifact files are served only from inside: {roots}", flush=True)
+    allowed = ArtifactRoots(db_path, artifact_roots).paths
+    print(f"ml-persistence ui: artifact files are served only from inside: {', '.join(allowed)}", flush=True)
+    broad = [root for root in allowed if root in (os.sep, os.path.realpath(os.path.expanduser("~")))]
+    if broad:
+        print(f"ml-persistence ui: warning: {', '.join(broad)} is an artifact root, so any file under it can be "
+              "served to whoever has the token; keep the database in a directory of its own",
+              file=sys.stderr, flush=True)
     if no_token:
         print("ml-persistence ui: warning: --no-token: every user of this machine can read the runs "
               "(and the artifacts above) at this URL", file=sys.stderr, flush=True)
