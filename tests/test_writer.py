@@ -195,24 +195,30 @@ def test_no_thread_of_ours_can_block_interpreter_exit(db_path: str) -> None:
     assert after <= before, [t.name for t in after - before]
 
 
+def fail_applies(monkeypatch: pytest.MonkeyPatch, failure) -> None:  # type: ignore[no-untyped-def]
+    """Make the writer's Store.apply raise what ``failure()`` returns (None: apply as usual)."""
+    from ml_persistence.store import Store
+
+    real_apply = Store.apply
+
+    async def apply(self, events, marks=None, **keyed):  # type: ignore[no-untyped-def]
+        error = failure()
+        if error is not None:
+            raise error
+        return await real_apply(self, events, marks, **keyed)
+
+    monkeypatch.setattr(Store, "apply", apply)
+
+
 def test_a_full_disk_is_waited_out_whole_never_refused_event_by_event(
     db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_persistence.store import Store
-
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("full")
     tracker.flush()
     full = threading.Event()
     full.set()
-    real_apply = Store.apply
-
-    async def apply(self, events, marks=None):  # type: ignore[no-untyped-def]
-        if full.is_set():
-            raise sqlite3.OperationalError("database or disk is full")
-        return await real_apply(self, events, marks)
-
-    monkeypatch.setattr(Store, "apply", apply)
+    fail_applies(monkeypatch, lambda: sqlite3.OperationalError("database or disk is full") if full.is_set() else None)
     said: list[str] = []
     stalled = threading.Event()
 
@@ -245,22 +251,11 @@ def test_a_fatal_database_error_keeps_the_batch_in_a_recovery_file_and_flush_rai
 ) -> None:
     from ml_persistence import recovery
     from ml_persistence.errors import EventsSavedError
-    from ml_persistence.store import Store
-
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("fatal")
     tracker.flush()
-    broken = threading.Event()
-    broken.set()
-    real_apply = Store.apply
-
-    async def apply(self, events, marks=None):  # type: ignore[no-untyped-def]
-        if broken.is_set():
-            broken.clear()  # once, as a damaged page the next writer no longer meets would
-            raise sqlite3.DatabaseError("database disk image is malformed")
-        return await real_apply(self, events, marks)
-
-    monkeypatch.setattr(Store, "apply", apply)
+    broken = [sqlite3.DatabaseError("database disk image is malformed")]  # once, as a damaged page would
+    fail_applies(monkeypatch, lambda: broken.pop() if broken else None)
     for step in range(1000):
         tracker.log_metric("loss", float(step), step=step)
     with pytest.raises(EventsSavedError) as raised:
@@ -268,7 +263,6 @@ def test_a_fatal_database_error_keeps_the_batch_in_a_recovery_file_and_flush_rai
     (path,) = raised.value.paths
     assert path in raised.value.args[0] and "ml-persistence recover" in raised.value.args[0]
     mp.shutdown(timeout=60)  # the crashed writer is gone; nothing else applies the file now
-    monkeypatch.setattr(Store, "apply", real_apply)
     assert recovery.apply(path).stored == 1000
     steps = [s for (s,) in rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))]
     assert steps == list(range(1000))
@@ -280,25 +274,20 @@ def test_events_spilled_to_the_spool_are_saved_in_order_at_the_close_deadline(
 ) -> None:
     from ml_persistence import recovery
     from ml_persistence.errors import EventsSavedError
-    from ml_persistence.store import Store
-
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("spilled")
     tracker.flush()
     mp.configure(db_path, max_queue=100)  # past 100 queued events, the rest go to the spool file
-    real_apply = Store.apply
-
-    async def full(self, events, marks=None):  # type: ignore[no-untyped-def]
-        raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(Store, "apply", full)
+    full = threading.Event()
+    full.set()
+    fail_applies(monkeypatch, lambda: sqlite3.OperationalError("database or disk is full") if full.is_set() else None)
     for step in range(5000):
         tracker.log_metric("loss", float(step), step=step)
     assert tracker.status()["spilled"] > 0
     with pytest.raises(EventsSavedError) as raised:
         mp.shutdown(timeout=1)
     (path,) = raised.value.paths
-    monkeypatch.setattr(Store, "apply", real_apply)
+    full.clear()
     assert recovery.apply(path).stored == 5000
     steps = [s for (s,) in rows(db_path, "SELECT step FROM metrics WHERE experiment_id = ? ORDER BY id", (exp,))]
     assert steps == list(range(5000))
