@@ -69,6 +69,11 @@ def parse(url: str, listen: bool = False) -> Address:
     raise InvalidValueError(f"agent URL {url!r}: expected unix:///path/to.sock or tcp://HOST:PORT")
 
 
+def is_private(info: os.stat_result, is_type=stat.S_ISDIR) -> bool:  # type: ignore[no-untyped-def]
+    """True if ``info`` (an lstat) is of the given type, this user's own, and closed to everyone else."""
+    return bool(is_type(info.st_mode)) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
 def ensure_private_dir(path: str) -> None:
     """Create ``path`` as a 0700 directory, or check that an existing one is ours and private."""
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -193,7 +198,7 @@ def published_token(address: Address, peer_ip: Optional[str] = None) -> Optional
         info = os.lstat(directory)
     except FileNotFoundError:
         return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+    if not is_private(info):
         raise PermissionError(f"{directory} is not a private directory of this user: not reading tokens from it")
     try:
         return read_token(token_path(address.port, ip))

@@ -38,6 +38,7 @@ import uuid
 import zlib
 from typing import Iterable, Iterator, Optional, Sequence
 
+from .address import is_private
 from .spool import free_bytes
 
 MAGIC = b"ML-PERSISTENCE-RECOVERY 1\n"
@@ -310,12 +311,11 @@ def _private_dir(path: str, create: bool) -> bool:
         info = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+    return is_private(info)
 
 
 def _ours_and_private(path: str) -> bool:
-    info = os.lstat(path)
-    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+    return is_private(os.lstat(path), stat.S_ISREG)
 
 
 def _write_private(path: str, chunks: Sequence[bytes]) -> None:

@@ -12,7 +12,6 @@ import os
 import select
 import socket
 import itertools
-import stat
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ import msgspec
 
 from . import protocol as p
 from . import queries
-from .address import Address, default_address, published_token
+from .address import Address, default_address, is_private, published_token
 from .buffer import Barrier, EventBuffer
 from .errors import (
     AgentError,
@@ -780,5 +779,5 @@ def _check_private(address: Address) -> None:
         info = os.lstat(directory)
     except FileNotFoundError:
         return  # no agent yet; connect() fails and is retried
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    if not is_private(info):
         raise PermissionError(f"{directory} is not a private directory of this user: not connecting to its socket")

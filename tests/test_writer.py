@@ -12,8 +12,9 @@ import pytest
 
 import ml_persistence as mp
 from conftest import rows
-from ml_persistence import ExperimentTracker, schema
+from ml_persistence import ExperimentTracker, recovery, schema
 from ml_persistence.backend import backend_for
+from ml_persistence.errors import EventsSavedError
 
 
 def test_locked_database_stalls_nothing_and_loses_nothing(db_path: str) -> None:
@@ -249,8 +250,6 @@ def test_a_full_disk_is_waited_out_whole_never_refused_event_by_event(
 def test_a_fatal_database_error_keeps_the_batch_in_a_recovery_file_and_flush_raises(
     db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_persistence import recovery
-    from ml_persistence.errors import EventsSavedError
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("fatal")
     tracker.flush()
@@ -272,8 +271,6 @@ def test_a_fatal_database_error_keeps_the_batch_in_a_recovery_file_and_flush_rai
 def test_events_spilled_to_the_spool_are_saved_in_order_at_the_close_deadline(
     db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_persistence import recovery
-    from ml_persistence.errors import EventsSavedError
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("spilled")
     tracker.flush()
