@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import sqlite3
 import stat
 import sys
 from typing import Optional, Sequence
@@ -15,6 +14,7 @@ from typing import Optional, Sequence
 import anyio
 
 from ml_persistence import address as addr
+from ml_persistence import storage
 from ml_persistence.backend import default_db_path
 from ml_persistence.errors import MLPersistenceError
 from ml_persistence.protocol import is_loopback
@@ -95,9 +95,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if address.kind == "tcp" and not is_loopback(address.host):
                     raise PermissionError(f"listening on {address} (not loopback) requires a token: pass --token-file")
             token = addr.new_token()
-        _check_database_path(db)
+        if not storage.is_url(db):
+            _check_database_path(db)
         agent = Agent(
-            db,
+            storage.Database(db),
             addresses,
             token=token,
             max_frame=args.max_frame_mb << 20,
@@ -122,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         anyio.run(_serve, agent, token if generated else None, published, ready, backend="asyncio")
     except Exception as exc:  # noqa: BLE001 - reported in one line, whatever it is
         cause = _sole_cause(exc)
-        if not isinstance(cause, (MLPersistenceError, OSError, sqlite3.Error)):
+        if not isinstance(cause, (MLPersistenceError, OSError, *storage.database_errors())):
             raise
         if not ready:
             return _startup_failed(cause, db)
@@ -156,8 +157,11 @@ def _startup_failed(exc: BaseException, db: str) -> int:
 
 
 def _describe(exc: BaseException, db: str) -> str:
-    text = str(exc).replace("\n", " ")
-    if isinstance(exc, sqlite3.DatabaseError):
+    text = storage.redact(str(exc).replace("\n", " "))
+    shown = storage.display(db)
+    if storage.is_url(db):
+        return text if shown in text else f"cannot open database {shown}: {text}"
+    if isinstance(exc, storage.database_errors()):
         if "not a database" in text:
             return f"{db} is not an SQLite database"
         if "unable to open" in text or "readonly" in text:

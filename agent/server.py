@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import socket
-import sqlite3
 import stat
 import threading
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import anyio.abc
 
 from ml_persistence import address as addr
 from ml_persistence import protocol as p
-from ml_persistence import queries, recovery, schema
+from ml_persistence import recovery, storage
 from ml_persistence.buffer import Batch, EventBuffer, Item
 from ml_persistence.writer import Writer, WriterOptions
 
@@ -100,7 +99,7 @@ class Agent:
 
     def __init__(
         self,
-        db_path: str,
+        db_path: "str | storage.Database",
         addresses: list[addr.Address],
         token: Optional[str] = None,
         options: Optional[WriterOptions] = None,
@@ -118,7 +117,8 @@ class Agent:
         for address in addresses:
             if address.kind == "tcp" and token is None:  # loopback too: other local users can connect there
                 raise PermissionError(f"listening on {address} requires a token")
-        self.db_path = os.path.abspath(db_path)
+        self.database = db_path if isinstance(db_path, storage.Database) else storage.Database(db_path)
+        self.db_path = self.database.path  # for messages: a path, or a URL without its password
         self.addresses = addresses
         self.token = token
         # A token the agent made for its TCP clients is not asked of Unix socket peers, whose uid is checked;
@@ -145,7 +145,7 @@ class Agent:
         self._writer: Optional[Writer] = None
         self._stopping = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._reader: Optional[sqlite3.Connection] = None
+        self._reader: Any = None
         self._reader_lock = threading.Lock()
         self._stop = anyio.Event()
         self.drained = anyio.Event()
@@ -156,8 +156,7 @@ class Agent:
     async def run(self, ready: Optional[Callable[[list[str]], None]] = None) -> None:
         """Serve until stop() (or a signal handled by the caller), then drain, commit and return."""
         self._loop = asyncio.get_running_loop()
-        self._reader = schema.connect(self.db_path)  # creates or upgrades the schema, fails fast
-        self._reader.row_factory = sqlite3.Row
+        self._reader = await anyio.to_thread.run_sync(self.database.reader)  # creates or upgrades the schema, fails fast
         await anyio.to_thread.run_sync(self._apply_recovery_files)
         self._start_writer()
         listeners = [await self._listen(a) for a in self.addresses]
@@ -183,9 +182,9 @@ class Agent:
 
         A client's Welcome must count what they hold: it replays only events after its high-water mark.
         """
-        for path in recovery.pending(self.db_path):
+        for path in recovery.pending(self.database.db):
             try:
-                applied = recovery.apply(path, self.db_path)
+                applied = recovery.apply(path, self.database.db)
             except Exception as exc:  # noqa: BLE001 - the file stays; the writer tries it again
                 log.warning("could not apply recovery file %s yet: %s", path, exc)
                 continue
@@ -301,7 +300,7 @@ class Agent:
     # -- the writer ----------------------------------------------------------------------------
 
     def _start_writer(self) -> None:
-        writer = Writer(self.db_path, self.buffer, self.options)
+        writer = Writer(self.database.store(self.options.busy_timeout_ms), self.buffer, self.options, db=self.database.db)
         writer.start()
         self._writer = writer
         self.buffer.idle = False
@@ -321,18 +320,15 @@ class Agent:
         """Return the state of ``client_id``, loading its committed high-water mark on first sight."""
         state = self.clients.get(client_id)
         if state is None:
-            row = await anyio.to_thread.run_sync(self._last_seq, client_id)
+            last = await anyio.to_thread.run_sync(self._last_seq, client_id)
             state = self.clients.get(client_id)  # another connection of this client may have won
             if state is None:
-                last = row[0] if row is not None else 0
                 state = self.clients[client_id] = ClientState(client_id, received=last, committed=last)
         return state
 
-    def _last_seq(self, client_id: str) -> Any:
+    def _last_seq(self, client_id: str) -> int:
         with self._reader_lock:
-            return self._reader.execute(  # type: ignore[union-attr]
-                "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client_id,)
-            ).fetchone()
+            return self._reader.client_mark(client_id)
 
     def submit(self, state: ClientState, last_seq: int, events: list[Any], seqs: list[int]) -> None:
         """Queue a client's events, numbered ``seqs``, with ``last_seq`` its new high-water mark, for the writer."""
@@ -390,15 +386,14 @@ class Agent:
 
     async def read(self, name: str, args: list[Any]) -> bytes:
         """Run a whitelisted query after everything received so far is committed; return it encoded."""
-        query = queries.REMOTE.get(name)
-        if query is None:
+        if name not in storage.REMOTE_READS:
             raise LookupError(f"unknown query {name!r}")
         self.stats.reads += 1
         await self.committed_barrier()
 
         def run() -> bytes:
             with self._reader_lock:
-                return p.encode_value(query(self._reader, *args))
+                return p.encode_value(getattr(self._reader, name)(*args))
 
         return await anyio.to_thread.run_sync(run)
 

@@ -642,7 +642,7 @@ def one_latency(tmp: str, mode: str, loaders: int, calls: int, warmup: int, load
 
 
 def _init_db(db: str) -> None:
-    from ml_persistence import schema
+    from ml_persistence.sqlite import schema
 
     schema.connect(db).close()
 

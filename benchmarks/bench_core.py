@@ -46,8 +46,8 @@ import time
 from typing import Any, Callable, Optional
 
 import ml_persistence
-from ml_persistence import schema
-from ml_persistence.store import local_text
+from ml_persistence.sqlite import schema
+from ml_persistence.rows import local_text
 from ml_persistence.tracker import ExperimentTracker
 
 METRIC_COLUMNS = (

@@ -13,11 +13,11 @@ from .errors import (
     InvalidValueError,
     MLPersistenceError,
     NoActiveExperimentError,
+    SchemaError,
     WriterError,
 )
 from .metrics import MetricsLogger
 from .registry import ModelRegistry
-from .schema import SchemaError
 from .tracker import ExperimentTracker
 
 __version__ = "0.1.0"

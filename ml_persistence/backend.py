@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sqlite3
 import threading
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Optional, Union
 
-from . import schema
+from . import storage
 from .buffer import EventBuffer
 from .errors import (
     ClosedError,
@@ -18,10 +17,8 @@ from .errors import (
     InvalidValueError,
     WriterError,
 )
-from .store import end_experiments_now
 from .writer import Writer, WriterOptions
 
-T = TypeVar("T")
 
 DEFAULT_DB = "ml_experiments.db"
 _backends: dict[str, "Backend"] = {}
@@ -52,16 +49,17 @@ def backend_for(
     path = os.fspath(db_path) if db_path is not None else default_db_path()
     if path == ":memory:" or path.startswith("file:"):
         raise InvalidValueError("ml_persistence needs a database file path, not an in-memory or URI database")
+    storage.engine(path)  # a PostgreSQL URL without its driver installed fails here, at the user's call
     from . import lifecycle
 
     lifecycle.install()  # cheap once done; signal handlers need the main thread, so keep trying
-    key = os.path.realpath(path)
+    key = storage.identity(path)
     backend = _backends.get(key)
     if backend is None:
         with _registry_lock:
             backend = _backends.get(key)
             if backend is None:
-                backend = _backends[key] = Backend(key)
+                backend = _backends[key] = Backend(path if storage.is_url(path) else key)
     return backend
 
 
@@ -146,10 +144,12 @@ def _forget_after_fork() -> None:
 
 
 class Backend:
-    """The process-wide hub for one database file; every facade object on that file shares it."""
+    """The process-wide hub for one database; every facade object on that database shares it."""
 
-    def __init__(self, path: str, options: Optional[WriterOptions] = None) -> None:
-        self.path = path
+    def __init__(self, db: str, options: Optional[WriterOptions] = None) -> None:
+        self.db = db  # as named, to connect (a URL may carry a password: never shown)
+        self.path = storage.display(db)
+        self.engine = storage.engine(db)
         self.options = options or WriterOptions()
         self.closed = False
         self._reset()
@@ -159,7 +159,7 @@ class Backend:
         self.running: dict[int, int] = {}  # experiments this process started and has not ended: id -> pid
         self._lock = threading.RLock()
         self._writer: Optional[Writer] = None
-        self._reader: Optional[sqlite3.Connection] = None
+        self._reader: Any = None
         self._reported = 0
         self._retired = {"written": 0, "rejected": 0, "lost": 0, "saved": 0, "recovered": 0}
         self._recovery_files: list[str] = []  # recovery files earlier writers saved
@@ -261,7 +261,8 @@ class Backend:
             from . import lifecycle
 
             lifecycle.install()
-            writer = Writer(self.path, self.buffer, self.options)
+            store = self.engine.store_for(self.db, self.options.busy_timeout_ms)
+            writer = Writer(store, self.buffer, self.options, db=self.db)
             try:
                 writer.start()
             except RuntimeError:
@@ -278,7 +279,7 @@ class Backend:
 
     def end_now(self, events: list[Any], timeout: float) -> None:
         """End experiments without the writer thread: for interpreter exit, when no thread may start."""
-        end_experiments_now(self.path, events, timeout)
+        self.engine.end_experiments_now(self.db, events, timeout)
 
     # -- losses and status ---------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ class Backend:
             files = s["recovery_files"]
             message += (
                 f"; saved to {', '.join(files)}. Store them with: "
-                + " && ".join(recovery.command(f, self.path) for f in files)
+                + " && ".join(recovery.command(f, self.db) for f in files)
                 + " (the next writer on this database also does)"
             )
         if s["dropped"]:
@@ -342,19 +343,13 @@ class Backend:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read(self, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``query(conn, ...)`` after everything this process logged is committed.
+    def read(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the Reader method named ``query`` after everything this process logged is committed.
 
         Losses are not raised here but by the next flush()/close(): a read returns data.
         """
         self.wait_committed()
         with self._lock:
             if self._reader is None:
-                self._reader = _open_reader(self.path)
-            return query(self._reader, *args, **kwargs)
-
-
-def _open_reader(path: str) -> sqlite3.Connection:
-    conn = schema.connect(path)
-    conn.row_factory = sqlite3.Row
-    return conn
+                self._reader = self.engine.reader(self.db)
+            return getattr(self._reader, query)(*args, **kwargs)

@@ -4,50 +4,41 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from typing import Optional, Sequence
 
-from . import schema
+from . import storage
 from .backend import default_db_path
+from .errors import MLPersistenceError
 
 
 def run(db: str) -> int:
     """Create or upgrade ``db`` and print a one-paragraph report."""
-    existed = os.path.exists(db)
+    shown = storage.display(db)
     try:
-        conn = sqlite3.connect(db, isolation_level=None)
-    except sqlite3.Error as exc:
-        print(f"error: cannot open {db}: {exc}", file=sys.stderr)
+        engine = storage.engine(db)
+        report = engine.ensure(db)
+    except (MLPersistenceError, *storage.database_errors()) as exc:
+        print(f"error: {shown}: {storage.redact(exc)}", file=sys.stderr)
         return 1
-    try:
-        schema.configure(conn)
-        before = schema.user_version(conn)
-        done = schema.ensure(conn)
-        after = schema.user_version(conn)
-        counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in schema.TABLES}
-    except (schema.SchemaError, sqlite3.Error) as exc:
-        print(f"error: {db}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        conn.close()
-    where = os.path.abspath(db)
-    if not existed:
+    where = shown if storage.is_url(db) else os.path.abspath(db)
+    before, after = report["before"], report["after"]
+    if report["created"]:
         print(f"Created {where} (schema version {after}).")
-    elif done:
+    elif report["done"]:
         print(f"Upgraded {where} from schema version {before} to {after}:")
-        for line in done:
+        for line in report["done"]:
             print(f"  - {line}")
     else:
         print(f"{where} is up to date (schema version {after}); nothing to do.")
-    print("  rows: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    print("  rows: " + ", ".join(f"{t} {n}" for t, n in report["counts"].items()))
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m ml_persistence.core", description=__doc__)
-    parser.add_argument("--db", default=None, help="database file (default: $ML_PERSISTENCE_DB or ml_experiments.db)")
+    parser.add_argument("--db", default=None, help="database file or postgresql:// URL (default: $ML_PERSISTENCE_DB or ml_experiments.db)")
     args = parser.parse_args(argv)
     return run(args.db or default_db_path())
 

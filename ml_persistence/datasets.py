@@ -8,7 +8,6 @@ import stat
 import time
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from . import queries
 from . import validate as v
 from .backend import backend_for
 from .errors import InvalidTypeError, InvalidValueError
@@ -153,25 +152,25 @@ class DatasetManager:
 
     def get_dataset(self, dataset_id: int) -> Optional[dict[str, Any]]:
         """Return one dataset, or None."""
-        return self._backend.read(queries.get_dataset, dataset_id)
+        return self._backend.read("get_dataset", dataset_id)
 
     def find_dataset(self, name: str, version: str, split_type: Optional[str] = None) -> Optional[dict[str, Any]]:
         """Return the dataset with this name, version and split, or None."""
-        return self._backend.read(queries.find_dataset, name, str(version), split_type)
+        return self._backend.read("find_dataset", name, str(version), split_type)
 
     def list_datasets(
         self, name: Optional[str] = None, version: Optional[str] = None, split_type: Optional[str] = None
     ) -> list[dict[str, Any]]:
         """Return datasets newest first, optionally filtered."""
-        return self._backend.read(queries.list_datasets, name, version, split_type)
+        return self._backend.read("list_datasets", name, version, split_type)
 
     def get_experiment_datasets(self, experiment_id: int) -> list[dict[str, Any]]:
         """Return the datasets an experiment uses, each with its usage_type."""
-        return self._backend.read(queries.experiment_datasets, experiment_id)
+        return self._backend.read("experiment_datasets", experiment_id)
 
     def get_dataset_experiments(self, dataset_id: int) -> list[dict[str, Any]]:
         """Return the experiments that used a dataset, each with its usage_type."""
-        return self._backend.read(queries.dataset_experiments, dataset_id)
+        return self._backend.read("dataset_experiments", dataset_id)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until everything logged so far to this database is committed."""

@@ -49,3 +49,15 @@ class EventsSavedError(WriterError):
     def __init__(self, message: str, paths: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.paths = paths
+
+
+class SchemaError(WriterError):
+    """The database cannot be used with this version of ml_persistence (so the writer stores nothing)."""
+
+
+class ReadError(MLPersistenceError):
+    """The database cannot be read as an ml_persistence database; ``code`` 1 (missing, foreign) or 2 (misuse)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code

@@ -17,7 +17,6 @@ import atexit
 import builtins
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ import traceback
 from typing import Any, Optional
 
 from . import backend as backends
+from . import storage
 from .errors import MLPersistenceError
 from .events import ExperimentEnded, encode
 
@@ -202,8 +202,8 @@ def finalize(status: str, notes: Optional[str], timeout: Optional[float] = None)
             backend.close(max(0.0, deadline - time.monotonic()), final=True)
             if ended:  # no writer left (say, after shutdown()), and none may start now
                 backend.end_now(ended, max(0.1, deadline - time.monotonic()))
-        except (MLPersistenceError, sqlite3.Error) as exc:
-            print(f"ml_persistence: at exit, {backend.path}: {exc}", file=sys.stderr)
+        except (MLPersistenceError, *storage.database_errors()) as exc:
+            print(f"ml_persistence: at exit, {backend.path}: {storage.redact(exc)}", file=sys.stderr)
 
 
 def _after_fork_in_child() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-import sqlite3
 from typing import Any, Mapping, Optional, Sequence
 
-from . import queries, timestamps
+from . import timestamps
 
 # A run on another host (or with no recorded pid) that logged nothing for this long shows as "stale".
 STALE_AFTER_SECONDS = 3600.0
@@ -99,25 +98,18 @@ def effective_status(
     return "running"
 
 
-def last_activity(conn: sqlite3.Connection, experiment_id: int) -> Optional[float]:
+def last_activity(reader: Any, experiment_id: int) -> Optional[float]:
     """Return when an experiment last logged a metric, model or artifact (epoch seconds), or None."""
-    times = []
-    for table, column in (("metrics", "timestamp"), ("models", "created_at"), ("artifacts", "created_at")):
-        row = conn.execute(
-            f"SELECT {column} FROM {table} WHERE id = (SELECT MAX(id) FROM {table} WHERE experiment_id = ?)",
-            (experiment_id,),
-        ).fetchone()
-        if row is not None:
-            times.append(parse_time(row[0]))
+    times = [parse_time(text) for text in reader.last_activity_texts(experiment_id)]
     return max((t for t in times if t is not None), default=None)
 
 
-def with_liveness(conn: sqlite3.Connection, experiment: dict[str, Any]) -> dict[str, Any]:
+def with_liveness(reader: Any, experiment: dict[str, Any]) -> dict[str, Any]:
     """Replace a 'running' experiment's status by its effective one, keeping the stored one as stored_status."""
     experiment["stored_status"] = experiment.get("status")
     if experiment.get("status") == "running":
         same_host = experiment.get("pid") and experiment.get("hostname") == socket.gethostname()
-        activity = None if same_host else last_activity(conn, experiment["id"])
+        activity = None if same_host else last_activity(reader, experiment["id"])
         experiment["status"] = effective_status(experiment, activity)
     return experiment
 
@@ -127,17 +119,17 @@ LIVE_STATUSES = ("running", "crashed", "stale")
 
 
 def list_experiments(
-    conn: sqlite3.Connection,
+    reader: Any,
     experiment_type: Optional[str] = None,
     status: Optional[str] = None,
     tags: Sequence[str] = (),
     name: Optional[str] = None,
     limit: Optional[int] = None,
 ) -> list[dict[str, Any]]:
-    """Return queries.list_experiments with effective statuses, ``status`` matching the effective one."""
+    """Return Reader.list_experiments with effective statuses, ``status`` matching the effective one."""
     stored = None if status in LIVE_STATUSES else status
-    found = queries.list_experiments(conn, experiment_type, stored, tags, None if status else limit, name)
-    found = [with_liveness(conn, e) for e in found]
+    found = reader.list_experiments(experiment_type, stored, tags, None if status else limit, name)
+    found = [with_liveness(reader, e) for e in found]
     if status:
         found = [e for e in found if e["status"] == status]
     return found if limit is None else found[:limit]

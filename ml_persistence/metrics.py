@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Optional, Union
 
-from . import queries
 from .backend import backend_for
 
 
@@ -29,21 +28,21 @@ class MetricsLogger:
         self, experiment_id: int, metric_name: str, split: Optional[str] = None
     ) -> list[dict[str, Any]]:
         """Return one metric's rows (value, episode, step, epoch, split, timestamp, ...) in logging order."""
-        return self._backend.read(queries.metric_history, experiment_id, metric_name, split)
+        return self._backend.read("metric_history", experiment_id, metric_name, split)
 
     def compare_metrics_across_experiments(
         self, experiment_ids: Iterable[int], metric_name: str, split: Optional[str] = None
     ) -> dict[int, dict[str, Any]]:
         """Return {experiment_id: {count, mean, std, min, max, first, last}} (NaN where nothing was logged)."""
-        return self._backend.read(queries.compare_metrics, list(experiment_ids), metric_name, split)
+        return self._backend.read("compare_metrics", list(experiment_ids), metric_name, split)
 
     def get_metrics_summary(self, experiment_id: int, split: Optional[str] = None) -> dict[str, dict[str, Any]]:
         """Return {metric_name: {count, mean, std, min, max, first, last}} for every metric of an experiment."""
-        return self._backend.read(queries.metrics_summary, experiment_id, split)
+        return self._backend.read("metrics_summary", experiment_id, split)
 
     def list_metric_names(self, experiment_id: int) -> list[str]:
         """Return the names of every metric an experiment logged."""
-        return self._backend.read(queries.metric_names, experiment_id)
+        return self._backend.read("metric_names", experiment_id)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until everything logged so far to this database is committed."""

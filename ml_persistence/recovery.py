@@ -38,6 +38,7 @@ import uuid
 import zlib
 from typing import Iterable, Iterator, Optional, Sequence
 
+from . import storage
 from .address import is_private
 from .spool import free_bytes
 
@@ -90,7 +91,7 @@ def save_keyed(db_path: Optional[str], events: Iterable[tuple[bytes, Optional[tu
     chunks.append(body.flush())
     header = {
         "uuid": file_id,
-        "db": os.path.realpath(db_path) if db_path else None,
+        "db": storage.identity(db_path) if db_path else None,
         "created": time.time(),
         "events": count,
         "clients": list(clients),
@@ -128,7 +129,7 @@ def candidate_directories(db_path: Optional[str], create: bool = True) -> list[s
 
 def pending(db_path: str) -> list[str]:
     """Return this user's recovery files for ``db_path``, oldest first (only private files we own)."""
-    real = os.path.realpath(db_path)
+    real = storage.identity(db_path)
     found: list[tuple[float, str]] = []
     local = _db_dir(db_path)
     patterns = [os.path.join(local, glob.escape(os.path.basename(real)) + ".*" + SUFFIX)] if local else []
@@ -152,7 +153,7 @@ def pending(db_path: str) -> list[str]:
 
 def command(path: str, db_path: Optional[str]) -> str:
     """Return the shell command that applies ``path`` to ``db_path``."""
-    db = f" --db {shlex.quote(db_path)}" if db_path else ""
+    db = f" --db {shlex.quote(storage.identity(db_path))}" if db_path else ""
     return f"ml-persistence recover {shlex.quote(path)}{db}"
 
 
@@ -208,15 +209,14 @@ def apply(path: str, db_path: Optional[str] = None) -> Applied:
     once, then delete the file."""
     import anyio
 
-    from .store import Store
-
     if db_path is None:
         db_path = read_header(path).get("db")
         if not db_path:
             raise ValueError(f"{path} does not say which database it belongs to; pass one")
 
     async def run() -> Applied:
-        store = await Store.open(db_path, 5000)
+        store = storage.engine(db_path).store_for(db_path, 5000)
+        await store.open()
         try:
             return await apply_to(store, path)
         finally:
@@ -234,7 +234,7 @@ async def apply_to(store, path: str) -> Applied:  # type: ignore[no-untyped-def]
     import msgspec
 
     from . import events as ev
-    from .store import REFUSED, classify
+    from .storage import REFUSED
 
     result = Applied(path)
     batch: list = []
@@ -248,13 +248,13 @@ async def apply_to(store, path: str) -> Applied:  # type: ignore[no-untyped-def]
             await store.keep_wal_small()
             return
         except Exception as exc:  # noqa: BLE001 - only an event's own refusal is handled here
-            if classify(exc) != REFUSED:
+            if store.classify(exc) != REFUSED:
                 raise
         for event, key in zip(batch, batch_keys):  # find the event(s) the database refuses
             try:
                 stored = await store.apply_keyed([event], [key])
             except Exception as exc:  # noqa: BLE001
-                if classify(exc) != REFUSED:
+                if store.classify(exc) != REFUSED:
                     raise
                 result.refused += 1
                 await store.apply_keyed([], [key])  # past it, so the next try does not refuse it again
@@ -281,7 +281,9 @@ async def apply_to(store, path: str) -> Applied:  # type: ignore[no-untyped-def]
 
 
 def _db_dir(db_path: Optional[str]) -> Optional[str]:
-    return os.path.dirname(os.path.realpath(db_path)) if db_path else None
+    if not db_path or storage.is_url(db_path):
+        return None  # a server's database: recovery files go to this user's private directories
+    return os.path.dirname(os.path.realpath(db_path))
 
 
 def _db_tag(real: str) -> str:
@@ -295,8 +297,9 @@ def _local_name(db_path: Optional[str], file_id: str) -> str:
 def _file_name(db_path: Optional[str], file_id: str) -> str:
     if not db_path:
         return f"events.{_stamp()}.{file_id}{SUFFIX}"
-    real = os.path.realpath(db_path)
-    return f"{_db_tag(real)}-{os.path.basename(real)}.{_stamp()}.{file_id}{SUFFIX}"
+    real = storage.identity(db_path)
+    base = "postgresql" if storage.is_url(db_path) else os.path.basename(real)
+    return f"{_db_tag(real)}-{base}.{_stamp()}.{file_id}{SUFFIX}"
 
 
 def _stamp() -> str:

@@ -6,7 +6,6 @@ import os
 import time
 from typing import Any, Mapping, Optional, Union
 
-from . import queries
 from . import validate as v
 from .backend import backend_for
 from .errors import InvalidTypeError
@@ -84,11 +83,11 @@ class ModelRegistry:
 
     def get_model(self, model_id: int) -> Optional[dict[str, Any]]:
         """Return one model, or None."""
-        return self._backend.read(queries.get_model, model_id)
+        return self._backend.read("get_model", model_id)
 
     def get_best_model(self, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
         """Return the newest model marked best; if none is marked, the highest val_metric; else None."""
-        return self._backend.read(queries.get_best_model, experiment_id)
+        return self._backend.read("get_best_model", experiment_id)
 
     def list_models(
         self,
@@ -99,7 +98,7 @@ class ModelRegistry:
         limit: Optional[int] = None,
     ) -> list[dict[str, Any]]:
         """Return models; ``order_by`` must be a column of the models table (else ValueError)."""
-        return self._backend.read(queries.list_models, experiment_id, is_best, order_by, ascending, limit)
+        return self._backend.read("list_models", experiment_id, is_best, order_by, ascending, limit)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until everything logged so far to this database is committed."""

@@ -17,12 +17,12 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
 import msgspec
 
 from . import protocol as p
-from . import queries
+from .storage import REMOTE_READS
 from .address import Address, default_address, is_private, published_token
 from .buffer import Barrier, EventBuffer
 from .errors import (
@@ -37,7 +37,6 @@ from .errors import (
 )
 from .writer import WriterOptions
 
-T = TypeVar("T")
 log = logging.getLogger("ml_persistence.agent_client")
 
 CONNECT_TIMEOUT = 5.0
@@ -201,11 +200,10 @@ class AgentBackend:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read(self, query: Callable[..., T], *args: Any) -> T:
-        """Run a read query in the agent, after everything this process logged is committed there."""
-        name = getattr(query, "__name__", "")
-        if queries.REMOTE.get(name) is not query:
-            raise AgentError(f"{name or query!r} is not a query the agent answers")
+    def read(self, name: str, *args: Any) -> Any:
+        """Run the named read in the agent, after everything this process logged is committed there."""
+        if name not in REMOTE_READS:
+            raise AgentError(f"{name!r} is not a query the agent answers")
         self._check_usable()
         self._kick()
         future = self._sender.read(name, list(args)) if self._sender else None

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import msgspec
 
-from . import environment, lifecycle, queries
+from . import environment, lifecycle
 from . import validate as v
 from .backend import Backend, backend_for
 from .errors import ClosedError, InvalidTypeError, InvalidValueError, NoActiveExperimentError
@@ -151,7 +151,7 @@ class ExperimentTracker:
         """
         self._check_open()
         experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
-        found = None if experiment_id is None else self._backend.read(queries.get_experiment, experiment_id)
+        found = None if experiment_id is None else self._backend.read("get_experiment", experiment_id)
         if found is None:
             raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
         with self._lifecycle_lock:
@@ -347,19 +347,19 @@ class ExperimentTracker:
         """Return experiments newest first, with num_checkpoints and best_val_metric."""
         if isinstance(tags, str):
             tags = [tags]
-        return self._backend.read(queries.list_experiments, experiment_type, status, tags, limit, name)
+        return self._backend.read("list_experiments", experiment_type, status, tags, limit, name)
 
     def get_experiment(self, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
         """Return everything about one experiment (default: the current one), or None."""
         if experiment_id is None:
             experiment_id = self._require_experiment()
-        return self._backend.read(queries.get_experiment, experiment_id)
+        return self._backend.read("get_experiment", experiment_id)
 
     def get_hyperparameters(self, experiment_id: Optional[int] = None) -> dict[str, Any]:
         """Return {name: value} for an experiment (default: the current one)."""
         if experiment_id is None:
             experiment_id = self._require_experiment()
-        return self._backend.read(queries.get_hyperparameters, experiment_id)
+        return self._backend.read("get_hyperparameters", experiment_id)
 
     def list_artifacts(
         self, experiment_id: Optional[int] = None, artifact_type: Optional[str] = None
@@ -367,7 +367,7 @@ class ExperimentTracker:
         """Return an experiment's artifacts (default: the current one)."""
         if experiment_id is None:
             experiment_id = self._require_experiment()
-        return self._backend.read(queries.list_artifacts, experiment_id, artifact_type)
+        return self._backend.read("list_artifacts", experiment_id, artifact_type)
 
     # -- helpers -------------------------------------------------------------------------------
 

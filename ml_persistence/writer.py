@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import threading
 import time
 import warnings
@@ -21,7 +20,8 @@ from . import recovery
 from .buffer import Barrier, Batch, EventBuffer, Request
 from .spool import Spool
 from .errors import EventsSavedError, WriterError
-from .store import BUSY, ENVIRONMENT, REFUSED, Store, classify, is_busy, local_text
+from .rows import local_text
+from .storage import BUSY, ENVIRONMENT, REFUSED, is_url, redact
 
 log = logging.getLogger("ml_persistence")
 
@@ -57,10 +57,12 @@ class WriterOptions:
 
 
 class Writer:
-    """Owns one Store on one daemon thread; everything but wake() and stop() runs on that thread."""
+    """Owns one engine's Store on one daemon thread; everything but wake() and stop() runs on that thread."""
 
-    def __init__(self, path: str, buffer: EventBuffer, options: WriterOptions) -> None:
-        self.path = path
+    def __init__(self, store: Any, buffer: EventBuffer, options: WriterOptions, db: Optional[str] = None) -> None:
+        self.path = store.path  # for messages: a file path, or a URL without its password
+        self.db = db if db is not None else store.path  # for recovery files: the database as named
+        self.classify = store.classify
         self.buffer = buffer
         self.options = options
         self.written = 0  # events committed
@@ -89,7 +91,8 @@ class Writer:
         self._deadline: Optional[float] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake_event: Optional[anyio.Event] = None
-        self._store: Optional[Store] = None
+        self._new_store = store
+        self._store: Any = None
         self._thread = threading.Thread(target=self._run, name="ml-persistence-writer", daemon=True)
 
     def start(self) -> None:
@@ -135,12 +138,12 @@ class Writer:
             self.in_flight = 0
 
     def _abandon_store(self) -> None:
-        # Close the connection and end aiosqlite's thread even though our loop is stuck.
+        # Close the connection and end the driver's threads even though our loop is stuck.
         store = self._store
         if store is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                store.conn.stop()
+                store.abandon()
 
     def _wake_now(self) -> None:
         if self._wake_event is not None:
@@ -176,15 +179,19 @@ class Writer:
             with anyio.CancelScope(shield=True), self.gate:
                 await store.close()
 
-    async def _open(self) -> Store:
+    async def _open(self) -> Any:
         delay = 0.05
+        store = self._new_store
         while True:
             try:
                 with self.gate:
-                    return await Store.open(self.path, self.options.busy_timeout_ms)
-            except sqlite3.Error as exc:
-                if not is_busy(exc) or self._past_deadline():
-                    raise WriterError(f"cannot open database {self.path!r}: {exc}") from exc
+                    await store.open()
+                    return store
+            except Exception as exc:  # noqa: BLE001 - only a lock is waited out at open
+                if isinstance(exc, WriterError):
+                    raise
+                if self.classify(exc) != BUSY or self._past_deadline():
+                    raise WriterError(redact(f"cannot open database {self.path!r}: {exc}")) from exc
             self.busy_retries += 1
             await anyio.sleep(delay)
             delay = min(delay * 2, self.options.max_backoff)
@@ -192,9 +199,9 @@ class Writer:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
-    async def _apply_recovery_files(self, store: Store) -> None:
+    async def _apply_recovery_files(self, store: Any) -> None:
         """Store the events of earlier recovery files for this database first: they were logged earlier."""
-        for path in recovery.pending(self.path):
+        for path in recovery.pending(self.db):
             try:
                 with self.gate:
                     applied = await recovery.apply_to(store, path)
@@ -208,7 +215,7 @@ class Writer:
                 path, self.path, applied.stored, applied.skipped,
             )
 
-    async def _step(self, store: Store) -> None:
+    async def _step(self, store: Any) -> None:
         """Serve waiting requests, then commit queued events in batches (the writer's one unit of work)."""
         await self._serve(store, self.buffer.take_requests())
         while not self._unwritten:  # once a batch is abandoned at the deadline, the rest follows it
@@ -249,7 +256,7 @@ class Writer:
                 self._reject(exc, "undecodable event")
         return decoded, marks, sources
 
-    async def _commit(self, store: Store, work: Sequence[Any]) -> bool:
+    async def _commit(self, store: Any, work: Sequence[Any]) -> bool:
         """Commit events in one transaction; if the database refuses it, retry one by one.
 
         Return False if the events were abandoned at a close deadline, True once each is stored
@@ -266,7 +273,7 @@ class Writer:
             self._keep_unwritten(work, events, sources, 0)
             return False
         except Exception as exc:  # noqa: BLE001 - find the event(s) the database refuses
-            if classify(exc) != REFUSED:
+            if self.classify(exc) != REFUSED:
                 # Fatal: keep this batch in a recovery file before the writer stops and flush() raises.
                 self._keep_unwritten(work, events, sources, 0)
                 self._save_unwritten()
@@ -288,7 +295,7 @@ class Writer:
                 self._keep_unwritten(work, events, sources, i)
                 return False
             except Exception as exc:  # noqa: BLE001
-                if classify(exc) != REFUSED:
+                if self.classify(exc) != REFUSED:
                     self._keep_unwritten(work, events, sources, i)
                     self._save_unwritten()
                     raise
@@ -302,7 +309,7 @@ class Writer:
             except _Abandoned:
                 return False
             except Exception as exc:  # noqa: BLE001
-                if classify(exc) != REFUSED:
+                if self.classify(exc) != REFUSED:
                     raise
                 self._reject(exc, "database refused a client's sequence mark")
         return True
@@ -320,7 +327,7 @@ class Writer:
                 self._unwritten_keys.append(next(iter(mark.items())) if mark else None)
             self.in_flight = 0
 
-    async def _serve(self, store: Store, requests: list[Request]) -> None:
+    async def _serve(self, store: Any, requests: list[Request]) -> None:
         """Apply id-returning events in one transaction and resolve their futures."""
         try:
             await self._serve_now(store, requests)
@@ -329,7 +336,7 @@ class Writer:
                 if not request.future.done():
                     request.future.set_exception(WriterError("the writer stopped before answering"))
 
-    async def _serve_now(self, store: Store, requests: list[Request]) -> None:
+    async def _serve_now(self, store: Any, requests: list[Request]) -> None:
         pending: list[tuple[ev.Event, Request]] = []
         for request in requests:
             if type(request.payload) is not bytes:
@@ -351,7 +358,7 @@ class Writer:
                 request.future.set_exception(WriterError(str(exc)))
             return
         except Exception as exc:  # noqa: BLE001 - find the request(s) the database refuses
-            if classify(exc) != REFUSED:
+            if self.classify(exc) != REFUSED:
                 raise
             ids = None
         if ids is not None:
@@ -379,7 +386,7 @@ class Writer:
                 with self.gate:
                     result = await apply(events)
             except Exception as exc:  # noqa: BLE001
-                kind = classify(exc)
+                kind = self.classify(exc)
                 if kind not in (BUSY, ENVIRONMENT):
                     raise
                 failure = exc
@@ -524,7 +531,7 @@ class Writer:
                 yield payload, key
 
         try:
-            path = recovery.save_keyed(self.path, counted())
+            path = recovery.save_keyed(self.db, counted())
         except Exception as exc:  # noqa: BLE001 - a recovery that fails must still release waiters
             log.error("ml_persistence: could not save a recovery file: %r", exc)
             path = None
@@ -540,7 +547,7 @@ class Writer:
         fate = "left unacknowledged for their clients to replay" if seen["keyed"] else "they are lost"
         log.error(
             "ml_persistence: no recovery file could be written for %d unwritten events (tried %s); %s",
-            n, ", ".join(recovery.candidate_directories(self.path)), fate,
+            n, ", ".join(recovery.candidate_directories(self.db)), fate,
         )
         return None
 
@@ -590,6 +597,8 @@ def _seqs(batch: Batch) -> Sequence[int]:
 
 def _free_space(path: str) -> str:
     """Return the free space of ``path``'s filesystem as text, for a log line."""
+    if is_url(path):
+        return "unknown (a database server)"
     try:
         info = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError as exc:

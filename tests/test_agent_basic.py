@@ -65,7 +65,7 @@ def test_sigterm_does_not_wait_for_a_client_that_never_said_hello(tmp_path: Path
 
 
 def test_an_event_the_database_refuses_costs_only_itself_and_the_mark_still_advances(tmp_path: Path) -> None:
-    from ml_persistence import schema
+    from ml_persistence.sqlite import schema
 
     db = str(tmp_path / "agent.db")
     conn = schema.connect(db)

@@ -23,7 +23,8 @@ from agent_process import AgentProcess, short_socket
 from conftest import PYTHON, rows, subprocess_env
 
 import ml_persistence
-from ml_persistence import ExperimentTracker, schema
+from ml_persistence import ExperimentTracker
+from ml_persistence.sqlite import schema
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or shutil.which("prlimit") is None, reason="needs Linux and prlimit(1)"

@@ -1036,7 +1036,7 @@ def test_reading_commands_never_create_a_database(tmp_path: Path) -> None:
 
 
 def _legacy(path: Path) -> str:
-    from ml_persistence.schema import ORIGINAL_TABLES
+    from ml_persistence.sqlite.schema import ORIGINAL_TABLES
 
     conn = sqlite3.connect(path)
     try:

@@ -134,7 +134,7 @@ def test_export_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
 def test_a_legacy_file_is_never_upgraded_in_place(tmp_path: Path) -> None:
     import pytest
 
-    from ml_persistence import schema
+    from ml_persistence.sqlite import schema
 
     legacy = build_legacy(tmp_path / "experiments.db")
     before = digest(legacy)

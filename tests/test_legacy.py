@@ -16,8 +16,9 @@ from typing import Any, Optional
 import pytest
 
 from conftest import rows
-from ml_persistence import ExperimentTracker, InvalidValueError, MetricsLogger, schema
-from ml_persistence.legacy import LegacyFormatError, LegacyReport, migrate_legacy
+from ml_persistence import ExperimentTracker, InvalidValueError, MetricsLogger
+from ml_persistence.sqlite import schema
+from ml_persistence.sqlite.legacy import LegacyFormatError, LegacyReport, migrate_legacy
 
 # As the older project created its file: the four tables and its summary view.
 LEGACY_SCHEMA = """

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_persistence import liveness, schema
+from ml_persistence import liveness
+from ml_persistence.sqlite import schema
 from ml_persistence.liveness import STALE_AFTER_SECONDS, effective_status, last_activity, parse_time, process_alive
 
 HOST = socket.gethostname()
@@ -193,14 +194,15 @@ def test_nothing_known_is_running() -> None:
 
 @pytest.fixture
 def conn(tmp_path: Path):
-    connection = schema.connect(str(tmp_path / "live.db"))
-    connection.row_factory = None
-    yield connection
-    connection.close()
+    from ml_persistence.sqlite.reads import Reader
+
+    reader = Reader.open(str(tmp_path / "live.db"))
+    yield reader
+    reader.close()
 
 
 def _experiment(conn, status: str, pid: object, hostname: object, start: float) -> int:
-    cursor = conn.execute("INSERT INTO experiments (name, status, pid, hostname, start_time) VALUES (?, ?, ?, ?, ?)",
+    cursor = conn.conn.execute("INSERT INTO experiments (name, status, pid, hostname, start_time) VALUES (?, ?, ?, ?, ?)",
                           ("e", status, pid, hostname, stamp(start)))
     return cursor.lastrowid
 
@@ -210,15 +212,15 @@ def test_last_activity_is_the_newest_metric_model_or_artifact(conn) -> None:
     exp = _experiment(conn, "running", None, "elsewhere", now - 9000)
     other = _experiment(conn, "running", None, "elsewhere", now - 9000)
     assert last_activity(conn, exp) is None
-    conn.execute("INSERT INTO metrics (experiment_id, metric_name, value, timestamp) VALUES (?, 'm', 1, ?)",
+    conn.conn.execute("INSERT INTO metrics (experiment_id, metric_name, value, timestamp) VALUES (?, 'm', 1, ?)",
                  (exp, stamp(now - 300)))
     assert last_activity(conn, exp) == pytest.approx(now - 300, abs=1e-3)
-    conn.execute("INSERT INTO models (experiment_id, name, checkpoint_path, created_at) VALUES (?, 'x', 'p', ?)",
+    conn.conn.execute("INSERT INTO models (experiment_id, name, checkpoint_path, created_at) VALUES (?, 'x', 'p', ?)",
                  (exp, stamp(now - 200)))
-    conn.execute("INSERT INTO artifacts (experiment_id, artifact_type, artifact_path, created_at) "
+    conn.conn.execute("INSERT INTO artifacts (experiment_id, artifact_type, artifact_path, created_at) "
                  "VALUES (?, 't', 'p', ?)", (exp, stamp(now - 250)))
     assert last_activity(conn, exp) == pytest.approx(now - 200, abs=1e-3)
-    conn.execute("INSERT INTO metrics (experiment_id, metric_name, value, timestamp) VALUES (?, 'm', 1, ?)",
+    conn.conn.execute("INSERT INTO metrics (experiment_id, metric_name, value, timestamp) VALUES (?, 'm', 1, ?)",
                  (other, stamp(now)))
     assert last_activity(conn, exp) == pytest.approx(now - 200, abs=1e-3)  # another experiment's rows do not count
 
@@ -233,7 +235,7 @@ def test_with_liveness_keeps_the_stored_status(conn) -> None:
     remote = {"id": remote_id, "status": "running", "pid": 7, "hostname": "elsewhere",
               "start_time": stamp(now - 2 * STALE_AFTER_SECONDS)}
     assert liveness.with_liveness(conn, dict(remote))["status"] == "stale"
-    conn.execute("INSERT INTO metrics (experiment_id, metric_name, value, timestamp) VALUES (?, 'm', 1, ?)",
+    conn.conn.execute("INSERT INTO metrics (experiment_id, metric_name, value, timestamp) VALUES (?, 'm', 1, ?)",
                  (remote_id, stamp(now)))
     assert liveness.with_liveness(conn, dict(remote))["status"] == "running"
     done = liveness.with_liveness(conn, {"id": 99, "status": "completed"})

@@ -15,7 +15,8 @@ from conftest import rows
 from ml_persistence import ExperimentTracker, events as ev, recovery, spool as spool_module
 from ml_persistence.events import MetricsLogged
 from ml_persistence.spool import Spool
-from ml_persistence.store import BUSY, ENVIRONMENT, FATAL, REFUSED, RESULT_CODES, RESULT_MESSAGES, classify
+from ml_persistence.storage import BUSY, ENVIRONMENT, FATAL, REFUSED
+from ml_persistence.sqlite.store import RESULT_CODES, RESULT_MESSAGES, classify
 
 # -- the classification table --------------------------------------------------------------------
 
@@ -190,6 +191,7 @@ def test_an_agent_batch_skips_events_a_recovery_file_stored_while_it_was_queued(
     # The trainer's file (seqs 1-5) is applied with `recover` while a live agent still holds seqs 1-10.
     from agent.server import AgentBuffer
     from ml_persistence.buffer import Batch
+    from ml_persistence.sqlite.store import Store
     from ml_persistence.writer import Writer, WriterOptions
 
     path = recovery.save(db_path, [metric(experiment, seq) for seq in range(1, 6)],
@@ -197,7 +199,7 @@ def test_an_agent_batch_skips_events_a_recovery_file_stored_while_it_was_queued(
     assert path is not None and recovery.apply(path).stored == 5
     committed = threading.Event()
     buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
-    writer = Writer(db_path, buffer, WriterOptions())
+    writer = Writer(Store(db_path, 1000), buffer, WriterOptions())
     events = [ev.decode(metric(experiment, seq)) for seq in range(1, 11)]
     buffer.append_batch(Batch("trainer-1", 10, events, committed.set, list(range(1, 11))))
     writer.start()
@@ -226,7 +228,7 @@ def test_every_batch_an_agent_still_queues_at_its_stop_deadline_is_saved(
 ) -> None:
     from agent.server import AgentBuffer
     from ml_persistence.buffer import Batch
-    from ml_persistence.store import Store
+    from ml_persistence.sqlite.store import Store
     from ml_persistence.writer import Writer, WriterOptions
 
     async def full(self, events, marks=None, keys=None):  # type: ignore[no-untyped-def]
@@ -237,7 +239,7 @@ def test_every_batch_an_agent_still_queues_at_its_stop_deadline_is_saved(
     for client in range(5):
         events = [ev.decode(metric(experiment, client * 1000 + seq)) for seq in range(1, 1001)]
         buffer.append_batch(Batch(f"trainer-{client}", 1000, events, lambda: None, list(range(1, 1001))))
-    writer = Writer(db_path, buffer, WriterOptions(batch_size=1000))
+    writer = Writer(Store(db_path, 1000), buffer, WriterOptions(batch_size=1000))
     writer.start()
     writer.stop(0.5)
     assert (writer.saved, writer.lost) == (5000, 0)

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import rows, subprocess_env
-from ml_persistence import ExperimentTracker, MetricsLogger, ModelRegistry, schema
+from ml_persistence import ExperimentTracker, MetricsLogger, ModelRegistry
+from ml_persistence.sqlite import schema
 
 # As the original implementation wrote it (user_version 0): its types, NOT NULL constraints, defaults, views.
 ORIGINAL = """

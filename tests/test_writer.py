@@ -12,7 +12,8 @@ import pytest
 
 import ml_persistence as mp
 from conftest import rows
-from ml_persistence import ExperimentTracker, recovery, schema
+from ml_persistence import ExperimentTracker, recovery
+from ml_persistence.sqlite import schema
 from ml_persistence.backend import backend_for
 from ml_persistence.errors import EventsSavedError
 
@@ -198,7 +199,7 @@ def test_no_thread_of_ours_can_block_interpreter_exit(db_path: str) -> None:
 
 def fail_applies(monkeypatch: pytest.MonkeyPatch, failure) -> None:  # type: ignore[no-untyped-def]
     """Make the writer's Store.apply raise what ``failure()`` returns (None: apply as usual)."""
-    from ml_persistence.store import Store
+    from ml_persistence.sqlite.store import Store
 
     real_apply = Store.apply
 

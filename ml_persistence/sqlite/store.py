@@ -6,14 +6,15 @@ import contextlib
 import operator
 import os
 import sqlite3
-import time
 from typing import Any, AsyncIterator, Optional, Sequence, Union
 
 import aiosqlite
 import msgspec
 
 from . import schema
-from .events import (
+from ..rows import local_text, split_of
+from ..storage import BUSY, ENVIRONMENT, FATAL, REFUSED
+from ..events import (
     ArtifactLogged,
     DatasetLinked,
     DatasetRegistered,
@@ -35,41 +36,8 @@ _MAX_ROWS_PER_INSERT = 2500
 # prepared, and batch tails come in every size, so the default cache grows RSS by ~200 MB.
 _CACHED_STATEMENTS = 8
 _WAL_SIZE_LIMIT = 8 << 20  # bytes (about twice the WAL of an automatic checkpoint's 1000 pages)
-_SPLIT_PREFIXES = (("train_", "train"), ("val_", "val"), ("test_", "test"))
-
-_last_second: tuple[int, str] = (-1, "")  # replaced whole, so writer threads never see half an update
 
 
-def local_text(ts: float) -> str:
-    """Format an epoch time as the original's local-time text, 'YYYY-MM-DD HH:MM:SS.ffffff'."""
-    global _last_second
-    second = int(ts)
-    cached = _last_second
-    if cached[0] != second:
-        cached = _last_second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
-    return f"{cached[1]}.{int((ts - second) * 1e6):06d}"
-
-
-def split_of(name: str) -> Optional[str]:
-    """Infer a metric's split from a train_/val_/test_ name prefix."""
-    try:
-        return _split_cache[name]
-    except KeyError:
-        pass
-    found = next((split for prefix, split in _SPLIT_PREFIXES if name.startswith(prefix)), None)
-    if len(_split_cache) < 4096:  # metric names are few; a run inventing names must not grow this
-        _split_cache[name] = found
-    return found
-
-
-_split_cache: dict[str, Optional[str]] = {}
-
-
-# What a failed write means, and so what the writer does about it:
-BUSY = "busy"  # another connection holds the lock: wait, silently
-ENVIRONMENT = "environment"  # the disk, the file or the system: wait, saying so once
-REFUSED = "refused"  # the database rejects this event itself: retry the batch one event at a time
-FATAL = "fatal"  # the database cannot be written at all (damaged, not a database, a bug): stop
 
 # SQLite primary result codes (https://sqlite.org/rescode.html) -> what they mean for a write.
 RESULT_CODES = {
@@ -171,19 +139,22 @@ def is_busy(exc: BaseException) -> bool:
 class Store:
     """One aiosqlite connection that writes events; used only from the writer's event loop."""
 
-    def __init__(self, conn: aiosqlite.Connection, max_variables: int, path: str = "") -> None:
-        self.conn = conn
+    classify = staticmethod(classify)
+
+    def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
-        self.rows_per_insert = max(1, min(max_variables // _METRIC_WIDTH, _MAX_ROWS_PER_INSERT))
+        self.busy_timeout_ms = busy_timeout_ms
+        self.conn: Any = None
+        self.rows_per_insert = 1
         self._insert_sql: dict[tuple[tuple[bool, ...], int], str] = {}
 
-    @classmethod
-    async def open(cls, path: str, busy_timeout_ms: int) -> "Store":
-        """Open ``path``, creating or upgrading its schema."""
-        max_variables = _prepare(path)
-        conn = await aiosqlite.connect(path, isolation_level=None, cached_statements=_CACHED_STATEMENTS)
+    async def open(self) -> None:
+        """Open the file, creating or upgrading its schema."""
+        max_variables = _prepare(self.path)
+        self.rows_per_insert = max(1, min(max_variables // _METRIC_WIDTH, _MAX_ROWS_PER_INSERT))
+        conn = await aiosqlite.connect(self.path, isolation_level=None, cached_statements=_CACHED_STATEMENTS)
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             await conn.execute("PRAGMA synchronous = NORMAL")
             # After a checkpoint, the write-ahead log shrinks back to this instead of keeping its
             # largest size for good: on a nearly full device, that space is the database's room.
@@ -191,11 +162,24 @@ class Store:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, max_variables, path)
+        self.conn = conn
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
-        await self.conn.close()
+        if self.conn is not None:
+            await self.conn.close()
+
+    def abandon(self) -> None:
+        """From another thread, while the writer's loop is stuck: end aiosqlite's thread."""
+        if self.conn is not None:
+            self.conn.stop()
+
+    async def client_mark(self, client_id: str) -> int:
+        """Return the last sequence number stored for an agent client (0 if none)."""
+        rows = await self.conn.execute_fetchall(
+            "SELECT last_seq FROM agent_clients WHERE client_id = ?", (client_id,)
+        )
+        return next((seq for (seq,) in rows), 0)
 
     async def apply(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Optional
 
-from .errors import WriterError
+from ..errors import SchemaError
 
 SCHEMA_VERSION = 3
 
@@ -156,10 +156,6 @@ ORDER BY m.val_metric DESC, m.id DESC;
 """
 
 TABLES = ("experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets")
-
-
-class SchemaError(WriterError):
-    """The database file cannot be used with this version of ml_persistence (so the writer stores nothing)."""
 
 
 def columns(conn: sqlite3.Connection, table: str) -> list[str]:

@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgspec
 
-from . import schema, timestamps, validate
-from .errors import InvalidValueError, MLPersistenceError
+from . import schema
+from .. import timestamps, validate
+from ..errors import InvalidValueError, MLPersistenceError
 
 # The legacy schema as the older project wrote it; anything else found in a file is "unknown".
 KNOWN_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -7,15 +7,7 @@ import sqlite3
 from urllib.parse import quote
 
 from . import schema
-from .errors import MLPersistenceError
-
-
-class ReadError(MLPersistenceError):
-    """The file cannot be read as an ml_persistence database; ``code`` 1 (missing, foreign) or 2 (misuse)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
+from ..errors import ReadError
 
 
 def require_file(path: str) -> None:
