@@ -62,3 +62,4 @@ def require_framework(module: str):
 
 
 from otheruser import other_user  # noqa: E402,F401 - the second-local-user fixture, for every test module
+pytest_plugins = ["pg"]  # tests/pg.py: the PostgreSQL fixtures (postgres_url, pg_db, any_db) and the serial marker
