@@ -27,7 +27,7 @@ _abandoned: list[Any] = []  # a forked child keeps its parent's objects alive an
 
 
 def default_db_path() -> str:
-    """Return the database used when none is given: $ML_PERSISTENCE_DB or ./ml_experiments.db."""
+    """Return the database used when none is given (or 'ml_experiments.db' is): $ML_PERSISTENCE_DB or ./ml_experiments.db."""
     return os.environ.get("ML_PERSISTENCE_DB") or DEFAULT_DB
 
 
@@ -47,6 +47,9 @@ def backend_for(
     if agent is not False:
         return _agent_backend("default" if agent is True else str(agent), token)
     path = os.fspath(db_path) if db_path is not None else default_db_path()
+    if path == DEFAULT_DB:
+        # The seed's examples name the default file outright; $ML_PERSISTENCE_DB moves them all.
+        path = default_db_path()
     if path == ":memory:" or path.startswith("file:"):
         raise InvalidValueError("ml_persistence needs a database file path, not an in-memory or URI database")
     storage.engine(path)  # a PostgreSQL URL without its driver installed fails here, at the user's call

@@ -14,6 +14,7 @@ from typing import Optional
 import msgspec
 
 from .events import Environment
+from .storage import redact
 
 MAX_DIFF_BYTES = 1_000_000
 _packages_cache: list[Optional[str]] = [None]
@@ -85,7 +86,7 @@ def capture(include_git: bool = True, include_packages: bool = True) -> Environm
         platform=platform.platform(),
         hostname=socket.gethostname(),
         pid=os.getpid(),
-        command=shlex.join([sys.executable, *sys.argv]),
+        command=redact(shlex.join([sys.executable, *sys.argv])),  # a database URL on the command line keeps no password
         packages=installed_packages() if include_packages else None,
     )
 

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import msgspec
 
 from .errors import InvalidTypeError, InvalidValueError
+from .storage import redact
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT_MAX = 1.7976931348623157e308
@@ -112,7 +113,7 @@ def encodable(name: str, value: str) -> str:
                 f"{exc.start} is a lone surrogate (from bytes decoded with errors='surrogateescape'? "
                 "decode them with errors='replace')"
             ) from None
-    return value
+    return redact(value) if "://" in value else value
 
 
 def optional_str(name: str, value: Any) -> Optional[str]:
@@ -215,7 +216,8 @@ def json_text(name: str, value: Any) -> Optional[str]:
         return None
     check_tree(name, value)
     try:
-        return _json_encoder.encode(value).decode()
+        text = _json_encoder.encode(value).decode()
+        return redact(text) if "://" in text else text
     except UnicodeEncodeError as exc:  # in what an enc_hook made of an object (numpy strings, ...)
         raise InvalidValueError(f"{name}: a string cannot be stored as UTF-8 ({exc.reason})") from None
     except RecursionError:

@@ -17,7 +17,7 @@ ROOTS = ("ml_persistence", "agent")
 ENGINES = ("ml_persistence.sqlite", "ml_persistence.postgres")
 DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg_binary", "psycopg_pool", "asyncpg")
 ENGINE_MAY_IMPORT = {
-    f"ml_persistence.{name}" for name in ("events", "errors", "storage", "validate", "timestamps", "strictjson")
+    f"ml_persistence.{name}" for name in ("events", "errors", "storage", "validate", "timestamps", "strictjson", "rows")
 }
 # Uppercase SQL keywords, as the library writes its statements. Docstrings and argparse help are prose.
 SQL = re.compile(
