@@ -159,7 +159,7 @@ def _startup_failed(exc: BaseException, db: str) -> int:
 def _describe(exc: BaseException, db: str) -> str:
     text = storage.redact(str(exc).replace("\n", " "))
     shown = storage.display(db)
-    if storage.is_url(db):
+    if isinstance(exc, storage.database_errors()) and storage.is_url(db):
         return text if shown in text else f"cannot open database {shown}: {text}"
     if isinstance(exc, storage.database_errors()):
         if "not a database" in text:
