@@ -104,7 +104,8 @@ def test_schema_matches_sqlite(pg_db: str, tmp_path: Path) -> None:
         for table in schema.TABLES:
             assert schema.columns(conn, table) == sqlite_schema.columns(lite, table), table
         assert set(schema.tables(conn)) == schema.OUR_TABLES | {schema.VERSION_TABLE}
-    lite_indexes = {r[0] for r in lite.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx_%'")}
+    found = lite.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx_%'")
+    lite_indexes = {r[0] for r in found}
     pg_indexes = {r[0] for r in pg_rows(pg_db, "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'idx_%%'")}
     assert pg_indexes == lite_indexes
     assert {r[0] for r in pg_rows(pg_db, "SELECT viewname FROM pg_views WHERE schemaname = 'public'")} == {
@@ -169,8 +170,13 @@ async def test_every_event_type_lands_as_sqlite_would(pg_db: str) -> None:
         )
         await store.apply([
             HyperparametersLogged(exp, ["lr", "layers"], ["0.1", "3"], ["float", "int"], T0 + 4, model_id=m1),
-            MetricsLogged(exp, ["train_loss", "val_acc", "x"], [1.5, float("nan"), float("inf")], 2, 20, None, None, T0 + 5),
-            MetricsLogged(exp, ["q"], [0.0], None, None, 1, "test", T0 + 6, model_id=m2, phase="eval", value_json="[1]", metadata="{}"),
+            MetricsLogged(
+                exp, ["train_loss", "val_acc", "x"], [1.5, float("nan"), float("inf")], 2, 20, None, None, T0 + 5
+            ),
+            MetricsLogged(
+                exp, ["q"], [0.0], None, None, 1, "test", T0 + 6,
+                model_id=m2, phase="eval", value_json="[1]", metadata="{}",
+            ),
             MetricsLogged(exp, ["train_y"], [1.0], None, None, None, "", T0 + 6),
             DatasetLinked(exp, d1, "train"),
             DatasetLinked(exp, d1, "train"),
@@ -224,7 +230,8 @@ async def test_duration_is_sqlites_to_the_bit(pg_db: str) -> None:
     finally:
         await store.close()
     lite = sqlite3.connect(":memory:")
-    for (start, end, duration) in pg_rows(pg_db, "SELECT start_time, end_time, duration_seconds FROM experiments ORDER BY id"):
+    stored = pg_rows(pg_db, "SELECT start_time, end_time, duration_seconds FROM experiments ORDER BY id")
+    for start, end, duration in stored:
         assert duration == lite.execute("SELECT (julianday(?) - julianday(?)) * 86400.0", (end, start)).fetchone()[0]
 
 
@@ -233,7 +240,7 @@ async def test_marks_only_move_up(pg_db: str) -> None:
     try:
         await store.apply([], marks={"c1": 5, "c2": 3})
         await store.apply([], marks={"c1": 4, "c2": 9})
-        assert (await store.client_mark("c1"), await store.client_mark("c2"), await store.client_mark("nobody")) == (5, 9, 0)
+        assert [await store.client_mark(c) for c in ("c1", "c2", "nobody")] == [5, 9, 0]
         assert await store.client_mark(store.client_id) == 2  # this Store's own mark: one per transaction
     finally:
         await store.close()
@@ -398,7 +405,44 @@ async def test_requests_exactly_once_across_a_lost_commit(pg_db: str, land: bool
     finally:
         await store.close()
     assert (count(pg_db, "experiments"), count(pg_db, "models")) == (2, 1)
-    assert ids == [pg_rows(pg_db, "SELECT max(id) FROM experiments")[0][0], pg_rows(pg_db, "SELECT id FROM models")[0][0]]
+    assert ids == [
+        pg_rows(pg_db, "SELECT max(id) FROM experiments")[0][0],
+        pg_rows(pg_db, "SELECT id FROM models")[0][0],
+    ]
+
+
+async def test_a_retry_waits_for_a_commit_still_under_way(pg_db: str) -> None:
+    store = await opened(pg_db)
+    try:
+        [exp] = await store.apply_requests([started()])
+        old = store.conn
+        real, real_close = old.execute, old.close
+
+        async def execute(query: Any, *args: Any, **kw: Any) -> Any:
+            if query == "COMMIT":  # the network fails: the client gives up, the server has not decided yet
+                raise psycopg.OperationalError("consuming input failed: timed out")
+            return await real(query, *args, **kw)
+
+        async def unheard_close() -> None:  # nor does the server hear the client hang up
+            pass
+
+        old.execute, old.close = execute, unheard_close  # type: ignore[method-assign]
+        batch = [metrics(exp, 3)]
+        with pytest.raises(psycopg.OperationalError):
+            await store.apply(batch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.apply, batch)
+            with anyio.fail_after(30):
+                while store.conn is None or not pg_rows(
+                    pg_db, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                    (store.conn.info.backend_pid,),
+                ):
+                    await anyio.sleep(0.01)
+            await real("COMMIT")  # the first transaction lands now, while the retry waits on its mark
+        await real_close()
+    finally:
+        await store.close()
+    assert count(pg_db, "metrics") == 3
 
 
 async def test_keyed_apply_exactly_once_across_a_lost_commit(pg_db: str) -> None:
@@ -435,7 +479,8 @@ async def test_abandon_from_another_thread_frees_a_stuck_apply(pg_db: str) -> No
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stuck)
                 with anyio.fail_after(30):
-                    while not pg_rows(pg_db, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)):
+                    waiting = "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+                    while not pg_rows(pg_db, waiting, (pid,)):
                         await anyio.sleep(0.01)
                 await anyio.to_thread.run_sync(store.abandon)
             holder.execute("ROLLBACK")

@@ -43,7 +43,9 @@ _METRIC_COLUMNS = (
     "experiment_id", "metric_type", "timestamp", "metric_name", "value", "split",
     "model_id", "episode", "step", "epoch", "value_json", "phase", "metadata",
 )
-_METRIC_TYPES = ("int8", "text", "text", "text", "float8", "text", "int8", "int8", "int8", "int8", "text", "text", "text")
+_METRIC_TYPES = (
+    "int8", "text", "text", "text", "float8", "text", "int8", "int8", "int8", "int8", "text", "text", "text",
+)
 _COPY_METRICS = f"COPY metrics ({', '.join(_METRIC_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 # SQLSTATE (class or full code) -> what it means for a write; the longest match wins.
@@ -444,7 +446,9 @@ async def _copy_metrics(conn: psycopg.AsyncConnection, events: list[MetricsLogge
         write = copy.write_row
         for event in events:
             head = (event.experiment_id, "json" if event.value_json is not None else "scalar", local_text(event.ts))
-            tail = (event.model_id, event.episode, event.step, event.epoch, event.value_json, event.phase, event.metadata)
+            tail = (
+                event.model_id, event.episode, event.step, event.epoch, event.value_json, event.phase, event.metadata
+            )
             split = event.split
             for name, value in zip(event.names, event.values):
                 await write((*head, name, value if value == value else None, split or split_of(name), *tail))
