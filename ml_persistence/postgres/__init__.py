@@ -10,7 +10,7 @@ NAME = "postgresql"
 ERRORS: tuple[type[BaseException], ...] = (psycopg.Error,)
 
 
-def store(db: str, busy_timeout_ms: int) -> Any:
+def store_for(db: str, busy_timeout_ms: int) -> Any:
     """Return an unopened write Store for the database at URL ``db``."""
     from .store import Store
 
