@@ -182,6 +182,7 @@ class Writer:
     async def _open(self) -> Any:
         delay = 0.05
         store = self._new_store
+        started = time.monotonic()
         while True:
             try:
                 with self.gate:
@@ -190,8 +191,12 @@ class Writer:
             except Exception as exc:  # noqa: BLE001 - only a lock is waited out at open
                 if isinstance(exc, WriterError):
                     raise
-                if self.classify(exc) != BUSY or self._past_deadline():
-                    raise WriterError(redact(f"cannot open database {self.path!r}: {exc}")) from exc
+                kind = self.classify(exc)
+                # A server restarting comes back within seconds; one that stays away is reported.
+                waited_out = kind == BUSY or (kind == ENVIRONMENT and time.monotonic() < started + store.open_grace)
+                if not waited_out or self._past_deadline():
+                    text = redact(exc)
+                    raise WriterError(text if self.path in text else f"cannot open database {self.path!r}: {text}") from exc
             self.busy_retries += 1
             await anyio.sleep(delay)
             delay = min(delay * 2, self.options.max_backoff)

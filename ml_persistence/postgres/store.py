@@ -106,6 +106,7 @@ class Store:
     """One psycopg AsyncConnection that writes events; used only from the writer's event loop."""
 
     classify = staticmethod(classify)
+    open_grace = 10.0  # seconds a writer retries an unreachable server at open (a restart) before it reports
 
     def __init__(self, db: str, busy_timeout_ms: int = 5000) -> None:
         self.db = db

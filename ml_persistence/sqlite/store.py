@@ -140,6 +140,7 @@ class Store:
     """One aiosqlite connection that writes events; used only from the writer's event loop."""
 
     classify = staticmethod(classify)
+    open_grace = 0.0  # seconds a writer retries an environment failure at open: a file that cannot open is reported
 
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
