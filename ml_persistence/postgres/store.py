@@ -255,26 +255,39 @@ class Store:
         return conn
 
     async def _once(self, events: Any, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
-        """Run ``work`` and move this Store's mark in one transaction; exactly once per ``events`` object."""
-        pending, self._pending = self._pending, None
-        conn = await self._connection()
+        """Run ``work`` and move this Store's mark in one transaction; exactly once per ``events`` object.
+
+        A call whose COMMIT may have landed is remembered until a retry with the same ``events``
+        has read the mark and so learned whether it did; a retry that fails before knowing (the
+        server still restarting) keeps that memory for the next one.
+        """
+        pending = self._pending
+        if pending is not None and pending[0] is not events:
+            pending = self._pending = None  # the writer moved on (those events were saved elsewhere)
         self._seq += 1
         seq = self._seq
         result: Any = _UNSET
+        known = pending is None or pending[2] is _UNSET  # a call that never finished its work cannot have committed
         try:
+            conn = await self._connection()
             await conn.execute("BEGIN")
-            if pending is not None and pending[0] is events and pending[2] is not _UNSET:
-                if await _mark_of(conn, self.client_id) >= pending[1]:  # waits for a COMMIT still under way
+            if not known:
+                assert pending is not None
+                landed = await _mark_of(conn, self.client_id) >= pending[1]  # waits for a COMMIT still under way
+                known = True
+                self._pending = None
+                if landed:
                     await conn.execute("ROLLBACK")
                     return pending[2]
+            self._pending = None
             result = await work(conn)
             await _set_marks(conn, {self.client_id: seq})
             await conn.execute("COMMIT")
             return result
         except BaseException as exc:
             unknown = await self._after_failure(exc)
-            if unknown:
-                self._pending = (events, seq, result)
+            if known:  # else the earlier call's doubt stands, and this one sent no COMMIT
+                self._pending = (events, seq, result) if unknown else None
             raise
 
     async def _after_failure(self, exc: BaseException) -> bool:
