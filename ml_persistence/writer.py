@@ -445,10 +445,11 @@ class Writer:
         assert self.condition is not None
         self._announced = True
         spool = self.buffer.spool.where()
+        where = "" if is_url(self.path) else f"; {_free_space(self.path)} free on its filesystem"
         log.warning(
-            "ml_persistence: cannot write to %s (%s; %s free on its filesystem); keeping events in memory "
+            "ml_persistence: cannot write to %s (%s%s); keeping events in memory "
             "(then in a spool file under %s) and retrying until it can",
-            self.path, self.condition["reason"], _free_space(self.path), spool,
+            self.path, self.condition["reason"], where, spool,
         )
 
     async def _resumed(self) -> None:
@@ -602,8 +603,6 @@ def _seqs(batch: Batch) -> Sequence[int]:
 
 def _free_space(path: str) -> str:
     """Return the free space of ``path``'s filesystem as text, for a log line."""
-    if is_url(path):
-        return "unknown (a database server)"
     try:
         info = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError as exc:
