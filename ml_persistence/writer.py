@@ -435,7 +435,7 @@ class Writer:
                 self._announce()  # began in a quiet window and is still here: say so now
             return
         self._condition_started = time.monotonic()
-        self.condition = {"reason": str(exc) or type(exc).__name__, "since": local_text(time.time()), "retries": 1}
+        self.condition = {"reason": redact(exc) or type(exc).__name__, "since": local_text(time.time()), "retries": 1}
         self._announced = False
         if self._condition_started >= self._quiet_until:  # a flapping disk logs 2 lines a minute
             self._announce()
