@@ -827,7 +827,7 @@ def test_cli_ui_missing_extra(db_path: str, built: dict[str, Any], tmp_path: Pat
 
 def test_series_cache_serves_unchanged_curves_and_sees_new_rows(db_path: str) -> None:
     from ml_persistence import ExperimentTracker
-    from ml_persistence.sqlite.readonly import open_read_only
+    from ml_persistence.sqlite import reader as open_read_only  # returns a Reader (the data functions take one)
     from ml_persistence.ui.data import SeriesCache
 
     tracker = ExperimentTracker(db_path)
@@ -867,7 +867,7 @@ def _bulk_metric(db_path: str, name: str, values_sql: str, n: int) -> int:
 
 
 def test_downsampled_monotonic_curve_never_turns_back(db_path: str) -> None:
-    from ml_persistence.sqlite.readonly import open_read_only
+    from ml_persistence.sqlite import reader as open_read_only  # returns a Reader (the data functions take one)
     from ml_persistence.ui.data import series
 
     n = 300_000
@@ -884,7 +884,7 @@ def test_downsampled_monotonic_curve_never_turns_back(db_path: str) -> None:
 
 
 def test_infinities_do_not_blank_their_bucket(db_path: str) -> None:
-    from ml_persistence.sqlite.readonly import open_read_only
+    from ml_persistence.sqlite import reader as open_read_only  # returns a Reader (the data functions take one)
     from ml_persistence.ui.data import series
 
     n = 300_000

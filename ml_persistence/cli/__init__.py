@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from typing import Optional, Sequence
 
+from .. import storage
 from ..backend import default_db_path
-from ..errors import MLPersistenceError
+from ..errors import MLPersistenceError, ReadError
 from . import browse, follow, maintain, programs, transfer
 from .database import CLIError
 from .output import printable
@@ -29,14 +29,15 @@ examples:
   ml-persistence export --what metrics --experiment 3 --out metrics.csv
   ml-persistence backup backups/
 
-every command takes --db PATH (default: $ML_PERSISTENCE_DB, else ./ml_experiments.db)
+every command takes --db PATH or --db postgresql://USER@HOST/DB
+(default: $ML_PERSISTENCE_DB, else ./ml_experiments.db; a URL's password can come from $PGPASSWORD or ~/.pgpass)
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH",
-                        help="database file (default: $ML_PERSISTENCE_DB, else ml_experiments.db)")
+                        help="database file or postgresql:// URL (default: $ML_PERSISTENCE_DB, else ml_experiments.db)")
     parser = argparse.ArgumentParser(
         prog="ml-persistence", description="Look at, compare, export and maintain ml_persistence experiments.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,13 +92,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.db = args.db or default_db_path()
     try:
         return args.run(args)
-    except CLIError as exc:
-        print(f"ml-persistence: {printable(str(exc))}", file=sys.stderr)
+    except (CLIError, ReadError) as exc:
+        print(f"ml-persistence: {printable(storage.redact(exc))}", file=sys.stderr)
         return exc.code
-    except (MLPersistenceError, sqlite3.Error, OSError) as exc:
+    except (MLPersistenceError, OSError, *storage.database_errors()) as exc:
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
-        print(f"ml-persistence: error: {printable(_describe(exc, args.db))}", file=sys.stderr)
+        print(f"ml-persistence: error: {printable(storage.redact(_describe(exc, args.db)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("", file=sys.stderr)
@@ -105,10 +106,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _describe(exc: BaseException, db: str) -> str:
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return f"{db} is locked by another writer ({exc}); try again"
-    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
-        return f"{db} is not an SQLite database"
+    if isinstance(exc, storage.database_errors()):
+        described = storage.engine(db).describe(exc, storage.display(db))
+        if described:
+            return described
     return str(exc) or type(exc).__name__
 
 

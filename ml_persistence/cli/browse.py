@@ -5,24 +5,25 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sqlite3
 import sys
+from contextlib import closing
 from typing import Any, Iterator
 
-from .. import queries
 from .. import liveness
+from ..compare import hyperparameter_grid
 from . import arguments
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
+RANKABLE = ("val_metric", "test_metric", "train_metric")  # as Reader.rank_models takes them
 
 
 def ls(args: argparse.Namespace) -> int:
     """List experiments, newest first."""
     if args.limit is not None and args.limit < 0:
         raise CLIError("--limit must be >= 0", USAGE)
-    with open_read(args.db) as conn:
-        found = liveness.list_experiments(conn, args.type, args.status, args.tag or (), args.name, args.limit)
+    with closing(open_read(args.db)) as reader:
+        found = liveness.list_experiments(reader, args.type, args.status, args.tag or (), args.name, args.limit)
     if args.json:
         out.print_json(found)
         return 0
@@ -115,13 +116,13 @@ def _tables(exp: dict[str, Any]) -> list[str]:
 
 def show(args: argparse.Namespace) -> int:
     """Print everything about one experiment."""
-    with open_read(args.db) as conn:
-        exp = experiment(conn, args.id)
-        exp["datasets"] = queries.experiment_datasets(conn, args.id)
-        exp["metrics"] = queries.metrics_summary(conn, args.id, args.split)
-        exp["models"] = queries.list_models(conn, args.id, order_by="id", ascending=True)
-        exp["artifacts"] = queries.list_artifacts(conn, args.id)
-        best_model = queries.get_best_model(conn, args.id)
+    with closing(open_read(args.db)) as reader:
+        exp = experiment(reader, args.id)
+        exp["datasets"] = reader.experiment_datasets(args.id)
+        exp["metrics"] = reader.metrics_summary(args.id, args.split)
+        exp["models"] = reader.list_models(args.id, order_by="id", ascending=True)
+        exp["artifacts"] = reader.list_artifacts(args.id)
+        best_model = reader.get_best_model(args.id)
     exp["best_model_id"] = None if best_model is None else best_model["id"]
     if args.json:
         out.print_json(exp)
@@ -138,16 +139,16 @@ def compare(args: argparse.Namespace) -> int:
     ids = list(dict.fromkeys(args.ids))
     if len(ids) < 2:
         raise CLIError("compare needs at least two different experiment ids", USAGE)
-    with open_read(args.db) as conn:
-        exps = [experiment(conn, i) for i in ids]
-        known = sorted({n for i in ids for n in queries.metric_names(conn, i)})
+    with closing(open_read(args.db)) as reader:
+        exps = [experiment(reader, i) for i in ids]
+        known = sorted({n for i in ids for n in reader.metric_names(i)})
         unknown = [n for n in args.metric or () if n not in known]
         if unknown:
             raise CLIError(f"no experiment among {', '.join(map(str, ids))} has metric {unknown[0]!r} "
                            f"(they have: {', '.join(known) or 'none'})")
         names = args.metric or known
-        stats = {n: queries.compare_metrics(conn, ids, n, args.split) for n in names}
-    grid = queries.hyperparameter_grid(exps)
+        stats = {n: reader.compare_metrics(ids, n, args.split) for n in names}
+    grid = hyperparameter_grid(exps)
     hp_rows = [{**r, "values": {str(i): r["values"].get(i) for i in ids}} for r in grid]
     metric_rows = [
         {"metric_name": n, "experiment_id": i, **stats[n][i]} for n in names for i in ids
@@ -186,10 +187,10 @@ def best(args: argparse.Namespace) -> int:
     """List the best models, highest metric first."""
     if args.limit is not None and args.limit < 0:
         raise CLIError("--limit must be >= 0", USAGE)
-    with open_read(args.db) as conn:
+    with closing(open_read(args.db)) as reader:
         for i in args.experiment or ():
-            experiment(conn, i)
-        models = queries.rank_models(conn, args.experiment or (), args.by, args.marked, args.limit)
+            experiment(reader, i)
+        models = reader.rank_models(args.experiment or (), args.by, args.marked, args.limit)
     if args.json:
         out.print_json(models)
         return 0
@@ -209,18 +210,10 @@ def best(args: argparse.Namespace) -> int:
 _HISTORY_COLUMNS = ("episode", "step", "epoch", "value", "value_json", "split", "phase", "timestamp")
 
 
-def _history(conn: sqlite3.Connection, exp_id: int, name: str, split: str | None) -> Iterator[tuple[Any, ...]]:
-    sql = ("SELECT episode, step, epoch, value, value_json, split, phase, timestamp FROM metrics "
-           "WHERE experiment_id = ? AND metric_name = ?")
-    params: list[Any] = [exp_id, name]
-    if split is not None:
-        sql += " AND split = ?"
-        params.append(split)
-    cursor = conn.execute(sql + " ORDER BY id", params)
-    cursor.row_factory = None  # plain tuples: the history can be millions of rows
-    while batch := cursor.fetchmany(10_000):
-        for row in batch:
-            yield (*row[:3], math.nan if row[3] is None else row[3], *row[4:])
+def _history(reader: Any, exp_id: int, name: str, split: str | None) -> Iterator[tuple[Any, ...]]:
+    # Streamed: the history can be millions of rows.
+    for row in reader.iter_metric_history(exp_id, name, split, size=10_000):
+        yield tuple(row[c] for c in _HISTORY_COLUMNS)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -235,13 +228,13 @@ def _csv_cell(value: Any) -> Any:
 def metrics(args: argparse.Namespace) -> int:
     """Print the history of one metric, streamed."""
     fmt = "json" if args.json else args.format
-    with open_read(args.db) as conn:
-        experiment(conn, args.id)
-        names = queries.metric_names(conn, args.id)
+    with closing(open_read(args.db)) as reader:
+        experiment(reader, args.id)
+        names = reader.metric_names(args.id)
         if args.name not in names:
             have = ", ".join(names) if names else "none"
             raise CLIError(f"experiment {args.id} has no metric {args.name!r} (it has: {have})")
-        rows = _history(conn, args.id, args.name, args.split)
+        rows = _history(reader, args.id, args.name, args.split)
         if fmt == "csv":
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(_HISTORY_COLUMNS)
@@ -298,7 +291,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("best", parents=[common], help="best models, highest val_metric first",
                        description="Models across experiments (or of --experiment), best first.")
     p.add_argument("--experiment", type=arguments.row_id, action="append", metavar="ID", help="only this experiment (repeatable)")
-    p.add_argument("--by", choices=queries.RANKABLE, default="val_metric", help="rank by (default: val_metric)")
+    p.add_argument("--by", choices=RANKABLE, default="val_metric", help="rank by (default: val_metric)")
     p.add_argument("--marked", action="store_true", help="only models registered with is_best")
     p.add_argument("--limit", type=arguments.count, default=10, help="at most this many (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")

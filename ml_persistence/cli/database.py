@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from .. import queries, schema
+from .. import storage
+from ..errors import ReadError
 from ..liveness import with_liveness
-from ..readonly import ReadError, open_read_only, require_file
 
 NOT_FOUND = 1
 USAGE = 2
@@ -21,28 +20,24 @@ class CLIError(Exception):
         self.code = code
 
 
-def open_read(path: str) -> sqlite3.Connection:
-    """Open an existing database read-only (see readonly.open_read_only), errors as CLIError."""
+def open_read(db: str) -> Any:
+    """Return a read-only Reader of an existing database (never created or upgraded), errors as CLIError."""
     try:
-        return open_read_only(path)
+        return storage.engine(db).reader(db, create=False)
     except ReadError as exc:
-        raise CLIError(str(exc), exc.code) from None
+        raise CLIError(storage.redact(exc), exc.code) from None
 
 
-def open_write(path: str, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
-    """Open an existing database for a maintenance write, schema ensured."""
-    try:
-        require_file(path)
-    except ReadError as exc:
-        raise CLIError(str(exc), exc.code) from None
-    conn = schema.connect(path, busy_timeout_ms)
-    conn.row_factory = sqlite3.Row
-    return conn
+def open_write(db: str) -> Any:
+    """Return a Reader of an existing ml_persistence database for a maintenance write, schema ensured."""
+    open_read(db).close()  # an existing ml_persistence database: never created here
+    return storage.engine(db).reader(db, create=True)
 
 
-def experiment(conn: sqlite3.Connection, experiment_id: int) -> dict[str, Any]:
+def experiment(reader: Any, experiment_id: int) -> dict[str, Any]:
     """Return one experiment with its effective status, or raise CLIError (exit 1)."""
-    found = queries.get_experiment(conn, experiment_id)
+    found = reader.get_experiment(experiment_id)
     if found is None:
         raise CLIError(f"no experiment {experiment_id}")
-    return with_liveness(conn, found)
+    return with_liveness(reader, found)
+

@@ -6,27 +6,16 @@ import argparse
 import math
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 from ..liveness import with_liveness
-from .. import queries
 from . import arguments
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
+# The columns of Reader.recent_metric_rows and metric_rows_after: what is printed, then value_json.
 _COLUMNS = ("id", "timestamp", "episode", "step", "metric_name", "value", "split")
 LIVENESS_EVERY = 2.0
-
-
-def _select(names: Optional[list[str]]) -> tuple[str, list[Any]]:
-    # `+experiment_id` keeps SQLite on the rowid range (new rows only) instead of the experiment's index.
-    sql = ("SELECT id, timestamp, episode, step, metric_name, value, split, value_json FROM metrics "
-           "WHERE id > ? AND +experiment_id = ?")
-    params: list[Any] = []
-    if names:
-        sql += " AND metric_name IN (SELECT value FROM json_each(?))"
-        params.append(out.json_line(names))
-    return sql, params
 
 
 def _print(rows: list[tuple[Any, ...]], as_json: bool) -> None:
@@ -48,38 +37,36 @@ def tail(args: argparse.Namespace) -> int:
     """Print the last rows, then new ones as they are committed, until the run ends or Ctrl-C."""
     if args.lines < 0 or args.interval <= 0:
         raise CLIError("--lines must be >= 0 and --interval > 0", USAGE)
-    conn = open_read(args.db)
+    reader = open_read(args.db)
+    names = args.metric or None
     try:
-        exp = experiment(conn, args.id)
-        sql, extra = _select(args.metric)
-        conn.execute("BEGIN")  # one snapshot: the history and the first id to follow from agree
-        (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()
-        recent = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [0, args.id, *extra, args.lines]).fetchall()
-        conn.execute("COMMIT")
+        exp = experiment(reader, args.id)
+        with reader.snapshot():  # the history and the first id to follow from agree
+            last = reader.newest_metric_id()
+            recent = reader.recent_metric_rows(args.id, names, args.lines)
         if not args.json:
             print(f"{'TIME':>8}  {'EPISODE':>7}  {'STEP':>9}  {'METRIC':<24}  {'VALUE':>14}", file=sys.stderr)
-        _print([tuple(r) for r in reversed(recent)], args.json)
+        _print(recent, args.json)
         checked = time.monotonic()
         if exp["status"] == "stale":
             print(f"ml-persistence: experiment {args.id} is stale (started elsewhere, nothing logged for an hour); "
                   "following anyway, Ctrl-C to stop", file=sys.stderr)
         while exp["status"] in ("running", "stale"):
             time.sleep(args.interval)
-            rows = conn.execute(sql + " ORDER BY id", [last, args.id, *extra]).fetchall()
+            rows = reader.metric_rows_after(args.id, last, names)
             if rows:
                 last = rows[-1][0]
-                _print([tuple(r) for r in rows], args.json)
+                _print(rows, args.json)
             if time.monotonic() - checked >= LIVENESS_EVERY or not rows:
-                exp = with_liveness(conn, queries.get_experiment(conn, args.id) or {"id": args.id, "status": "deleted"})
+                exp = with_liveness(reader, reader.get_experiment(args.id) or {"id": args.id, "status": "deleted"})
                 checked = time.monotonic()
         # An experiment's end commits after everything it logged: one last read catches the rest.
-        rows = conn.execute(sql + " ORDER BY id", [last, args.id, *extra]).fetchall()
-        _print([tuple(r) for r in rows], args.json)
+        _print(reader.metric_rows_after(args.id, last, names), args.json)
         print(f"ml-persistence: experiment {args.id} is {exp['status']}", file=sys.stderr)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how one stops following: not an error
     finally:
-        conn.close()
+        reader.close()
     return 0
 
 

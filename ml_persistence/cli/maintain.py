@@ -4,48 +4,38 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import os
-import sqlite3
 import sys
 import time
 from typing import Any
 
-from .. import recovery, schema
-from ..liveness import with_liveness
-from .. import queries
+from .. import recovery, storage
 from . import arguments
 from . import output as out
-from ..readonly import ReadError, connect_read_only
-from .database import CLIError, open_read, open_write
+from .database import CLIError, experiment, open_read, open_write
 
-# What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
-OWNED_TABLES = ("metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "models")
-MODEL_REFERENCES = ("metrics", "hyperparameters", "artifacts")
 OWNED_NOUNS = {"metrics": "metric row", "hyperparameters": "hyperparameter", "artifacts": "artifact",
                "experiment_datasets": "dataset link", "legacy_imports": "legacy import record", "models": "model"}
-
-
-def _size(path: str) -> int:
-    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _backup_target(db: str, dest: str, force: bool) -> str:
+def _backup_target(db: str, dest: str, force: bool, suffix: str) -> str:
     if os.path.isdir(dest):
         stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-        target = os.path.join(dest, f"ml_experiments_backup_{stamp}.db")
+        target = os.path.join(dest, f"ml_experiments_backup_{stamp}{suffix}")
         n = 1
         while os.path.exists(target):  # two backups in one second keep both
             n += 1
-            target = os.path.join(dest, f"ml_experiments_backup_{stamp}_{n}.db")
+            target = os.path.join(dest, f"ml_experiments_backup_{stamp}_{n}{suffix}")
         return target
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise CLIError(f"cannot back up to {dest}: directory {parent} does not exist")
-    if os.path.exists(dest) and os.path.exists(db) and os.path.samefile(dest, db):
+    if not storage.is_url(db) and os.path.exists(dest) and os.path.exists(db) and os.path.samefile(dest, db):
         raise CLIError(f"{dest} is the database itself; back up to another file", 2)
     if os.path.exists(dest) and not force:
         raise CLIError(f"{dest} exists; pass --force to replace it")
@@ -53,33 +43,23 @@ def _backup_target(db: str, dest: str, force: bool) -> str:
 
 
 def backup(args: argparse.Namespace) -> int:
-    """Copy the database consistently while writers keep going (SQLite's online backup API)."""
-    target = _backup_target(args.db, args.dest, args.force)
-    partial = f"{target}.partial-{os.getpid()}"
+    """Copy the database consistently while writers keep going (SQLite: online backup API; PostgreSQL: pg_dump)."""
     started = time.perf_counter()
     source = open_read(args.db)
     try:
-        copy = sqlite3.connect(partial, isolation_level=None)
+        target = _backup_target(args.db, args.dest, args.force, source.backup_suffix)
+        partial = f"{target}.partial-{os.getpid()}"
         try:
-            # One step: the copy is one read snapshot, and a WAL reader never blocks the writers.
-            source.backup(copy)
-            copy.execute("PRAGMA journal_mode = DELETE")  # a self-contained single file
-            problems = [r[0] for r in copy.execute("PRAGMA quick_check")]
-            counts = {t: copy.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("experiments", "metrics")}
-        finally:
-            copy.close()
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
+            counts = source.backup_to(partial)
+        except BaseException:
+            if os.path.exists(partial):
+                os.unlink(partial)
+            raise
     finally:
         source.close()
-    if problems != ["ok"]:
-        os.unlink(partial)
-        raise CLIError(f"the copy failed its integrity check: {problems[0]}")
     os.replace(partial, target)
     elapsed = time.perf_counter() - started
-    print(f"Backed up {args.db} to {target}: {out.plural(counts['experiments'], 'experiment')}, "
+    print(f"Backed up {storage.display(args.db)} to {target}: {out.plural(counts['experiments'], 'experiment')}, "
           f"{out.plural(counts['metrics'], 'metric row')}, "
           f"{_mb(os.path.getsize(target))} in {elapsed:.2f} s")
     return 0
@@ -87,48 +67,25 @@ def backup(args: argparse.Namespace) -> int:
 
 def vacuum(args: argparse.Namespace) -> int:
     """Rebuild the file to reclaim free pages, then truncate the write-ahead log."""
-    before = _size(args.db)
-    conn = open_write(args.db, busy_timeout_ms=int(args.timeout * 1000))
+    reader = open_write(args.db)
     try:
-        conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.OperationalError as exc:
-        raise CLIError(f"cannot vacuum {args.db} now ({exc}); try again when no trainer is writing") from exc
+        before, after = reader.vacuum(args.timeout)
     finally:
-        conn.close()
-    after = _size(args.db)
-    print(f"Vacuumed {args.db}: {_mb(before)} -> {_mb(after)}")
+        reader.close()
+    print(f"Vacuumed {storage.display(args.db)}: {_mb(before)} -> {_mb(after)}")
     return 0
 
 
 def check(args: argparse.Namespace) -> int:
-    """Run SQLite's integrity and foreign-key checks; exit 1 on any problem."""
-    # Opened without the schema checks of open_read: a damaged file must get a report, not an error.
-    try:
-        conn = connect_read_only(args.db)
-    except ReadError as exc:
-        raise CLIError(str(exc), exc.code) from None
-    with conn:
-        pragma = "quick_check" if args.quick else "integrity_check"
-        try:
-            version: object = schema.user_version(conn)
-        except sqlite3.DatabaseError as exc:
-            version = f"unreadable ({exc})"
-        try:
-            integrity = [r[0] for r in conn.execute(f"PRAGMA {pragma}")]
-        except sqlite3.DatabaseError as exc:
-            integrity = [f"{pragma} failed: {exc}"]
-        try:
-            foreign = [
-                {"table": r[0], "rowid": r[1], "parent": r[2]} for r in conn.execute("PRAGMA foreign_key_check")
-            ]
-        except sqlite3.DatabaseError as exc:
-            foreign = [{"table": None, "rowid": None, "parent": None, "error": f"foreign_key_check failed: {exc}"}]
-    ok = integrity == ["ok"] and not foreign
+    """Check the database (SQLite: integrity and foreign keys; PostgreSQL: schema and orphan rows); exit 1 on problems."""
+    # Each engine's maintenance.check opens the database itself: a damaged file must get a report, not an error.
+    engine = importlib.import_module(storage.engine(args.db).__name__ + ".maintenance")
+    report = engine.check(args.db, args.quick)
+    integrity, foreign = report["integrity"], report["foreign_keys"]
     if args.json:
-        out.print_json({"ok": ok, "schema_version": version, "integrity": integrity, "foreign_keys": foreign})
+        out.print_json(report)
     else:
-        print(f"{args.db}: schema version {version}")
+        print(f"{storage.display(args.db)}: schema version {report['schema_version']}")
         print(f"  integrity: {'ok' if integrity == ['ok'] else f'{len(integrity)} problem(s)'}")
         for line in integrity if integrity != ["ok"] else []:
             print(f"    {line}")
@@ -138,14 +95,7 @@ def check(args: argparse.Namespace) -> int:
                   f"    {f['table']} row {f['rowid']} points at a missing {f['parent']} row")
         if len(foreign) > 50:
             print(f"    ... and {len(foreign) - 50} more")
-    return 0 if ok else 1
-
-
-def _owned_counts(conn: sqlite3.Connection, experiment_id: int) -> dict[str, int]:
-    return {
-        t: conn.execute(f"SELECT COUNT(*) FROM {t} WHERE experiment_id = ?", (experiment_id,)).fetchone()[0]
-        for t in OWNED_TABLES
-    }
+    return 0 if report["ok"] else 1
 
 
 def _confirm(prompt: str) -> bool:
@@ -159,38 +109,23 @@ def _confirm(prompt: str) -> bool:
 def delete(args: argparse.Namespace) -> int:
     """Delete experiments and everything that belongs to them, after asking."""
     ids = list(dict.fromkeys(args.ids))
-    conn = open_write(args.db)
+    reader = open_write(args.db)
     try:
         plan: list[tuple[dict[str, Any], dict[str, int]]] = []
         for i in ids:
-            exp = queries.get_experiment(conn, i)
-            if exp is None:
-                raise CLIError(f"no experiment {i}")
-            exp = with_liveness(conn, exp)
+            exp = experiment(reader, i)
             if exp["status"] in ("running", "stale") and not args.force:
                 raise CLIError(f"experiment {i} may still be running (status {exp['status']}, pid {exp.get('pid')} "
                                f"on {exp.get('hostname')}); end it first or pass --force")
-            plan.append((exp, _owned_counts(conn, i)))
+            plan.append((exp, reader.owned_counts(i)))
         for exp, counts in plan:
             owned = ", ".join(out.plural(n, OWNED_NOUNS[t]) for t, n in counts.items() if n) or "nothing else"
             print(f"experiment {exp['id']} '{out.text(exp['name'])}' ({exp['status']}): {owned}", file=sys.stderr)
         if not args.yes and not _confirm(f"Delete {out.plural(len(plan), 'experiment')} and everything above?"):
             raise CLIError("aborted; nothing deleted")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for i in ids:
-                for table in MODEL_REFERENCES:  # rows of other experiments may name one of these models
-                    conn.execute(f"UPDATE {table} SET model_id = NULL WHERE model_id IN "
-                                 "(SELECT id FROM models WHERE experiment_id = ?)", (i,))
-                for table in OWNED_TABLES:
-                    conn.execute(f"DELETE FROM {table} WHERE experiment_id = ?", (i,))
-                conn.execute("DELETE FROM experiments WHERE id = ?", (i,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        reader.delete_experiments(ids)
     finally:
-        conn.close()
+        reader.close()
     print(f"Deleted experiment(s) {', '.join(map(str, ids))}. Checkpoint and artifact files on disk were not touched.")
     return 0
 
@@ -208,11 +143,11 @@ def recover(args: argparse.Namespace) -> int:
         open_write(db).close()  # an existing ml_persistence database, never created here
         try:
             applied = recovery.apply(path, db)
-        except sqlite3.OperationalError as exc:
-            raise CLIError(f"cannot write to {db} now ({exc}); {path} is kept, try again") from exc
+        except storage.database_errors() as exc:
+            raise CLIError(f"cannot write to {storage.display(db)} now ({exc}); {path} is kept, try again") from exc
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        print(f"{path}: {out.plural(applied.stored, 'event')} stored in {db}, "
+        print(f"{path}: {out.plural(applied.stored, 'event')} stored in {storage.display(db)}, "
               f"{applied.skipped} already there, {applied.refused} refused by the database; file removed")
     return 0
 
@@ -221,19 +156,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     """Add the maintenance commands to the parser."""
     p = sub.add_parser("backup", parents=[common], help="consistent copy, safe while training writes",
                        description="Copy the database with SQLite's online backup API: one consistent snapshot, "
-                       "taken without blocking trainers or the agent. The copy is checked before it is kept.")
+                       "taken without blocking trainers or the agent. The copy is checked before it is kept. "
+                       "A PostgreSQL database is dumped with pg_dump --format=custom (restore it with pg_restore); "
+                       "pg_dump must be on PATH.")
     p.add_argument("dest", metavar="DEST", help="backup file, or a directory (a timestamped file is created in it)")
     p.add_argument("--force", action="store_true", help="replace DEST if it exists")
     p.set_defaults(run=backup)
 
     p = sub.add_parser("vacuum", parents=[common], help="reclaim free space",
                        description="VACUUM the database and truncate its write-ahead log. Needs a moment with "
-                       "no other writer; waits up to --timeout seconds for one.")
+                       "no other writer; waits up to --timeout seconds for one. SQLite only: PostgreSQL "
+                       "vacuums itself (autovacuum).")
     p.add_argument("--timeout", type=arguments.seconds, default=30.0, help="seconds to wait for writers (default: 30)")
     p.set_defaults(run=vacuum)
 
     p = sub.add_parser("check", parents=[common], help="integrity and foreign-key checks (exit 1 on problems)",
-                       description="Run PRAGMA integrity_check and foreign_key_check. Exit status 1 on any problem.")
+                       description="Run PRAGMA integrity_check and foreign_key_check. On PostgreSQL: check the "
+                       "schema version and tables, and look for rows whose experiment, model or dataset is "
+                       "missing. Exit status 1 on any problem.")
     p.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead (faster, less thorough)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=check)
@@ -253,5 +193,5 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        "The next trainer that writes to the database does this by itself.")
     p.add_argument("files", nargs="+", metavar="FILE", help="recovery file(s), applied in the order given")
     p.add_argument("--db", dest="target_db", default=None, metavar="PATH",
-                   help="database to store them in (default: the one the file was saved for)")
+                   help="database file or postgresql:// URL to store them in (default: the one the file was saved for)")
     p.set_defaults(run=recover)

@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from .. import core
+from .. import core, storage
 from . import arguments
 
 
@@ -27,12 +27,13 @@ def demo(args: argparse.Namespace) -> int:
     exp = ExperimentTracker(args.db).get_experiment(exp_id)
     summary = MetricsLogger(args.db).get_metrics_summary(exp_id)
     points = sum(s["count"] for s in summary.values())
-    print(f"Demo experiment {exp_id} '{exp['name']}' {exp['status']} in {elapsed:.2f} s -> {args.db}")
+    shown = storage.display(args.db)
+    print(f"Demo experiment {exp_id} '{exp['name']}' {exp['status']} in {elapsed:.2f} s -> {shown}")
     print(f"  {points} metric points, {exp['num_checkpoints']} checkpoints, best val_sharpe {exp['best_val_metric']:.3f}")
     for name in ("train_return", "val_sharpe", "policy_loss"):
         s = summary[name]
         print(f"  {name:<14} first {s['first']:+.4f}  last {s['last']:+.4f}  max {s['max']:+.4f}")
-    print(f"  next: ml-persistence ls --db {args.db}   |   ml-persistence show {exp_id} --db {args.db}")
+    print(f"  next: ml-persistence ls --db {shown}   |   ml-persistence show {exp_id} --db {shown}")
     return 0
 
 

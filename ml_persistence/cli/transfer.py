@@ -7,7 +7,7 @@ import os
 import sys
 from typing import BinaryIO
 
-from .. import queries
+from .. import storage
 from . import arguments
 from . import output as out
 from .database import CLIError, open_read
@@ -32,15 +32,15 @@ def export(args: argparse.Namespace) -> int:
         raise CLIError("parquet is binary: pass --out FILE or redirect stdout", 2)
     if args.metric and args.what != "metrics":
         raise CLIError("--metric only applies to --what metrics", 2)
-    with open_read(args.db) as conn:
+    reader = open_read(args.db)
+    try:
         for i in args.experiment or ():
-            if not queries.experiment_exists(conn, i):
+            if not reader.experiment_exists(i):
                 raise CLIError(f"no experiment {i}")
-        conn.row_factory = None
 
         def write(target: BinaryIO) -> int:
             try:
-                return export_rows(conn, args.what, target, fmt, args.experiment or (), args.metric or ())
+                return export_rows(reader, args.what, target, fmt, args.experiment or (), args.metric or ())
             except ExportError as exc:
                 raise CLIError(str(exc)) from exc
 
@@ -59,6 +59,8 @@ def export(args: argparse.Namespace) -> int:
             if os.path.exists(partial):
                 os.unlink(partial)
             raise
+    finally:
+        reader.close()
     os.replace(partial, args.out)
     print(f"Exported {count} {args.what} rows to {args.out} ({fmt})", file=sys.stderr)
     return 0
@@ -66,7 +68,9 @@ def export(args: argparse.Namespace) -> int:
 
 def migrate_legacy(args: argparse.Namespace) -> int:
     """Import an older experiments.db into the database; safe to run again."""
-    from ..legacy import LegacyFormatError, migrate_legacy as migrate
+    if storage.is_url(args.db):
+        raise CLIError(f"migrate-legacy needs an SQLite target (--db FILE), not {storage.display(args.db)}", 2)
+    from ..sqlite.legacy import LegacyFormatError, migrate_legacy as migrate
 
     if not os.path.isfile(args.legacy_db):
         raise CLIError(f"no legacy database at {args.legacy_db}")
@@ -100,7 +104,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("migrate-legacy", parents=[common], help="import an older experiments.db",
                        description="Import the older experiments.db format (experiments, episodes, "
                        "regime_analysis, hyperparameters) into the database. The legacy file is only read. "
-                       "Running it again imports only what is new.")
+                       "Running it again imports only what is new. The target must be an SQLite file.")
     p.add_argument("legacy_db", metavar="LEGACY_DB", help="the legacy experiments.db")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=migrate_legacy)

@@ -16,6 +16,9 @@ import msgspec
 
 from . import schema
 from .readonly import open_read_only
+from .export import Exports
+from .maintenance import Maintenance
+from .views import Views
 
 _JSON_COLUMNS = frozenset({"tags", "metadata", "hyperparameters", "packages"})
 
@@ -75,7 +78,7 @@ _HISTORY_COLUMNS = (
 )
 
 
-class Reader:
+class Reader(Views, Exports, Maintenance):
     """One read connection to an SQLite file; not thread-safe (callers hold a lock)."""
 
     engine = "sqlite"

@@ -8,9 +8,9 @@ import socket
 import sys
 from typing import Optional, Sequence
 
+from .. import storage
 from ..errors import InvalidValueError
 from ..protocol import is_loopback
-from ..readonly import open_read_only
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 TOKEN_BYTES = 32  # a made token: 256 random bits, URL-safe
@@ -55,7 +55,7 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
 
     _Server = _server_class()
 
-    open_read_only(db_path).close()  # a clear error now rather than on every request
+    storage.engine(db_path).reader(db_path, create=False).close()  # a clear error now rather than on every request
     loopback = is_loopback(host)
     if no_token and (token is not None or not loopback):
         raise InvalidValueError("--no-token is only allowed on a loopback address, without a token")
@@ -67,9 +67,11 @@ def serve(db_path: str, host: str, port: int, token: Optional[str] = None, open_
     url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
     hosts = (LOOPBACK_NAMES | {host}) if loopback else set()
     app = create_app(db_path, token=token, hosts=hosts, cookie=f"mlp_token_{bound}", artifact_roots=artifact_roots)
-    print(f"ml-persistence ui: serving {db_path} (read-only) at {url}", flush=True)
+    print(f"ml-persistence ui: serving {storage.display(db_path)} (read-only) at {url}", flush=True)
     allowed = ArtifactRoots(db_path, artifact_roots).paths
-    print(f"ml-persistence ui: artifact files are served only from inside: {', '.join(allowed)}", flush=True)
+    print("ml-persistence ui: artifact files are served only from inside: "
+          + (", ".join(allowed) or "no directory (a PostgreSQL database has none of its own; pass --artifact-root)"),
+          flush=True)
     broad = [root for root in allowed if root in (os.sep, os.path.realpath(os.path.expanduser("~")))]
     if broad:
         print(f"ml-persistence ui: warning: {', '.join(broad)} is an artifact root, so any file under it can be "

@@ -7,6 +7,8 @@ import os
 import stat
 from typing import IO, Iterator, Optional, Sequence
 
+from .. import storage
+
 # Served inline; anything else is a download. SVG is left out on purpose: it can carry script.
 INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                 ".webp": "image/webp", ".txt": "text/plain", ".log": "text/plain", ".json": "text/plain",
@@ -16,11 +18,17 @@ _PROC_FD = "/proc/self/fd"
 
 
 class ArtifactRoots:
-    """The directories artifacts are served from: the database's directory and any given ones, as real paths."""
+    """The directories artifacts are served from: the database file's directory and any given ones, as real paths.
+
+    A PostgreSQL database has no directory: only the given ones, and relative paths are looked up
+    from the working directory.
+    """
 
     def __init__(self, db_path: str, extra: Sequence[str] = ()) -> None:
-        self.db_dir = os.path.dirname(os.path.abspath(db_path))
-        self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in (self.db_dir, *extra)))
+        url = storage.is_url(db_path)
+        self.db_dir = os.getcwd() if url else os.path.dirname(os.path.abspath(db_path))
+        own = () if url else (self.db_dir,)
+        self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in (*own, *extra)))
 
     def contain(self, real: str) -> bool:
         """True if the real (symlink-free, absolute) path ``real`` is inside one of the roots."""

@@ -18,8 +18,8 @@ from starlette.responses import (FileResponse, HTMLResponse, JSONResponse, Redir
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import queries
-from ..readonly import ReadError, open_read_only
+from .. import storage
+from ..errors import ReadError
 from ..strictjson import json_safe
 from . import data, params
 from .artifacts import ArtifactRoots
@@ -112,7 +112,8 @@ class Guard(BaseHTTPMiddleware):
 
 def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[str]] = None,
                cookie: str = TOKEN_COOKIE, artifact_roots: Sequence[str] = ()) -> Starlette:
-    """Build the app for ``db_path``; ``token`` protects every route; ``hosts`` are the accepted Host names.
+    """Build the app for ``db_path`` (a file or a postgresql:// URL); ``token`` protects every route; ``hosts`` are
+    the accepted Host names.
 
     Artifacts are served only from inside the database's directory and ``artifact_roots``.
     Cookies ignore ports: give each server on a host its own ``cookie`` name.
@@ -121,15 +122,20 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
     cache = data.SeriesCache()
     roots = ArtifactRoots(db_path, artifact_roots)
 
+    engine = storage.engine(db_path)
+
     def read(work: Callable[[Any], Any]) -> Any:
+        # A connection per request: a reader is not thread-safe, and the routes run in a thread pool.
         try:
-            conn = open_read_only(db_path)
+            reader = engine.reader(db_path, create=False)
+            try:
+                return work(reader)
+            finally:
+                reader.close()
         except ReadError as exc:
-            return _error(503, str(exc))
-        try:
-            return work(conn)
-        finally:
-            conn.close()
+            return _error(503, storage.redact(exc))
+        except storage.database_errors() as exc:
+            return _error(503, storage.redact(engine.describe(exc, storage.display(db_path)) or exc))
 
     def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
@@ -138,15 +144,15 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         q = request.query_params
         experiment_type, status, name = (params.text(q.get(k), k) for k in ("type", "status", "q"))
         tags = params.tags(q.getlist("tag"))
-        return read(lambda conn: StrictJSON(data.experiments(conn, experiment_type, status, tags, name)))
+        return read(lambda reader: StrictJSON(data.experiments(reader, experiment_type, status, tags, name)))
 
     def experiment(request: Request) -> Response:
         exp_id = params.row_id(request.path_params["experiment_id"])
         if exp_id is None:
             return _error(404, "no such experiment")
 
-        def work(conn: Any) -> Response:
-            found = data.run(conn, exp_id, roots)
+        def work(reader: Any) -> Response:
+            found = data.run(reader, exp_id, roots)
             return StrictJSON(found) if found is not None else _error(404, f"no experiment {exp_id}")
 
         return read(work)
@@ -161,10 +167,10 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         if exp_id is None:
             return _error(404, "no such experiment")
 
-        def work(conn: Any) -> Response:
-            if not queries.experiment_exists(conn, exp_id):
+        def work(reader: Any) -> Response:
+            if not reader.experiment_exists(exp_id):
                 return _error(404, f"no experiment {exp_id}")
-            return StrictJSON(cache.get(conn, (exp_id, name, axis, points), exp_id, name, axis, points))
+            return StrictJSON(cache.get(reader, (exp_id, name, axis, points), exp_id, name, axis, points))
 
         return read(work)
 
@@ -173,8 +179,8 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         if None in ids:
             return _error(404, "no such experiment")
 
-        def work(conn: Any) -> Response:
-            found = data.compare(conn, ids)
+        def work(reader: Any) -> Response:
+            found = data.compare(reader, ids)
             return StrictJSON(found) if found is not None else _error(404, "no such experiment")
 
         return read(work)
@@ -184,7 +190,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         missing = _error(404, "no such artifact file for this experiment, or outside the served directories")
         if exp_id is None or art_id is None:
             return missing
-        registered = read(lambda conn: data.artifact_path(conn, exp_id, art_id))
+        registered = read(lambda reader: data.artifact_path(reader, exp_id, art_id))
         if isinstance(registered, Response):
             return registered
         opened = roots.open(registered)
