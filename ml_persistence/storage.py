@@ -81,6 +81,9 @@ def database_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# What `ml-persistence best --by` ranks models by (Reader.rank_models checks it again).
+RANKABLE = ("val_metric", "test_metric", "train_metric")
+
 # The reads an agent answers for its clients, by Reader method name; nothing else is callable over the socket.
 REMOTE_READS = frozenset({
     "list_experiments", "get_experiment", "experiment_exists", "get_hyperparameters", "get_model",

@@ -26,7 +26,6 @@ import pytest
 
 from conftest import PYTHON, rows, subprocess_env
 from ml_persistence import DatasetManager, ExperimentTracker, ModelRegistry
-from ml_persistence import export as x
 from ml_persistence.export import FORMATS, WHATS, ExportError, export_columns, export_rows
 
 TRICKY = 'naïve, "quoted" 日本語\nsecond line\r\nthird; tab\t🚀'
@@ -441,13 +440,16 @@ def test_bad_arguments(db: str) -> None:
 
 def test_queries_stream_in_id_order_without_a_sort(db: str) -> None:
     """A temp B-tree for ORDER BY would hold every selected row before the first one comes out."""
+    from ml_persistence.sqlite.reads import Reader
+
     conn = connect(db)
+    reader = Reader(conn, db)
     for what in ("experiments", "metrics", "models", "hyperparameters", "artifacts"):
-        for ids in (None, "[1, 2]"):
-            for names in (None, '["loss"]') if what == "metrics" else (None,):
-                query = x._query(conn, what, ids, names)
+        for ids in (None, [1, 2]):
+            for names in (None, ["loss"]) if what == "metrics" else (None,):
                 for fmt in FORMATS:
-                    plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + x._sql(query, fmt), query.params)]
+                    sql, params = reader.export_sql(what, ids, names, fmt == "csv", fmt == "jsonl")
+                    plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
                     assert not [p for p in plan if "TEMP B-TREE" in p], (what, ids, names, plan)
                     if what == "metrics":
                         assert plan[0] in ("SCAN t", "SEARCH t USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)")

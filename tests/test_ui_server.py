@@ -827,7 +827,7 @@ def test_cli_ui_missing_extra(db_path: str, built: dict[str, Any], tmp_path: Pat
 
 def test_series_cache_serves_unchanged_curves_and_sees_new_rows(db_path: str) -> None:
     from ml_persistence import ExperimentTracker
-    from ml_persistence.sqlite import reader as open_read_only  # returns a Reader (the data functions take one)
+    from ml_persistence.sqlite import reader
     from ml_persistence.ui.data import SeriesCache
 
     tracker = ExperimentTracker(db_path)
@@ -836,7 +836,7 @@ def test_series_cache_serves_unchanged_curves_and_sees_new_rows(db_path: str) ->
         tracker.log_metric("loss", float(step), step=step)
     tracker.flush()
     cache = SeriesCache()
-    conn = open_read_only(db_path)
+    conn = reader(db_path, create=False)
     try:
         first = cache.get(conn, ("k",), exp, "loss", "step", 2000)
         assert cache.get(conn, ("k",), exp, "loss", "step", 2000) is first  # nothing changed: reused
@@ -867,12 +867,12 @@ def _bulk_metric(db_path: str, name: str, values_sql: str, n: int) -> int:
 
 
 def test_downsampled_monotonic_curve_never_turns_back(db_path: str) -> None:
-    from ml_persistence.sqlite import reader as open_read_only  # returns a Reader (the data functions take one)
+    from ml_persistence.sqlite import reader
     from ml_persistence.ui.data import series
 
     n = 300_000
     exp = _bulk_metric(db_path, "falling", f"1.0 - i * 1.0 / {n}", n)
-    conn = open_read_only(db_path)
+    conn = reader(db_path, create=False)
     try:
         got = series(conn, exp, "falling", "step", 2000)
     finally:
@@ -884,12 +884,12 @@ def test_downsampled_monotonic_curve_never_turns_back(db_path: str) -> None:
 
 
 def test_infinities_do_not_blank_their_bucket(db_path: str) -> None:
-    from ml_persistence.sqlite import reader as open_read_only  # returns a Reader (the data functions take one)
+    from ml_persistence.sqlite import reader
     from ml_persistence.ui.data import series
 
     n = 300_000
     exp = _bulk_metric(db_path, "spiky", "CASE WHEN i % 1000 = 0 THEN 9e999 ELSE 1.0 END", n)
-    conn = open_read_only(db_path)
+    conn = reader(db_path, create=False)
     try:
         got = series(conn, exp, "spiky", "step", 2000)
     finally:

@@ -9,13 +9,12 @@ import sys
 from contextlib import closing
 from typing import Any, Iterator
 
-from .. import liveness
+from .. import liveness, storage
 from ..compare import hyperparameter_grid
 from . import arguments
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
-RANKABLE = ("val_metric", "test_metric", "train_metric")  # as Reader.rank_models takes them
 
 
 def ls(args: argparse.Namespace) -> int:
@@ -291,7 +290,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("best", parents=[common], help="best models, highest val_metric first",
                        description="Models across experiments (or of --experiment), best first.")
     p.add_argument("--experiment", type=arguments.row_id, action="append", metavar="ID", help="only this experiment (repeatable)")
-    p.add_argument("--by", choices=RANKABLE, default="val_metric", help="rank by (default: val_metric)")
+    p.add_argument("--by", choices=storage.RANKABLE, default="val_metric", help="rank by (default: val_metric)")
     p.add_argument("--marked", action="store_true", help="only models registered with is_best")
     p.add_argument("--limit", type=arguments.count, default=10, help="at most this many (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")

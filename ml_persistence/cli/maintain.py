@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import os
 import sys
 import time
@@ -79,7 +78,7 @@ def vacuum(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """Check the database (SQLite: integrity and foreign keys; PostgreSQL: schema and orphan rows); exit 1 on problems."""
     # Each engine's maintenance.check opens the database itself: a damaged file must get a report, not an error.
-    engine = importlib.import_module(storage.engine(args.db).__name__ + ".maintenance")
+    engine = storage.engine(args.db)
     report = engine.check(args.db, args.quick)
     integrity, foreign = report["integrity"], report["foreign_keys"]
     if args.json:

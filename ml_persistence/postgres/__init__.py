@@ -66,3 +66,10 @@ def describe(exc: BaseException, db: str) -> Optional[str]:
     if state == "42501":
         return f"{display(db)}: permission denied ({first})"
     return f"{display(db)}: {first}"
+
+
+def check(db: str, quick: bool = False) -> dict[str, Any]:
+    """Check the database's integrity (the report `ml-persistence check` prints)."""
+    from .maintenance import check as run
+
+    return run(db, quick)

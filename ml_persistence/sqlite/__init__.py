@@ -55,3 +55,10 @@ def describe(exc: BaseException, db: str) -> Optional[str]:
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
         return f"{db} is not an SQLite database"
     return None
+
+
+def check(db: str, quick: bool = False) -> dict[str, Any]:
+    """Check the database's integrity (the report `ml-persistence check` prints)."""
+    from .maintenance import check as run
+
+    return run(db, quick)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import msgspec
 
 from . import schema
+from ..storage import RANKABLE
 from .readonly import open_read_only
 from .export import Exports
 from .maintenance import Maintenance
@@ -64,7 +65,6 @@ SELECT e.id, e.name, e.description, e.experiment_type, e.status, e.start_time, e
 FROM experiments e
 """
 
-RANKABLE = ("val_metric", "test_metric", "train_metric")
 
 _STATS = """
 SELECT COUNT(*), AVG(value), MIN(value), MAX(value), COUNT(value),
