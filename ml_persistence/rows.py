@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
+
+import msgspec
 
 _SPLIT_PREFIXES = (("train_", "train"), ("val_", "val"), ("test_", "test"))
 _last_second: tuple[int, str] = (-1, "")  # replaced whole, so writer threads never see half an update
@@ -32,3 +34,60 @@ def split_of(name: str) -> Optional[str]:
 
 
 _split_cache: dict[str, Optional[str]] = {}
+
+
+def real(value: Optional[float]) -> Optional[float]:
+    """Return ``value`` with NaN as None: SQLite stores a NaN as NULL, and so does every engine here."""
+    return None if value is None or value != value else value
+
+
+def experiment_values(event: Any) -> tuple:
+    """Bind values of an ExperimentStarted row, in the column order both engines' INSERT names."""
+    stamp = local_text(event.ts)
+    env = event.environment
+    dirty = int(env.git_dirty) if isinstance(env.git_dirty, bool) else env.git_dirty
+    return (
+        event.name, event.description, event.experiment_type, env.git_commit, env.git_branch,
+        env.python_version, event.random_seed, stamp, msgspec.json.encode(event.tags).decode(),
+        event.metadata, stamp, stamp, dirty, env.git_diff, env.platform, env.hostname, env.pid,
+        env.command, env.packages,
+    )
+
+
+def model_values(event: Any) -> tuple:
+    """Bind values of a ModelRegistered row (experiment id and name twice: the version counts by them)."""
+    return (
+        event.experiment_id, event.name, event.version, event.experiment_id, event.name,
+        event.architecture_type, event.state_dim, event.action_dim, event.checkpoint_path,
+        real(event.checkpoint_size_mb), event.episode_num, event.global_step, real(event.train_metric),
+        real(event.val_metric), real(event.test_metric), int(event.is_best), event.hyperparameters,
+        event.metadata, local_text(event.ts),
+    )
+
+
+def dataset_values(event: Any) -> tuple:
+    """Bind values of a DatasetRegistered row."""
+    return (
+        event.name, event.version, event.dataset_type, event.data_path, event.data_hash, event.split_type,
+        event.num_samples, event.start_date, event.end_date, event.feature_columns, event.target_columns,
+        event.metadata, local_text(event.ts),
+    )
+
+
+def artifact_values(event: Any) -> tuple:
+    """Bind values of an ArtifactLogged row."""
+    return (
+        event.experiment_id, event.model_id, event.artifact_type, event.artifact_path, event.artifact_name,
+        real(event.file_size_mb), event.description, event.metadata, local_text(event.ts),
+    )
+
+
+def resume_values(event: Any) -> tuple:
+    """Bind values of the resume and reopen UPDATEs: the new owner (host, pid) as of the event."""
+    return (event.hostname, event.pid, local_text(event.ts), event.experiment_id)
+
+
+def end_values(event: Any) -> tuple:
+    """Bind values of the end UPDATE: status, end time (three times), notes (three times), id."""
+    stamp = local_text(event.ts)
+    return (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id)

@@ -21,6 +21,7 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,7 +31,8 @@ from contract_helpers import (child_env, children, cli, comparable, db_rows, eng
 from pg import fresh_database, pg_rows
 from test_seed_readme import PY, QUICKSTART_PRELUDE, SH  # the README's blocks, extracted as that test does
 
-PASSWORD = "mlp-secret"
+# The test server's password (what must never be printed); a placeholder when there is no server.
+PASSWORD = urlsplit(os.environ.get("ML_PERSISTENCE_TEST_POSTGRES", "")).password or "no-password-given"
 
 
 @pytest.fixture

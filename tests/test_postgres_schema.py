@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
 from pg import pg_rows
@@ -51,7 +53,7 @@ def test_init_reports_the_upgrade(pg_db: str, tmp_path) -> None:  # type: ignore
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "from schema version 1 to 3" in done.stdout and "created tables agent_clients, agent_requests" in done.stdout
-    assert "mlp-secret" not in done.stdout + done.stderr
+    assert urlsplit(pg_db).password not in done.stdout + done.stderr
     again = subprocess.run([PYTHON, "-m", "ml_persistence", "init", "--db", pg_db], cwd=tmp_path, env=subprocess_env(),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "up to date (schema version 3)" in again.stdout, again.stdout + again.stderr

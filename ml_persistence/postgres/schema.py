@@ -1,5 +1,7 @@
 """PostgreSQL schema: the SQLite schema's tables, columns, views and indexes, with versioned migrations.
 
+The metrics index ends in id, as SQLite's does implicitly (an index there ends in the rowid): a
+metric's history then comes in logging order, and its newest id, without a sort or a full scan.
 Types map INTEGER -> BIGINT, REAL -> DOUBLE PRECISION, TEXT -> TEXT. Timestamps stay TEXT holding the
 same local-time text 'YYYY-MM-DD HH:MM:SS.ffffff' the SQLite file holds, so every output is the same
 on both engines. Foreign keys are declared by SQLite but never enforced there; they are left out
@@ -133,7 +135,7 @@ CREATE TABLE IF NOT EXISTS experiment_datasets (
     usage_type TEXT,
     PRIMARY KEY (experiment_id, dataset_id, usage_type)
 );
-CREATE INDEX IF NOT EXISTS idx_metrics_experiment_name ON metrics(experiment_id, metric_name);
+CREATE INDEX IF NOT EXISTS idx_metrics_experiment_name ON metrics(experiment_id, metric_name, id);
 CREATE INDEX IF NOT EXISTS idx_models_experiment ON models(experiment_id);
 CREATE INDEX IF NOT EXISTS idx_hyperparameters_experiment ON hyperparameters(experiment_id);
 CREATE INDEX IF NOT EXISTS idx_artifacts_experiment ON artifacts(experiment_id);

@@ -14,7 +14,7 @@ import math
 import os
 import socket
 import uuid
-from typing import Any, Awaitable, Callable, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 import msgspec
 import psycopg
@@ -33,6 +33,7 @@ from ..events import (
     MetricsLogged,
     ModelRegistered,
 )
+from .. import rows
 from ..rows import local_text, split_of
 from ..storage import BUSY, ENVIRONMENT, FATAL, REFUSED, display
 
@@ -323,11 +324,11 @@ class Store:
             elif type(event) is DatasetLinked:
                 link_rows.append((event.experiment_id, event.dataset_id, event.usage_type))
             elif type(event) is ExperimentEnded:
-                await conn.execute(END_EXPERIMENT_SQL, end_experiment_params(event))
+                await conn.execute(END_EXPERIMENT_SQL, rows.end_values(event))
             elif type(event) is ExperimentResumed:
-                await conn.execute(RESUME_EXPERIMENT_SQL, resume_experiment_params(event))
+                await conn.execute(RESUME_EXPERIMENT_SQL, rows.resume_values(event))
             elif type(event) is ExperimentReopened:
-                await conn.execute(REOPEN_EXPERIMENT_SQL, resume_experiment_params(event))
+                await conn.execute(REOPEN_EXPERIMENT_SQL, rows.resume_values(event))
             else:
                 await self._insert_one(conn, event)
         await _copy_metrics(conn, metric_events)
@@ -347,9 +348,6 @@ class Store:
 
     async def _insert_one(self, conn: psycopg.AsyncConnection, event: Event) -> Optional[int]:
         if type(event) is ExperimentStarted:
-            stamp = local_text(event.ts)
-            env = event.environment
-            tags = msgspec.json.encode(event.tags).decode()
             return await _returning(
                 conn,
                 "INSERT INTO experiments (name, description, experiment_type, status, git_commit, "
@@ -357,12 +355,7 @@ class Store:
                 "updated_at, git_dirty, git_diff, platform, hostname, pid, command, packages) "
                 "VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
                 "%s, %s) RETURNING id",
-                (
-                    event.name, event.description, event.experiment_type, env.git_commit,
-                    env.git_branch, env.python_version, event.random_seed, stamp, tags,
-                    event.metadata, stamp, stamp, _integer(env.git_dirty), env.git_diff, env.platform,
-                    env.hostname, env.pid, env.command, env.packages,
-                ),
+                rows.experiment_values(event),
             )
         if type(event) is ModelRegistered:
             if event.version is None:  # numbered by count, as SQLite's one writer at a time would
@@ -375,14 +368,7 @@ class Store:
                 "VALUES (%s, %s, COALESCE(%s::text, (SELECT CAST(COUNT(*) + 1 AS TEXT) FROM models "
                 "WHERE experiment_id = %s AND name IS NOT DISTINCT FROM %s::text)), %s, %s, %s, %s, %s, "
                 "%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    event.experiment_id, event.name, event.version, event.experiment_id, event.name,
-                    event.architecture_type, event.state_dim, event.action_dim,
-                    event.checkpoint_path, _real(event.checkpoint_size_mb), event.episode_num,
-                    event.global_step, _real(event.train_metric), _real(event.val_metric),
-                    _real(event.test_metric), int(event.is_best), event.hyperparameters, event.metadata,
-                    local_text(event.ts),
-                ),
+                rows.model_values(event),
             )
         if type(event) is DatasetRegistered:
             key = (event.name, event.version, event.split_type)
@@ -401,11 +387,7 @@ class Store:
                 "INSERT INTO datasets (name, version, dataset_type, data_path, data_hash, split_type, "
                 "num_samples, start_date, end_date, feature_columns, target_columns, metadata, "
                 "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    event.name, event.version, event.dataset_type, event.data_path, event.data_hash,
-                    event.split_type, event.num_samples, event.start_date, event.end_date,
-                    event.feature_columns, event.target_columns, event.metadata, local_text(event.ts),
-                ),
+                rows.dataset_values(event),
             )
         if type(event) is ArtifactLogged:
             return await _returning(
@@ -413,27 +395,13 @@ class Store:
                 "INSERT INTO artifacts (experiment_id, model_id, artifact_type, artifact_path, "
                 "artifact_name, file_size_mb, description, metadata, created_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    event.experiment_id, event.model_id, event.artifact_type, event.artifact_path,
-                    event.artifact_name, _real(event.file_size_mb), event.description, event.metadata,
-                    local_text(event.ts),
-                ),
+                rows.artifact_values(event),
             )
         await self._apply(conn, [event])
         return None
 
 
 _UNSET: Any = object()
-
-
-def _real(value: Optional[float]) -> Optional[float]:
-    """Return ``value`` with NaN as None: SQLite stores a NaN as NULL, and so do we."""
-    return None if value is None or math.isnan(value) else value
-
-
-def _integer(value: Any) -> Any:
-    """Return a bool as 0/1 for an INTEGER column (SQLite stores True as 1)."""
-    return int(value) if isinstance(value, bool) else value
 
 
 async def _returning(conn: psycopg.AsyncConnection, sql: str, params: Sequence[Any]) -> int:
@@ -526,17 +494,6 @@ REOPEN_EXPERIMENT_SQL = (
 )
 
 
-def resume_experiment_params(event: Union[ExperimentResumed, ExperimentReopened]) -> tuple:
-    """Bind values of RESUME_EXPERIMENT_SQL or REOPEN_EXPERIMENT_SQL for ``event``."""
-    return (event.hostname, event.pid, local_text(event.ts), event.experiment_id)
-
-
-def end_experiment_params(event: ExperimentEnded) -> tuple:
-    """Bind values of END_EXPERIMENT_SQL for ``event``."""
-    stamp = local_text(event.ts)
-    return (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id)
-
-
 def end_experiments_now(db: str, events: Sequence[ExperimentEnded], timeout: float) -> None:
     """End experiments with a plain blocking connection: for interpreter exit, when no thread may start."""
     conn = connect.connect(db, connect_timeout=str(max(1, math.ceil(timeout))))
@@ -544,7 +501,7 @@ def end_experiments_now(db: str, events: Sequence[ExperimentEnded], timeout: flo
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(1, int(timeout * 1000))}ms",))
         conn.execute("BEGIN")
         with conn.cursor() as cursor:
-            cursor.executemany(END_EXPERIMENT_SQL, [end_experiment_params(e) for e in events])
+            cursor.executemany(END_EXPERIMENT_SQL, [rows.end_values(e) for e in events])
         conn.execute("COMMIT")
     finally:
         conn.close()

@@ -6,12 +6,12 @@ import contextlib
 import operator
 import os
 import sqlite3
-from typing import Any, AsyncIterator, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Optional, Sequence
 
 import aiosqlite
-import msgspec
 
 from . import schema
+from .. import rows
 from ..rows import local_text, split_of
 from ..storage import BUSY, ENVIRONMENT, FATAL, REFUSED
 from ..events import (
@@ -308,9 +308,9 @@ class Store:
             elif type(event) is ExperimentEnded:
                 await self._end_experiment(event)
             elif type(event) is ExperimentResumed:
-                await self.conn.execute(RESUME_EXPERIMENT_SQL, resume_experiment_params(event))
+                await self.conn.execute(RESUME_EXPERIMENT_SQL, rows.resume_values(event))
             elif type(event) is ExperimentReopened:
-                await self.conn.execute(REOPEN_EXPERIMENT_SQL, resume_experiment_params(event))
+                await self.conn.execute(REOPEN_EXPERIMENT_SQL, rows.resume_values(event))
             else:
                 await self._insert_one(event)
         await self._insert_metrics(metric_events)
@@ -368,24 +368,16 @@ class Store:
         return sql
 
     async def _end_experiment(self, event: ExperimentEnded) -> None:
-        await self.conn.execute(END_EXPERIMENT_SQL, end_experiment_params(event))
+        await self.conn.execute(END_EXPERIMENT_SQL, rows.end_values(event))
 
     async def _insert_one(self, event: Event) -> Optional[int]:
         if type(event) is ExperimentStarted:
-            stamp = local_text(event.ts)
-            env = event.environment
-            tags = msgspec.json.encode(event.tags).decode()
             cursor = await self.conn.execute(
                 "INSERT INTO experiments (name, description, experiment_type, status, git_commit, "
                 "git_branch, python_version, random_seed, start_time, tags, metadata, created_at, "
                 "updated_at, git_dirty, git_diff, platform, hostname, pid, command, packages) "
                 "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.name, event.description, event.experiment_type, env.git_commit,
-                    env.git_branch, env.python_version, event.random_seed, stamp, tags,
-                    event.metadata, stamp, stamp, env.git_dirty, env.git_diff, env.platform,
-                    env.hostname, env.pid, env.command, env.packages,
-                ),
+                rows.experiment_values(event),
             )
             return cursor.lastrowid
         if type(event) is ModelRegistered:
@@ -395,33 +387,23 @@ class Store:
                 "train_metric, val_metric, test_metric, is_best, hyperparameters, metadata, created_at) "
                 "VALUES (?, ?, COALESCE(?, (SELECT CAST(COUNT(*) + 1 AS TEXT) FROM models "
                 "WHERE experiment_id = ? AND name IS ?)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.experiment_id, event.name, event.version, event.experiment_id, event.name,
-                    event.architecture_type, event.state_dim, event.action_dim,
-                    event.checkpoint_path, event.checkpoint_size_mb, event.episode_num,
-                    event.global_step, event.train_metric, event.val_metric, event.test_metric,
-                    int(event.is_best), event.hyperparameters, event.metadata, local_text(event.ts),
-                ),
+                rows.model_values(event),
             )
             return cursor.lastrowid
         if type(event) is DatasetRegistered:
             key = (event.name, event.version, event.split_type)
-            rows = await self.conn.execute_fetchall(
+            found = await self.conn.execute_fetchall(
                 "SELECT id FROM datasets WHERE name = ? AND version = ? AND split_type IS ? "
                 "ORDER BY id LIMIT 1",
                 key,
             )
-            for (existing,) in rows:
+            for (existing,) in found:
                 return existing
             cursor = await self.conn.execute(
                 "INSERT INTO datasets (name, version, dataset_type, data_path, data_hash, split_type, "
                 "num_samples, start_date, end_date, feature_columns, target_columns, metadata, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.name, event.version, event.dataset_type, event.data_path, event.data_hash,
-                    event.split_type, event.num_samples, event.start_date, event.end_date,
-                    event.feature_columns, event.target_columns, event.metadata, local_text(event.ts),
-                ),
+                rows.dataset_values(event),
             )
             return cursor.lastrowid
         if type(event) is ArtifactLogged:
@@ -429,11 +411,7 @@ class Store:
                 "INSERT INTO artifacts (experiment_id, model_id, artifact_type, artifact_path, "
                 "artifact_name, file_size_mb, description, metadata, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.experiment_id, event.model_id, event.artifact_type, event.artifact_path,
-                    event.artifact_name, event.file_size_mb, event.description, event.metadata,
-                    local_text(event.ts),
-                ),
+                rows.artifact_values(event),
             )
             return cursor.lastrowid
         await self._apply([event])
@@ -490,23 +468,12 @@ REOPEN_EXPERIMENT_SQL = (
 )
 
 
-def resume_experiment_params(event: Union[ExperimentResumed, ExperimentReopened]) -> tuple:
-    """Bind values of RESUME_EXPERIMENT_SQL or REOPEN_EXPERIMENT_SQL for ``event``."""
-    return (event.hostname, event.pid, local_text(event.ts), event.experiment_id)
-
-
-def end_experiment_params(event: ExperimentEnded) -> tuple:
-    """Bind values of END_EXPERIMENT_SQL for ``event``."""
-    stamp = local_text(event.ts)
-    return (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id)
-
-
 def end_experiments_now(path: str, events: Sequence[ExperimentEnded], timeout: float) -> None:
     """End experiments with a plain blocking connection: for interpreter exit, when no thread may start."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(END_EXPERIMENT_SQL, [end_experiment_params(e) for e in events])
+        conn.executemany(END_EXPERIMENT_SQL, [rows.end_values(e) for e in events])
         conn.execute("COMMIT")
     finally:
         conn.close()
