@@ -91,3 +91,31 @@ def end_values(event: Any) -> tuple:
     """Bind values of the end UPDATE: status, end time (three times), notes (three times), id."""
     stamp = local_text(event.ts)
     return (event.status, stamp, stamp, stamp, event.notes, event.notes, event.notes, event.experiment_id)
+
+
+class SortedBatch:
+    """A batch's events as the stores apply them: single rows in logging order, then the bulk rows."""
+
+    __slots__ = ("singles", "metrics", "hyperparameters", "links")
+
+    def __init__(self, events: Any) -> None:
+        from .events import DatasetLinked, HyperparametersLogged, MetricsLogged
+
+        self.singles: list[Any] = []  # experiments started, ended, resumed; models, datasets, artifacts
+        self.metrics: list[Any] = []  # MetricsLogged events, in order
+        self.hyperparameters: list[tuple] = []  # (experiment_id, model_id, name, value text, type, created_at)
+        self.links: list[tuple] = []  # (experiment_id, dataset_id, usage_type)
+        for event in events:
+            kind = type(event)
+            if kind is MetricsLogged:
+                self.metrics.append(event)
+            elif kind is HyperparametersLogged:
+                stamp = local_text(event.ts)
+                self.hyperparameters.extend(
+                    (event.experiment_id, event.model_id, n, v, t, stamp)
+                    for n, v, t in zip(event.names, event.values, event.types)
+                )
+            elif kind is DatasetLinked:
+                self.links.append((event.experiment_id, event.dataset_id, event.usage_type))
+            else:
+                self.singles.append(event)

@@ -22,14 +22,12 @@ import psycopg
 from . import connect, schema
 from ..events import (
     ArtifactLogged,
-    DatasetLinked,
     DatasetRegistered,
     Event,
     ExperimentEnded,
     ExperimentReopened,
     ExperimentResumed,
     ExperimentStarted,
-    HyperparametersLogged,
     MetricsLogged,
     ModelRegistered,
 )
@@ -309,21 +307,9 @@ class Store:
         return True
 
     async def _apply(self, conn: psycopg.AsyncConnection, events: Sequence[Event]) -> None:
-        metric_events: list[MetricsLogged] = []
-        hyper_rows: list[tuple] = []
-        link_rows: list[tuple] = []
-        for event in events:
-            if type(event) is MetricsLogged:
-                metric_events.append(event)
-            elif type(event) is HyperparametersLogged:
-                stamp = local_text(event.ts)
-                hyper_rows.extend(
-                    (event.experiment_id, event.model_id, n, v, t, stamp)
-                    for n, v, t in zip(event.names, event.values, event.types)
-                )
-            elif type(event) is DatasetLinked:
-                link_rows.append((event.experiment_id, event.dataset_id, event.usage_type))
-            elif type(event) is ExperimentEnded:
+        batch = rows.SortedBatch(events)
+        for event in batch.singles:
+            if type(event) is ExperimentEnded:
                 await conn.execute(END_EXPERIMENT_SQL, rows.end_values(event))
             elif type(event) is ExperimentResumed:
                 await conn.execute(RESUME_EXPERIMENT_SQL, rows.resume_values(event))
@@ -331,7 +317,8 @@ class Store:
                 await conn.execute(REOPEN_EXPERIMENT_SQL, rows.resume_values(event))
             else:
                 await self._insert_one(conn, event)
-        await _copy_metrics(conn, metric_events)
+        await _copy_metrics(conn, batch.metrics)
+        hyper_rows, link_rows = batch.hyperparameters, batch.links
         if hyper_rows:
             await conn.execute(
                 "INSERT INTO hyperparameters (experiment_id, model_id, param_name, param_value, param_type, "

@@ -16,14 +16,12 @@ from ..rows import local_text, split_of
 from ..storage import BUSY, ENVIRONMENT, FATAL, REFUSED
 from ..events import (
     ArtifactLogged,
-    DatasetLinked,
     DatasetRegistered,
     Event,
     ExperimentEnded,
     ExperimentReopened,
     ExperimentResumed,
     ExperimentStarted,
-    HyperparametersLogged,
     MetricsLogged,
     ModelRegistered,
 )
@@ -291,21 +289,9 @@ class Store:
             raise
 
     async def _apply(self, events: Sequence[Event]) -> None:
-        metric_events: list[MetricsLogged] = []
-        hyper_rows: list[tuple] = []
-        link_rows: list[tuple] = []
-        for event in events:
-            if type(event) is MetricsLogged:
-                metric_events.append(event)
-            elif type(event) is HyperparametersLogged:
-                stamp = local_text(event.ts)
-                hyper_rows.extend(
-                    (event.experiment_id, event.model_id, n, v, t, stamp)
-                    for n, v, t in zip(event.names, event.values, event.types)
-                )
-            elif type(event) is DatasetLinked:
-                link_rows.append((event.experiment_id, event.dataset_id, event.usage_type))
-            elif type(event) is ExperimentEnded:
+        batch = rows.SortedBatch(events)
+        for event in batch.singles:
+            if type(event) is ExperimentEnded:
                 await self._end_experiment(event)
             elif type(event) is ExperimentResumed:
                 await self.conn.execute(RESUME_EXPERIMENT_SQL, rows.resume_values(event))
@@ -313,7 +299,8 @@ class Store:
                 await self.conn.execute(REOPEN_EXPERIMENT_SQL, rows.resume_values(event))
             else:
                 await self._insert_one(event)
-        await self._insert_metrics(metric_events)
+        await self._insert_metrics(batch.metrics)
+        hyper_rows, link_rows = batch.hyperparameters, batch.links
         if hyper_rows:
             await self.conn.executemany(
                 "INSERT INTO hyperparameters (experiment_id, model_id, param_name, param_value, "
