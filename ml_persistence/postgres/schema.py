@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SchemaError
+from ..sqlite import schema as sqlite_schema
 
 SCHEMA_VERSION = 3
 
@@ -210,26 +211,9 @@ CREATE TABLE IF NOT EXISTS legacy_imports (
 )
 """
 
-# experiment_summary groups by e.id alone: PostgreSQL allows e's other columns since id is its key.
-VIEWS = """
-DROP VIEW IF EXISTS experiment_summary;
-CREATE VIEW experiment_summary AS
-SELECT
-    e.id, e.name, e.experiment_type, e.status, e.start_time, e.end_time, e.duration_seconds,
-    COUNT(DISTINCT m.id) AS num_checkpoints,
-    COALESCE(MAX(CASE WHEN m.is_best = 1 THEN m.val_metric END), MAX(m.val_metric)) AS best_val_metric,
-    COALESCE(MAX(CASE WHEN m.is_best = 1 THEN m.test_metric END), MAX(m.test_metric)) AS best_test_metric,
-    e.tags, e.notes, e.description, e.random_seed, e.git_commit, e.git_branch, e.hostname, e.pid
-FROM experiments e LEFT JOIN models m ON m.experiment_id = e.id
-GROUP BY e.id
-ORDER BY e.start_time DESC;
-DROP VIEW IF EXISTS best_models;
-CREATE VIEW best_models AS
-SELECT m.*, e.name AS experiment_name, e.experiment_type AS experiment_type
-FROM models m JOIN experiments e ON e.id = m.experiment_id
-WHERE m.is_best = 1
-ORDER BY m.val_metric DESC, m.id DESC
-"""
+# The views are SQLite's, word for word: experiment_summary groups by e.id alone, which PostgreSQL
+# allows too since id is the key of experiments.
+VIEWS = sqlite_schema.VIEWS
 
 VERSION_TABLE_SQL = f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)"
 # Every advisory lock ml_persistence takes is keyed by hashtextextended(<name>, 0).
