@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
         prog="ml-persistence-agent",
         description="Own an ml_persistence database and write what trainer processes send over sockets.",
     )
-    ap.add_argument("--db", default=None, help="database file (default: $ML_PERSISTENCE_DB or ml_experiments.db)")
+    ap.add_argument("--db", default=None, help="database file or postgresql:// URL (default: $ML_PERSISTENCE_DB or ml_experiments.db)")
     ap.add_argument(
         "--listen",
         action="append",

@@ -37,8 +37,8 @@ _split_cache: dict[str, Optional[str]] = {}
 
 
 def real(value: Optional[float]) -> Optional[float]:
-    """Return ``value`` with NaN as None: SQLite stores a NaN as NULL, and so does every engine here."""
-    return None if value is None or value != value else value
+    """Return ``value`` as SQLite stores it, on every engine: NaN as None (NULL), -0.0 as 0.0."""
+    return None if value is None or value != value else value + 0.0
 
 
 def experiment_values(event: Any) -> tuple:

@@ -14,6 +14,7 @@ import re
 import sys
 from types import ModuleType
 from typing import Any, Union
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # What a failed write means, and so what the writer does about it (each engine's Store.classify):
 BUSY = "busy"  # another connection holds the lock: wait, silently
@@ -22,9 +23,11 @@ REFUSED = "refused"  # the database rejects this event itself: retry the batch o
 FATAL = "fatal"  # the database cannot be written at all (damaged, not a database, a bug): stop
 
 _SCHEMES = ("postgresql://", "postgres://")
-# user:password@ in a URL's authority: the password is whatever runs up to the last '@' of it.
-_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/?#@\s]*:)([^@\s]*)@", re.IGNORECASE)
-_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
+# user:password@ in a URL's authority. As libpq reads it, the user part ends at the first '@' before
+# any '/'; quotes end it too, so the text of a JSON string or a message never runs into the next.
+_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/?#@\s\"']*:)([^@/\s\"']*)@", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"([?&](?:ssl)?password=)[^&#\s\"')]*", re.IGNORECASE)
+_SECRET_PARAMS = ("password", "sslpassword")
 
 
 def is_url(db: Union[str, "os.PathLike[str]", None]) -> bool:
@@ -51,7 +54,11 @@ def identity(db: Union[str, "os.PathLike[str]"]) -> str:
     db = os.fspath(db)
     if not is_url(db):
         return os.path.realpath(db)
-    return _PASSWORD_PARAM.sub("", _PASSWORD.sub(r"\1@", db)).replace(":@", "@").replace("?&", "?").rstrip("?")
+    parts = urlsplit(db)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}@{hosts}" if at and userinfo.partition(":")[0] else hosts
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in _SECRET_PARAMS]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def engine(db: Union[str, "os.PathLike[str]"]) -> ModuleType:

@@ -345,9 +345,11 @@ class ExperimentTracker:
         name: Optional[str] = None,
     ) -> list[dict[str, Any]]:
         """Return experiments newest first, with num_checkpoints and best_val_metric."""
-        if isinstance(tags, str):
-            tags = [tags]
-        return self._backend.read("list_experiments", experiment_type, status, tags, limit, name)
+        tags = v.tags(tags) if tags is not None else None  # as logged: no NUL (which no engine could match)
+        return self._backend.read(
+            "list_experiments", v.optional_name("experiment_type", experiment_type),
+            v.optional_name("status", status), tags, limit, v.optional_name("name", name),
+        )
 
     def get_experiment(self, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
         """Return everything about one experiment (default: the current one), or None."""

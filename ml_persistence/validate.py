@@ -103,7 +103,13 @@ def optional_int(name: str, value: Any) -> Optional[int]:
 
 
 def encodable(name: str, value: str) -> str:
-    """Return ``value`` if UTF-8 can store it, else raise naming ``name`` (lone surrogates cannot)."""
+    """Return ``value`` if every engine can store it, else raise naming ``name`` (UTF-8 cannot hold a lone
+    surrogate, PostgreSQL's text no NUL)."""
+    if "\x00" in value:
+        raise InvalidValueError(
+            f"{name}: {value!r:.60} contains a NUL character (index {value.index(_NUL)}), which PostgreSQL "
+            "cannot store and SQL tools cut text short at; remove it (or log the data as bytes, e.g. hex)"
+        )
     if not value.isascii():
         try:
             value.encode("utf-8")

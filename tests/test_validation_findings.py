@@ -170,11 +170,18 @@ def test_a_nul_in_a_name_raises_naming_the_argument(
     assert rows(db_path, "SELECT COUNT(*) FROM metrics") == [(0,)]
 
 
-def test_a_nul_in_free_text_is_kept(tracker: ExperimentTracker, db_path: str) -> None:
-    tracker.log_hyperparameter("prompt", "a\x00b")
-    tracker.end_experiment("completed", notes="x\x00y")
-    assert rows(db_path, "SELECT notes FROM experiments") == [("x\x00y",)]
-    assert ExperimentTracker(db_path).get_hyperparameters(1) == {"prompt": "a\x00b"}
+def test_a_nul_in_free_text_is_refused_at_the_call_and_nothing_else_is_lost(tracker: ExperimentTracker, db_path: str) -> None:
+    # PostgreSQL's text cannot hold a NUL, and a run must be storable (and copyable) on either engine.
+    with pytest.raises(InvalidValueError, match="prompt.*NUL"):
+        tracker.log_hyperparameter("prompt", "a\x00b")
+    with pytest.raises(InvalidValueError, match="notes.*NUL"):
+        tracker.end_experiment("completed", notes="x\x00y")
+    with pytest.raises(InvalidValueError, match="metadata.*NUL"):
+        tracker.log_artifact("plot", __file__, metadata={"caption": "a\x00"})
+    tracker.log_hyperparameter("prompt", "ab")
+    tracker.end_experiment("completed", notes="xy")
+    assert rows(db_path, "SELECT status, notes FROM experiments") == [("completed", "xy")]
+    assert ExperimentTracker(db_path).get_hyperparameters(1) == {"prompt": "ab"}
 
 
 def test_undecodable_bytes_in_the_command_line_are_stored_replaced(db_path: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import psycopg
 
 from psycopg.rows import dict_row
 
@@ -56,35 +58,49 @@ class _Primitives(SqliteReader):
         except BaseException:
             conn.close()
             raise
-        return cls(conn, display(path))  # type: ignore[return-value]
+        reader = cls(conn, display(path))
+        reader._db = path
+        return reader  # type: ignore[return-value]
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self.conn.close()
 
+    def _live(self) -> Any:
+        """Return the connection, connected again if the server closed it (a restart, a network cut)."""
+        if self.conn.closed or self.conn.broken:
+            self.conn.close()
+            self.conn = connect.connect(self._db)
+        return self.conn
+
+    def _query(self, sql: str, params: Sequence[Any], fetch: Callable[[Any], Any], row_factory: Any = None) -> Any:
+        """Run one read and ``fetch`` its result; a connection lost before or during it is opened again once."""
+        for attempt in (1, 2):
+            conn = self._live()
+            try:
+                with conn.cursor(row_factory=row_factory) if row_factory else conn.cursor() as cur:
+                    cur.execute(_translated(sql), params)
+                    return fetch(cur)
+            except psycopg.OperationalError:
+                if attempt == 2 or not (conn.closed or conn.broken):
+                    raise
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(_translated(sql), params)
-            return [decode_row(row) for row in cur.fetchall()]
+        return [decode_row(row) for row in self._query(sql, params, lambda cur: cur.fetchall(), dict_row)]
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Optional[dict[str, Any]]:
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(_translated(sql), params)
-            row = cur.fetchone()
+        row = self._query(sql, params, lambda cur: cur.fetchone(), dict_row)
         return None if row is None else decode_row(row)
 
     def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self.conn.cursor() as cur:
-            cur.execute(_translated(sql), params)
-            return cur.fetchall()
+        return self._query(sql, params, lambda cur: cur.fetchall())
 
     def _first(self, sql: str, params: Sequence[Any] = ()) -> Optional[tuple]:
-        with self.conn.cursor() as cur:
-            cur.execute(_translated(sql), params)
-            return cur.fetchone()
+        return self._query(sql, params, lambda cur: cur.fetchone())
 
     def _stream(self, sql: str, params: Sequence[Any] = (), size: int = 1000) -> Iterator[list[tuple]]:
         """Yield the result in lists of up to ``size`` tuples from a server-side cursor (flat memory)."""
+        self._live()
         with self.conn.transaction():
             with self.conn.cursor(name=f"ml_persistence_{next(_cursor_names)}") as cur:
                 cur.itersize = size
@@ -96,21 +112,21 @@ class _Primitives(SqliteReader):
                     yield rows
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self.conn.cursor() as cur:
+        with self._live().cursor() as cur:
             cur.execute(_translated(sql), params)
             return cur.rowcount
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
         """Run the reads inside in one consistent snapshot (REPEATABLE READ)."""
-        with self.conn.transaction():
+        with self._live().transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Run the writes inside as one transaction."""
-        with self.conn.transaction():
+        with self._live().transaction():
             yield
 
     def _is_param(self) -> str:
@@ -130,7 +146,23 @@ class _Primitives(SqliteReader):
 
     def columns(self, table: str) -> list[str]:
         """Return the column names of ``table`` (a name from schema.TABLES)."""
-        return schema.columns(self.conn, table)
+        return schema.columns(self._live(), table)
+
+    _wide = False  # average in numeric: set while a float8 sum has overflowed
+
+    def _averaged(self) -> tuple[str, str]:
+        return ("value::numeric", "?::numeric") if self._wide else ("value", "?")
+
+    def metric_stats(self, experiment_id: int, metric_name: str, split: Optional[str] = None) -> dict[str, Any]:
+        """As on SQLite; a sum past float8's range (where PostgreSQL raises, not overflows) is taken in numeric."""
+        try:
+            return super().metric_stats(experiment_id, metric_name, split)
+        except psycopg.errors.NumericValueOutOfRange:
+            self._wide = True
+            try:
+                return super().metric_stats(experiment_id, metric_name, split)
+            finally:
+                self._wide = False
 
 
 class Reader(*_mixins(), _Primitives):  # type: ignore[misc]

@@ -420,7 +420,8 @@ async def _copy_metrics(conn: psycopg.AsyncConnection, events: list[MetricsLogge
             )
             split = event.split
             for name, value in zip(event.names, event.values):
-                await write((*head, name, value if value == value else None, split or split_of(name), *tail))
+                # NaN as NULL and -0.0 as 0.0: what SQLite stores, so both engines read back the same.
+                await write((*head, name, value + 0.0 if value == value else None, split or split_of(name), *tail))
 
 
 async def _above_marks(

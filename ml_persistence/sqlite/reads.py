@@ -67,7 +67,7 @@ FROM experiments e
 
 
 _STATS = """
-SELECT COUNT(*), AVG(value), MIN(value), MAX(value), COUNT(value),
+SELECT COUNT(*), AVG({value}), MIN(value), MAX(value), COUNT(value),
        (SELECT value FROM metrics WHERE {scope} ORDER BY id ASC LIMIT 1),
        (SELECT value FROM metrics WHERE {scope} ORDER BY id DESC LIMIT 1)
 FROM metrics WHERE {scope}
@@ -176,6 +176,10 @@ class Reader(Views, Exports, Maintenance):
     def _contains(self, column: str) -> str:
         """SQL true when the bound text occurs in ``column``."""
         return f"instr({column}, ?) > 0"
+
+    def _averaged(self) -> tuple[str, str]:
+        """SQL for a metric value and a bound number inside AVG(); SQLite's sum overflows to inf by itself."""
+        return "value", "?"
 
     def _limit(self, limit: Optional[int]) -> Any:
         return self._LIMIT_ALL if limit is None else int(limit)
@@ -432,16 +436,20 @@ class Reader(Views, Exports, Maintenance):
         """Return count, mean, std (population), min, max, first, last; NaN values are skipped by the aggregates."""
         scope = "experiment_id = ? AND metric_name = ?" + (" AND split = ?" if split is not None else "")
         one = [experiment_id, metric_name] + ([split] if split is not None else [])
-        found = self._first(_STATS.format(scope=scope), one * 3)
+        value, param = self._averaged()
+        found = self._first(_STATS.format(scope=scope, value=value), one * 3)
         assert found is not None
         count, mean, lo, hi, valued, first, last = found
+        mean = None if mean is None else float(mean)
         if count == 0:
             nan = math.nan
             return {"count": 0, "mean": nan, "std": nan, "min": nan, "max": nan, "first": nan, "last": nan}
         std = math.nan
         if valued and mean is not None and math.isfinite(mean):
-            row = self._first(f"SELECT AVG((value - ?) * (value - ?)) FROM metrics WHERE {scope}", [mean, mean, *one])
-            variance = row[0] if row is not None else None
+            row = self._first(
+                f"SELECT AVG(({value} - {param}) * ({value} - {param})) FROM metrics WHERE {scope}", [mean, mean, *one]
+            )
+            variance = float(row[0]) if row is not None and row[0] is not None else None
             std = math.sqrt(variance) if variance is not None else math.nan
         return {
             "count": count, "mean": _value(mean), "std": std, "min": _value(lo), "max": _value(hi),

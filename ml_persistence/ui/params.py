@@ -56,6 +56,8 @@ def tags(given: Sequence[str]) -> list[str]:
     found = list(dict.fromkeys(t for t in given if t))
     if len(found) > MAX_TAGS:
         raise BadRequest(f"at most {MAX_TAGS} tag= filters")
+    if any("\x00" in t for t in found):
+        raise BadRequest("tag must not contain a NUL character")
     return found
 
 
@@ -65,4 +67,6 @@ def text(value: Optional[str], name: str) -> Optional[str]:
         return None
     if len(value) > MAX_TEXT:
         raise BadRequest(f"{name} is longer than {MAX_TEXT} characters")
+    if "\x00" in value:
+        raise BadRequest(f"{name} must not contain a NUL character")
     return value
