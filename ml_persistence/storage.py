@@ -2,8 +2,8 @@
 
 A database is named by a file path (SQLite) or a ``postgresql://`` URL (PostgreSQL). Each engine is
 a package (``ml_persistence.sqlite``, ``ml_persistence.postgres``) with the same small API: a write
-``store()``, a read ``reader()``, ``ensure()``, ``end_experiments_now()``, ``describe()`` and its
-driver's ``ERRORS``. Only those packages hold SQL or import a database driver.
+``store_for()``, a read ``reader()``, ``ensure()``, ``check()``, ``end_experiments_now()``,
+``describe()`` and its driver's ``ERRORS``. Only those packages hold SQL or import a database driver.
 """
 
 from __future__ import annotations
