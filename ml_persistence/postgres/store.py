@@ -96,11 +96,6 @@ def classify(exc: BaseException) -> str:
     return FATAL
 
 
-def is_busy(exc: BaseException) -> bool:
-    """Return True for errors that mean 'try again later' (a lock held elsewhere)."""
-    return classify(exc) == BUSY
-
-
 class Store:
     """One psycopg AsyncConnection that writes events; used only from the writer's event loop."""
 

@@ -129,11 +129,6 @@ def classify(exc: BaseException) -> str:
     return FATAL
 
 
-def is_busy(exc: BaseException) -> bool:
-    """Return True for SQLite errors that mean 'try again later' (locked, busy)."""
-    return classify(exc) == BUSY
-
-
 class Store:
     """One aiosqlite connection that writes events; used only from the writer's event loop."""
 
