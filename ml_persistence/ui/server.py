@@ -206,6 +206,10 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
     def plotly(request: Request) -> Response:
         return FileResponse(plotly_js(), media_type="text/javascript")
 
+    def no_icon(request: Request) -> Response:
+        # A browser asks for one on pages without <link rel="icon"> (an error page): no content, not a 404.
+        return Response(status_code=204)
+
     routes = [
         Route("/", index),
         Route("/api/experiments", list_experiments),
@@ -214,6 +218,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         Route("/api/experiments/{experiment_id}/artifacts/{artifact_id}", artifact),
         Route("/api/compare", compare),
         Route("/static/plotly.min.js", plotly),
+        Route("/favicon.ico", no_icon),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     middleware = [Middleware(Guard, token=token, hosts=hosts or set(), cookie=cookie)]
