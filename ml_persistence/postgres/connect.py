@@ -83,3 +83,13 @@ async def connect_async(db: str, **overrides: Any) -> psycopg.AsyncConnection:
         return await psycopg.AsyncConnection.connect(autocommit=True, **params(db, **overrides))
     except psycopg.OperationalError as exc:
         raise failure(exc, db) from None
+
+
+def translated(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a deliberate cache
+    """Return ``sql`` with psycopg's placeholders: ``?`` -> ``%s``, a literal ``%`` -> ``%%``."""
+    found = cache.get(sql)
+    if found is None:
+        found = sql.replace("%", "%%").replace("?", "%s")
+        if len(cache) < 512:
+            cache[sql] = found
+    return found

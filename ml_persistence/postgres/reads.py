@@ -15,18 +15,9 @@ from ..sqlite.reads import Reader as SqliteReader
 from ..sqlite.reads import decode_row
 from ..storage import display
 from . import connect, schema
+from .connect import translated
 
 _cursor_names = itertools.count(1)
-
-
-def _translated(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a deliberate cache
-    """Return ``sql`` with psycopg's placeholders: ``?`` -> ``%s``, a literal ``%`` -> ``%%``."""
-    found = cache.get(sql)
-    if found is None:
-        found = sql.replace("%", "%%").replace("?", "%s")
-        if len(cache) < 512:
-            cache[sql] = found
-    return found
 
 
 def _mixins() -> tuple[type, ...]:
@@ -79,7 +70,7 @@ class _Primitives(SqliteReader):
             conn = self._live()
             try:
                 with conn.cursor(row_factory=row_factory) if row_factory else conn.cursor() as cur:
-                    cur.execute(_translated(sql), params)
+                    cur.execute(translated(sql), params)
                     return fetch(cur)
             except psycopg.OperationalError:
                 if attempt == 2 or not (conn.closed or conn.broken):
@@ -104,7 +95,7 @@ class _Primitives(SqliteReader):
         with self.conn.transaction():
             with self.conn.cursor(name=f"ml_persistence_{next(_cursor_names)}") as cur:
                 cur.itersize = size
-                cur.execute(_translated(sql), params)
+                cur.execute(translated(sql), params)
                 while True:
                     rows = cur.fetchmany(size)
                     if not rows:
@@ -113,7 +104,7 @@ class _Primitives(SqliteReader):
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._live().cursor() as cur:
-            cur.execute(_translated(sql), params)
+            cur.execute(translated(sql), params)
             return cur.rowcount
 
     @contextlib.contextmanager

@@ -20,6 +20,8 @@ import msgspec
 import psycopg
 
 from . import connect, schema
+from .connect import translated
+from ..sqlite import store as sqlite_store
 from ..events import (
     ArtifactLogged,
     DatasetRegistered,
@@ -466,15 +468,9 @@ END_EXPERIMENT_SQL = (
     "notes = CASE WHEN %s::text IS NULL THEN notes WHEN notes IS NULL OR notes = '' THEN %s "
     "ELSE notes || chr(10) || %s END WHERE id = %s"
 )
-# The resuming process becomes the run's owner: liveness then checks its pid, claimed at updated_at.
-RESUME_EXPERIMENT_SQL = (
-    "UPDATE experiments SET hostname = %s, pid = %s, updated_at = %s WHERE id = %s AND status = 'running'"
-)
-# An ended run is running again (as MLflow reopens a finished run) until it is ended once more.
-REOPEN_EXPERIMENT_SQL = (
-    "UPDATE experiments SET status = 'running', end_time = NULL, duration_seconds = NULL, "
-    "hostname = %s, pid = %s, updated_at = %s WHERE id = %s"
-)
+# Resuming and reopening are SQLite's statements, word for word.
+RESUME_EXPERIMENT_SQL = translated(sqlite_store.RESUME_EXPERIMENT_SQL)
+REOPEN_EXPERIMENT_SQL = translated(sqlite_store.REOPEN_EXPERIMENT_SQL)
 
 
 def end_experiments_now(db: str, events: Sequence[ExperimentEnded], timeout: float) -> None:
