@@ -8,11 +8,16 @@ import msgspec
 
 
 class Event(msgspec.Struct, array_like=True, tag=True, omit_defaults=True):
-    """Base of every event; the class name is the wire tag."""
+    """Base of every event: an array of its tag, then every field in order (defaults too).
+
+    Each subclass names its tag explicitly, so the class name is free to change; the tag, the field
+    order and the field types are the wire format of agent frames, spools and recovery files on disk.
+    A new field goes last, with a default. tests/test_wire_format.py holds the golden bytes.
+    """
 
 
 class Environment(msgspec.Struct, omit_defaults=True):
-    """Reproducibility facts captured when an experiment starts."""
+    """Reproducibility facts captured when an experiment starts; a map, so its field names are wire format."""
 
     git_commit: Optional[str] = None
     git_branch: Optional[str] = None
@@ -26,7 +31,7 @@ class Environment(msgspec.Struct, omit_defaults=True):
     packages: Optional[str] = None  # JSON object {distribution: version}
 
 
-class ExperimentStarted(Event):
+class ExperimentStarted(Event, tag="ExperimentStarted"):
     name: str
     experiment_type: Optional[str]
     description: Optional[str]
@@ -37,14 +42,14 @@ class ExperimentStarted(Event):
     ts: float
 
 
-class ExperimentEnded(Event):
+class ExperimentEnded(Event, tag="ExperimentEnded"):
     experiment_id: int
     status: str
     notes: Optional[str]
     ts: float
 
 
-class HyperparametersLogged(Event):
+class HyperparametersLogged(Event, tag="HyperparametersLogged"):
     experiment_id: int
     names: list[str]
     values: list[Optional[str]]
@@ -53,7 +58,7 @@ class HyperparametersLogged(Event):
     model_id: Optional[int] = None
 
 
-class MetricsLogged(Event):
+class MetricsLogged(Event, tag="MetricsLogged"):
     experiment_id: int
     names: list[str]
     values: list[float]
@@ -68,7 +73,7 @@ class MetricsLogged(Event):
     metadata: Optional[str] = None
 
 
-class ModelRegistered(Event):
+class ModelRegistered(Event, tag="ModelRegistered"):
     experiment_id: int
     name: Optional[str]
     version: Optional[str]
@@ -88,7 +93,7 @@ class ModelRegistered(Event):
     ts: float
 
 
-class DatasetRegistered(Event):
+class DatasetRegistered(Event, tag="DatasetRegistered"):
     name: str
     version: str
     dataset_type: Optional[str]
@@ -104,13 +109,13 @@ class DatasetRegistered(Event):
     ts: float
 
 
-class DatasetLinked(Event):
+class DatasetLinked(Event, tag="DatasetLinked"):
     experiment_id: int
     dataset_id: int
     usage_type: str
 
 
-class ArtifactLogged(Event):
+class ArtifactLogged(Event, tag="ArtifactLogged"):
     experiment_id: int
     model_id: Optional[int]
     artifact_type: str
@@ -122,7 +127,7 @@ class ArtifactLogged(Event):
     ts: float
 
 
-class ExperimentResumed(Event):
+class ExperimentResumed(Event, tag="ExperimentResumed"):
     """A process took over a 'running' experiment (after a restart): it now owns the run."""
 
     experiment_id: int
@@ -131,7 +136,7 @@ class ExperimentResumed(Event):
     ts: float
 
 
-class ExperimentReopened(Event):
+class ExperimentReopened(Event, tag="ExperimentReopened"):
     """A process reopened an ended experiment to log to it again: it is running, and this process's."""
 
     experiment_id: int

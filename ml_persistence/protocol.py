@@ -25,13 +25,17 @@ class ProtocolError(MLPersistenceError):
 
 
 class Message(msgspec.Struct, array_like=True, tag=True):
-    """Base of every message; the class name is the wire tag."""
+    """Base of every message: an array of its tag, then its fields in order.
+
+    Each subclass names its tag explicitly, so the class name is free to change; the tag, the field
+    order and the field types are the wire format. tests/test_wire_format.py holds the golden bytes.
+    """
 
 
 # -- client to agent ----------------------------------------------------------------------------
 
 
-class Hello(Message):
+class Hello(Message, tag="Hello"):
     version: int
     client_id: str
     pid: int
@@ -39,27 +43,27 @@ class Hello(Message):
     token: Optional[str] = None
 
 
-class Events(Message):
+class Events(Message, tag="Events"):
     """Encoded events with sequence numbers first_seq, first_seq + 1, ..."""
 
     first_seq: int
     events: list[msgspec.Raw]
 
 
-class Call(Message):
+class Call(Message, tag="Call"):
     """One id-returning event (start_experiment, register_model, ...) at sequence number ``seq``."""
 
     seq: int
     event: msgspec.Raw
 
 
-class Flush(Message):
+class Flush(Message, tag="Flush"):
     """Ask for a Flushed once everything up to ``seq`` is committed."""
 
     seq: int
 
 
-class Read(Message):
+class Read(Message, tag="Read"):
     """Run the named read query with ``args`` after this client's earlier events are committed."""
 
     read_id: int
@@ -70,7 +74,7 @@ class Read(Message):
 # -- agent to client ----------------------------------------------------------------------------
 
 
-class Welcome(Message):
+class Welcome(Message, tag="Welcome"):
     version: int
     received_seq: int  # the client may resume sending after this one
     committed_seq: int  # everything up to here is in the database
@@ -79,27 +83,27 @@ class Welcome(Message):
     database: Optional[str] = None  # the agent's database file, named in a client's recovery message
 
 
-class Refused(Message):
+class Refused(Message, tag="Refused"):
     reason: str
 
 
-class Committed(Message):
+class Committed(Message, tag="Committed"):
     seq: int
     rejected: int = 0  # as in Welcome: a growing count, so the client can raise the difference
 
 
-class Flushed(Message):
+class Flushed(Message, tag="Flushed"):
     seq: int
     rejected: int = 0
 
 
-class Answer(Message):
+class Answer(Message, tag="Answer"):
     seq: int
     row_id: Optional[int] = None
     error: Optional[str] = None
 
 
-class ReadAnswer(Message):
+class ReadAnswer(Message, tag="ReadAnswer"):
     read_id: int
     result: msgspec.Raw = msgspec.Raw(b"\xc0")
     error: Optional[str] = None
