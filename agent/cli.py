@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 from typing import Optional, Sequence
 
 import anyio
@@ -76,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to write what clients sent at shutdown; the rest stays unacknowledged and is replayed",
     )
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument(
+        "--exit-with-fd",
+        type=int,
+        metavar="FD",
+        help="stop (writing what clients sent) when this inherited descriptor reads end-of-file: how a "
+        "trainer's private writer process ends with its trainer",
+    )
     return ap
 
 
@@ -117,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # would spend about a quarter of the agent's CPU re-scanning them (bench_agent.py).
     gc.set_threshold(100_000, 50, 100)
     _raise_open_file_limit()
+    if args.exit_with_fd is not None:
+        _stop_at_end_of_file(args.exit_with_fd)
     published: list[tuple[str, int]] = []  # (IP, port) of each token file this agent wrote
     ready: list[bool] = []
     try:
@@ -133,6 +143,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for host, port in published:
             addr.unpublish_token(host, port, token)  # type: ignore[arg-type]
     return 0
+
+
+def _stop_at_end_of_file(fd: int) -> None:
+    """Send this process SIGTERM (the draining stop) once ``fd`` reads end-of-file: its writer has exited."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-fd", daemon=True).start()
 
 
 def _check_database_path(db: str) -> None:

@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -35,6 +36,7 @@ class AgentBuffer(EventBuffer):
 
     def __init__(self, wake_threshold: int, kick: Callable[[], None]) -> None:
         super().__init__(max_events=1 << 62, wake_threshold=wake_threshold, kick=kick)
+        self.items: deque[Item] = deque()  # type: ignore[assignment]  # whole Batches, taken one by one
         self.events = 0  # events queued in Batches
         self._last_take = 0
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from typing import Any, Optional, Union
 
 from . import storage
-from .buffer import EventBuffer
-from .errors import (
-    ClosedError,
-    EventsDroppedError,
-    EventsSavedError,
-    FlushTimeoutError,
-    InvalidValueError,
-    WriterError,
-)
-from .writer import Writer, WriterOptions
+from .errors import InvalidValueError, WriterError
+from .hub import Hub
+from .writer import WRITERS, Writer, WriterOptions
+
+log = logging.getLogger("ml_persistence")
 
 
 DEFAULT_DB = "ml_experiments.db"
@@ -91,6 +87,8 @@ def configure(
 
     Takes effect for the queue bound at once and for the writer when it next starts.
     """
+    if "writer" in options and options["writer"] not in WRITERS:
+        raise InvalidValueError(f"writer must be one of {', '.join(WRITERS)}, got {options['writer']!r}")
     backend = backend_for(db_path, agent)
     backend.options = dataclasses.replace(backend.options, **options)
     backend.buffer.max_events = backend.options.max_queue
@@ -121,8 +119,7 @@ def _quiesce_before_fork() -> None:
     """Hold every backend's locks across fork(), so the child inherits none of them mid-use."""
     for backend in list(_backends.values()):
         backend._lock.acquire()
-        writer = getattr(backend, "_writer", None)
-        gate = writer.gate if writer is not None else None
+        gate = getattr(backend._consumer, "gate", None)
         if gate is not None:
             gate.acquire()
         backend._held_for_fork = gate
@@ -146,203 +143,92 @@ def _forget_after_fork() -> None:
     _registry_lock = threading.Lock()
 
 
-class Backend:
-    """The process-wide hub for one database; every facade object on that database shares it."""
+class Backend(Hub):
+    """The process-wide hub for one database; every facade object on that database shares it.
+
+    Its consumer is a writer thread in this process, or (``writer="process"``) a sender feeding
+    this database's private writer process; reads always run here, on a connection of its own.
+    """
+
+    COUNTERS = ("written", "rejected", "lost", "saved", "recovered", "sent", "replayed", "reconnects")
 
     def __init__(self, db: str, options: Optional[WriterOptions] = None) -> None:
         self.db = db  # as named, to connect (a URL may carry a password: never shown)
-        self.path = storage.display(db)
         self.engine = storage.engine(db)
-        self.options = options or WriterOptions()
-        self.closed = False
-        self._reset()
+        self._private: Any = None
+        super().__init__(storage.display(db), options)
 
     def _reset(self) -> None:
-        """Start from no writer, no reader and an empty queue (also a forked child's first step)."""
-        self.running: dict[int, int] = {}  # experiments this process started and has not ended: id -> pid
-        self._lock = threading.RLock()
-        self._writer: Optional[Writer] = None
+        private = getattr(self, "_private", None)
+        if private is not None:  # a forked child: the parent's writer process and sockets are not ours
+            private.forget()
+            consumer = getattr(self, "_consumer", None)
+            if consumer is not None and hasattr(consumer, "close_descriptors"):
+                consumer.close_descriptors()
+        self._private = None
         self._reader: Any = None
-        self._reported = 0
-        self._retired = {"written": 0, "rejected": 0, "lost": 0, "saved": 0, "recovered": 0}
-        self._recovery_files: list[str] = []  # recovery files earlier writers saved
-        self._last_failure: Optional[BaseException] = None  # the last retired writer's first failure
-        self._held_for_fork: Optional[threading.Lock] = None
-        self.buffer = EventBuffer(
-            self.options.max_queue, self.options.wake_threshold, self._kick, self.options.new_spool()
-        )
+        super()._reset()
 
-    def __repr__(self) -> str:
-        return f"<Backend {self.path!r} {self.counters()}>"
+    def _new_consumer(self) -> Any:
+        if self.options.writer == "process":
+            sender = self._private_sender()
+            if sender is not None:
+                return sender
+        store = self.engine.store_for(self.db, self.options.busy_timeout_ms)
+        return Writer(store, self.buffer, self.options, db=self.db)
 
-    def counters(self) -> str:
-        """Return the status counters as 'name=value' text, for reprs."""
-        s = self.status()
-        return " ".join(f"{k}={s[k]}" for k in ("queued", "written", "spilled", "dropped", "rejected", "lost"))
+    def _private_sender(self) -> Any:
+        """Return a sender to this database's private writer process, started if need be (None: cannot)."""
+        from .private import PrivateWriter, SpawnError
+        from .remote import Sender
 
-    # -- the write path ------------------------------------------------------------------------
-
-    def append(self, payload: bytes) -> None:
-        """Queue an encoded event; never blocks (user thread)."""
-        if self.closed:
-            raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
-        self.buffer.append(payload)
-
-    def request(self, payload: bytes, timeout: Optional[float] = None) -> Any:
-        """Queue an id-returning event and wait for its row id."""
-        if self.closed:
-            raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
-        future = self.buffer.request(payload)
+        if self._private is None:
+            self._private = PrivateWriter(self.db)
         try:
-            return future.result(timeout)
-        except TimeoutError:
-            raise FlushTimeoutError(f"no answer from the writer within {timeout} s") from None
+            address = self._private.ensure()
+        except SpawnError as exc:
+            log.warning("ml_persistence: %s; writing from a thread in this process instead", exc)
+            self.options = dataclasses.replace(self.options, writer="thread")
+            return None
+        return Sender(address, None, self._client, self.buffer, self.options, self._private.ensure)
 
-    def flush(self, timeout: Optional[float] = None) -> None:
-        """Wait until everything appended before this call is committed; raise on losses."""
-        self.wait_committed(timeout)
-        self._raise_losses()
+    def _close_resources(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._private is not None and self.closed:
+            self._private.close()
 
-    def wait_committed(self, timeout: Optional[float] = None) -> None:
-        """Wait until everything appended before this call is committed or given up on."""
-        if self.closed:
-            raise ClosedError(f"ml_persistence backend for {self.path!r} is closed")
-        if self._writer is None and not len(self.buffer):
-            return
-        barrier = self.buffer.barrier()
-        if not barrier.wait(timeout):
-            raise FlushTimeoutError(
-                f"flush did not finish within {timeout} s ({len(self.buffer)} events still queued)"
-            )
-        if barrier.error is not None:
-            raise barrier.error
+    def _recover_command(self, path: str) -> str:
+        from . import recovery
 
-    def close(self, timeout: Optional[float] = None, final: bool = False) -> None:
-        """Commit what is queued, stop the writer and close connections (idempotent).
+        return recovery.command(path, self.db)
 
-        The backend stays usable (a later call starts a new writer) unless ``final``, which is
-        how the exit hook closes it.
-        """
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = final
-            writer = self._writer
-            if writer is not None:
-                writer.stop(timeout if timeout is not None else 3600.0)
-                self._retire(writer)
-                self._writer = None
-                self.buffer.idle = True  # the next event starts a new writer
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-        self._raise_losses()
+    def _recovery_note(self) -> str:
+        return " (the next writer on this database also does)"
 
-    @property
-    def writer_alive(self) -> bool:
-        """True while a writer thread is taking events."""
-        writer = self._writer
-        return writer is not None and not writer.done and writer.alive
-
-    def _kick(self) -> None:
-        writer = self._writer
-        if writer is None or writer.done:
-            self._start_writer()
-        else:
-            writer.wake()
-
-    def _start_writer(self) -> None:
-        with self._lock:
-            writer = self._writer
-            if writer is not None and not writer.done:
-                writer.wake()
-                return
-            if self.closed:
-                return
-            if writer is not None:
-                self._retire(writer)
-            from . import lifecycle
-
-            lifecycle.install()
-            store = self.engine.store_for(self.db, self.options.busy_timeout_ms)
-            writer = Writer(store, self.buffer, self.options, db=self.db)
-            try:
-                writer.start()
-            except RuntimeError:
-                return  # the interpreter is shutting down (3.12+ starts no threads): the exit hook copes
-            self._writer = writer
-            self.buffer.idle = False
-
-    def _retire(self, writer: Writer) -> None:
-        for key in self._retired:
-            self._retired[key] += getattr(writer, key)
-        self._recovery_files.extend(writer.recovery_files)
-        if writer.failure is not None:
-            self._last_failure = writer.failure
+    def _status_fields(self, consumer: Any) -> dict[str, Any]:
+        if isinstance(consumer, Writer) or consumer is None and self.options.writer != "process":
+            condition = consumer.condition if consumer is not None else None
+            return {
+                "writer": "thread",
+                "busy_retries": consumer.busy_retries if consumer is not None else 0,
+                "condition": dict(condition) if condition is not None else None,
+                "failure": repr(consumer.failure) if consumer is not None and consumer.failure else None,
+            }
+        return {
+            "writer": "process",
+            "writer_pid": self._private.pid if self._private is not None else None,
+            "connected": bool(consumer is not None and consumer.connected),
+            "queued": len(self.buffer) + (consumer.unacked_events if consumer is not None else 0),
+            "busy_retries": 0,
+            "condition": None,
+            "failure": repr(consumer.failure) if consumer is not None and consumer.failure else None,
+        }
 
     def end_now(self, events: list[Any], timeout: float) -> None:
         """End experiments without the writer thread: for interpreter exit, when no thread may start."""
         self.engine.end_experiments_now(self.db, events, timeout)
-
-    # -- losses and status ---------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        """Return counters: queued, spooled, spilled, written, dropped, rejected, lost, saved, recovered,
-        busy_retries, failure; where the spool goes (spool_dir); recovery_files saved; and the
-        condition that holds writes back, if any ({"reason", "since", "retries"}, else None)."""
-        writer = self._writer
-        counts = dict(self._retired)
-        if writer is not None:
-            for key in counts:
-                counts[key] += getattr(writer, key)
-        condition = writer.condition if writer is not None else None
-        return {
-            "path": self.path,
-            "mode": "embedded",
-            "queued": len(self.buffer),
-            "spooled": len(self.buffer.spool),
-            "spilled": self.buffer.spilled,
-            "spool_dir": self.buffer.spool.where(),
-            "dropped": self.buffer.dropped,
-            "writer_alive": bool(writer and writer.alive),
-            "busy_retries": writer.busy_retries if writer else 0,
-            "condition": dict(condition) if condition is not None else None,
-            "failure": repr(writer.failure) if writer and writer.failure else None,
-            "recovery_files": self._recovery_files + (writer.recovery_files if writer is not None else []),
-            **counts,
-        }
-
-    def _raise_losses(self) -> None:
-        s = self.status()
-        losses = s["dropped"] + s["rejected"] + s["lost"] + s["saved"]
-        if losses <= self._reported:
-            return
-        self._reported = losses
-        writer = self._writer
-        message = (
-            f"{s['dropped']} events dropped (spool full), {s['rejected']} refused by the database, "
-            f"{s['lost']} unwritten at a close deadline"
-        )
-        if s["saved"] and not (s["dropped"] or s["rejected"] or s["lost"]):
-            cause = writer.failure if writer is not None else self._last_failure
-            message = f"{s['saved']} events unwritten" + (f" ({cause})" if cause else "")
-        if s["saved"]:
-            from . import recovery
-
-            files = s["recovery_files"]
-            message += (
-                f"; saved to {', '.join(files)}. Store them with: "
-                + " && ".join(recovery.command(f, self.db) for f in files)
-                + " (the next writer on this database also does)"
-            )
-        if s["dropped"]:
-            raise EventsDroppedError(message)
-        if s["saved"]:
-            raise EventsSavedError(message, tuple(s["recovery_files"]))
-        error = WriterError(message)
-        if writer is not None and writer.failure is not None:
-            error.__cause__ = writer.failure
-        raise error
 
     # -- reads ---------------------------------------------------------------------------------
 

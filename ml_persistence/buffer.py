@@ -80,10 +80,13 @@ _BARRIER_ID = struct.Struct(">Q")
 class EventBuffer:
     """Producers append without blocking; one consumer (writer or sender) takes items in FIFO order.
 
-    Only ``append``, ``barrier`` and ``request`` are called from user threads; ``take`` and
-    ``take_requests`` only from the consumer thread. Past ``max_events`` in memory, events and
-    barriers spill to a Spool file, in order, until the consumer has read the spool back; only
-    when the spool cannot take more is an event dropped (and counted).
+    Only ``append``, ``barrier`` and ``request`` are called from user threads; ``take``,
+    ``take_runs`` and ``take_requests`` only from the consumer thread. Events wait in a plain
+    list: a producer's append and the consumer's slice-and-delete are each one C call, so the
+    consumer takes a batch with a constant number of Python steps however many events it holds.
+    Past ``max_events`` in memory, events and barriers spill to a Spool file, in order, until the
+    consumer has read the spool back; only when the spool cannot take more is an event dropped
+    (and counted).
     """
 
     def __init__(
@@ -93,23 +96,53 @@ class EventBuffer:
         kick: Callable[[], None],
         spool: Optional[Spool] = None,
     ) -> None:
-        self.max_events = max_events
-        self.wake_threshold = wake_threshold
-        self.items: deque[Item] = deque()
+        self._state = {"max_events": max_events, "wake_threshold": wake_threshold, "spilling": False,
+                       "wake_pending": False, "idle": True, "refusal": None}
+        self.fast_limit = 0  # an append below this many queued items goes straight in (see _relimit)
+        self.items: list[Item] = []
+        self.barriers_in_items = 0  # raised before a barrier goes in, lowered when take() finds it
+        self._barrier_lock = threading.Lock()
         self.requests: deque[Request] = deque()
         self.dropped = 0
         self.spool = spool if spool is not None else Spool()
-        self.spilling = False  # set while the spool holds records: new items go behind them
         self._spool_lock = threading.Lock()
         self._spooled_barriers: dict[int, Barrier] = {}
         self._next_barrier = 0
         self._warned = False
         self._kick = kick
-        self.wake_pending = False
-        self.idle = True  # no consumer is running: the next append must start one
+
+    # The settings and states that decide whether an append needs more than list.append, each
+    # recomputing fast_limit when set, so the common append tests one number.
+    max_events = property(lambda self: self._state["max_events"], lambda self, v: self._set("max_events", v))
+    wake_threshold = property(lambda self: self._state["wake_threshold"], lambda self, v: self._set("wake_threshold", v))
+    spilling = property(lambda self: self._state["spilling"], lambda self, v: self._set("spilling", v))  # new items go behind the spool's
+    wake_pending = property(lambda self: self._state["wake_pending"], lambda self, v: self._set("wake_pending", v))
+    idle = property(lambda self: self._state["idle"], lambda self, v: self._set("idle", v))  # no consumer: the next append starts one
+    refusal = property(lambda self: self._state["refusal"], lambda self, v: self._set("refusal", v))  # raised by append
+
+    def _set(self, name: str, value: Any) -> None:
+        state = self._state
+        state[name] = value
+        if state["idle"] or state["spilling"] or state["refusal"] is not None:
+            self.fast_limit = 0
+        elif state["wake_pending"]:
+            self.fast_limit = state["max_events"]
+        else:
+            self.fast_limit = min(state["wake_threshold"], state["max_events"])
 
     def append(self, payload: bytes) -> None:
         """Queue one encoded event; never blocks."""
+        items = self.items
+        if len(items) < self.fast_limit:
+            items.append(payload)
+        else:
+            self._append_slowly(payload)
+
+    def _append_slowly(self, payload: bytes) -> None:
+        """Append when the queue is past a bound, or a consumer must be started, woken or refused."""
+        refusal = self.refusal
+        if refusal is not None:
+            raise refusal
         items = self.items
         if self.spilling or len(items) >= self.max_events:
             self._spill(payload)
@@ -123,6 +156,8 @@ class EventBuffer:
         """Queue a flush barrier behind everything appended so far and wake the consumer."""
         token = Barrier(on_set)
         if not self._spill_barrier(token):
+            with self._barrier_lock:
+                self.barriers_in_items += 1
             self.items.append(token)
         self.wake_pending = True
         self._kick()
@@ -138,29 +173,66 @@ class EventBuffer:
 
     def take(self, limit: int) -> list[Item]:
         """Remove and return up to ``limit`` items in FIFO order (consumer thread)."""
+        return self._take(limit)[0]
+
+    def take_runs(self, limit: int) -> list[Union[list[bytes], Barrier]]:
+        """Take up to ``limit`` items as runs of consecutive encoded events and the barriers between them."""
+        out, mixed = self._take(limit)
+        if not mixed:
+            return [out] if out else []  # type: ignore[list-item]
+        runs: list[Union[list[bytes], Barrier]] = []
+        run: list[bytes] = []
+        for item in out:
+            if type(item) is Barrier:
+                if run:
+                    runs.append(run)
+                    run = []
+                runs.append(item)
+            else:
+                run.append(item)  # type: ignore[arg-type]
+        if run:
+            runs.append(run)
+        return runs
+
+    def _take(self, limit: int) -> tuple[list[Item], bool]:
+        """Return up to ``limit`` items, and whether barriers may be among them."""
         items = self.items
         n = min(limit, len(items))
-        popleft = items.popleft
-        out: list[Item] = [popleft() for _ in range(n)]
+        out: list[Item] = items[:n]
+        del items[:n]  # producers only ever add at the end, so these are the n just copied
+        mixed = False
+        if self.barriers_in_items:  # read after the slice: a barrier in it was counted before it went in
+            found = sum(1 for item in out if type(item) is Barrier)
+            if found:
+                mixed = True
+                with self._barrier_lock:
+                    self.barriers_in_items -= found
         if n < limit and self.spilling:
-            with self._spool_lock:
-                try:
-                    records = self.spool.get(limit - n)
-                except (OSError, struct.error) as exc:  # an unreadable spool: count its events lost
-                    records = []
-                    self.dropped += self.spool.discard()
-                    for barrier in self._spooled_barriers.values():
-                        out.append(barrier)
-                    self._spooled_barriers.clear()
-                    self._warn(f"ml_persistence: spool file unreadable ({exc}); its events are lost")
-                for kind, data in records:
-                    if kind == EVENT:
-                        out.append(data)
-                    else:
-                        out.append(self._spooled_barriers.pop(_BARRIER_ID.unpack(data)[0]))
-                if not self.spool and not items:
-                    self.spilling = False
-        return out
+            mixed = self._take_spooled(out, limit - n) or mixed
+        return out, mixed
+
+    def _take_spooled(self, out: list[Item], limit: int) -> bool:
+        """Append up to ``limit`` spooled items to ``out``; return whether barriers were among them."""
+        mixed = False
+        with self._spool_lock:
+            try:
+                records = self.spool.get(limit)
+            except (OSError, struct.error) as exc:  # an unreadable spool: count its events lost
+                records = []
+                self.dropped += self.spool.discard()
+                out.extend(self._spooled_barriers.values())
+                mixed = bool(self._spooled_barriers)
+                self._spooled_barriers.clear()
+                self._warn(f"ml_persistence: spool file unreadable ({exc}); its events are lost")
+            for kind, data in records:
+                if kind == EVENT:
+                    out.append(data)
+                else:
+                    out.append(self._spooled_barriers.pop(_BARRIER_ID.unpack(data)[0]))
+                    mixed = True
+            if not self.spool and not self.items:
+                self.spilling = False
+        return mixed
 
     def filled(self, taken: list[Item], limit: int) -> bool:
         """True if ``taken`` (what take(limit) returned) was a full batch, so more may be waiting."""

@@ -125,6 +125,27 @@ def frame(message: Message) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
+_EVENTS_HEAD = _encoder.encode(Events(0, []))[:-2]  # [tag, first_seq, events]: up to first_seq
+
+
+def events_frame(first_seq: int, count: int, data: bytes) -> bytes:
+    """Return the frame of Events(first_seq, ...) for ``count`` encoded events joined in ``data``.
+
+    The same bytes as frame(Events(first_seq, [Raw(e) for e in events])), without an object per event.
+    """
+    body = b"".join((_EVENTS_HEAD, _encoder.encode(first_seq), _array_header(count), data))
+    return LENGTH.pack(len(body)) + body
+
+
+def _array_header(n: int) -> bytes:
+    """Return the msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
 class FrameDecoder:
     """Split a byte stream into frame bodies; never trusts a length prefix beyond ``max_frame``.
 

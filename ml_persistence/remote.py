@@ -1,8 +1,8 @@
-"""The agent client: a Backend twin whose sender thread streams events to an agent over a socket.
+"""The agent client: a hub whose consumer, a sender thread, streams events to an agent over a socket.
 
 Log calls are unchanged: validate, encode, append to the same EventBuffer (spilling to disk past
-its bound). The sender numbers events, sends them in frames, keeps every unacknowledged one and
-replays it after a reconnect; the agent ignores what it already committed.
+its bound). The sender numbers runs of events, sends each run as one frame, keeps the
+unacknowledged ranges and replays them after a reconnect; the agent ignores what it already has.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import select
-import socket
 import itertools
+import socket
 import threading
 import time
-import uuid
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
@@ -22,19 +21,19 @@ from typing import Any, Callable, Optional
 import msgspec
 
 from . import protocol as p
-from .storage import REMOTE_READS
 from .address import Address, default_address, is_private, published_token
 from .buffer import Barrier, EventBuffer
+from .storage import REMOTE_READS
 from .errors import (
     AgentError,
     AgentRefusedError,
     ClosedError,
-    EventsDroppedError,
     EventsSavedError,
-    FlushTimeoutError,
     InvalidValueError,
+    MLPersistenceError,
     WriterError,
 )
+from .hub import ClientIdentity, Hub
 from .writer import WriterOptions
 
 log = logging.getLogger("ml_persistence.agent_client")
@@ -47,45 +46,30 @@ MAX_EVENT_BYTES = 32 << 20  # a larger single event is refused at the call
 RETIRED_COUNTERS = ("sent", "written", "replayed", "reconnects", "rejected", "lost", "saved")
 
 
-class AgentBackend:
+class AgentBackend(Hub):
     """Everything a facade needs from a Backend, served by an agent at ``address``."""
+
+    COUNTERS = RETIRED_COUNTERS
+    mode = "agent"
 
     def __init__(self, address: Address, token: Optional[str], options: Optional[WriterOptions] = None) -> None:
         self.address = address
-        self.path = str(address)
         self.token = token
-        self.options = options or WriterOptions()
-        self.closed = False
         self.request_timeout = float(os.environ.get("ML_PERSISTENCE_AGENT_TIMEOUT", "60"))
-        self._reset()
+        super().__init__(str(address), options)
 
     def _reset(self) -> None:
-        """Start with a new client id, no sender and an empty queue (also a forked child's first step)."""
-        inherited = getattr(self, "_sender", None)
+        inherited = getattr(self, "_consumer", None)
         if inherited is not None:  # a forked child: close our copies of the parent's descriptors
             inherited.close_descriptors()
             self.buffer.spool.close()
-        self.running: dict[int, int] = {}
         self.refused: Optional[AgentRefusedError] = None  # once refused, every call raises this
-        self.client_id = uuid.uuid4().hex
-        self.next_seq = 1  # sequence numbers continue across senders: the agent keys on (client_id, seq)
-        self._retired = dict.fromkeys(RETIRED_COUNTERS, 0)  # counters of senders that have stopped
-        self.agent_rejected = 0  # the agent's count of this client's refused events, as last heard
-        self.agent_database: Optional[str] = None  # the agent's database file, as its Welcome said
-        self.recovery_files: list[str] = []  # where events unsent or unacknowledged at a deadline went
-        self._lock = threading.RLock()
-        self._held_for_fork: Optional[threading.Lock] = None
-        self._reported = 0
-        self.buffer = EventBuffer(
-            self.options.max_queue,
-            self.options.wake_threshold,
-            self._kick,
-            self.options.new_spool(),
-        )
-        self._sender: Optional[Sender] = None
+        super()._reset()
+        self.append = self._append_checked
 
-    def __repr__(self) -> str:
-        return f"<AgentBackend {self.path!r} {self.counters()}>"
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
 
     def counters(self) -> str:
         """Return the status counters as 'name=value' text, for reprs."""
@@ -93,10 +77,13 @@ class AgentBackend:
         keys = ("connected", "queued", "written", "spilled", "replayed", "reconnects", "dropped", "lost")
         return f"agent={self.path} " + " ".join(f"{k}={s[k]}" for k in keys)
 
-    # -- the write path ------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<AgentBackend {self.path!r} {self.counters()}>"
 
-    def append(self, payload: bytes) -> None:
-        """Queue an encoded event; never blocks (user thread)."""
+    # -- what differs from an embedded hub -----------------------------------------------------
+
+    def _append_checked(self, payload: bytes) -> None:
+        """Queue an encoded event no larger than the agent takes; never blocks (user thread)."""
         if self.closed or self.refused is not None:
             self._check_usable()
         if len(payload) > MAX_EVENT_BYTES:
@@ -107,83 +94,65 @@ class AgentBackend:
 
     def request(self, payload: bytes, timeout: Optional[float] = None) -> Any:
         """Send an id-returning event and wait for the agent's answer."""
-        self._check_usable()
         if len(payload) > MAX_EVENT_BYTES:
             raise InvalidValueError(f"event of {len(payload) >> 20} MiB is larger than the agent accepts")
-        future = self.buffer.request(payload)
-        return self._wait(future, timeout, "an answer")
+        return super().request(payload, timeout)
 
-    def flush(self, timeout: Optional[float] = None) -> None:
-        """Wait until everything appended before this call is committed by the agent; raise on losses."""
-        self.wait_committed(timeout)
-        self._raise_losses()
+    def _new_consumer(self) -> Any:
+        return Sender(self.address, self.token, self._client, self.buffer, self.options, on_refused=self._refused)
 
-    def wait_committed(self, timeout: Optional[float] = None) -> None:
-        """Wait until everything appended before this call is committed or given up on."""
-        self._check_usable()
-        if self._sender is None and not len(self.buffer):
-            return
-        barrier = self.buffer.barrier()
-        if not barrier.wait(timeout):
-            raise FlushTimeoutError(
-                f"flush did not finish within {timeout} s ({self.status()['queued']} events not yet committed "
-                f"by the agent at {self.path})"
-            )
-        if barrier.error is not None:
-            raise barrier.error
+    def _refused(self, error: AgentRefusedError) -> None:
+        self.refused = error
+        self.buffer.refusal = error
 
-    def close(self, timeout: Optional[float] = None, final: bool = False) -> None:
-        """Send what is queued, wait for the agent to commit it, stop the sender (idempotent)."""
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = final
-            sender = self._sender
-            if sender is not None:
-                sender.stop(timeout if timeout is not None else 3600.0)
-                self._retire(sender)
-                self.buffer.idle = True
-        self._raise_losses()
+    def _may_start(self) -> bool:
+        return self.refused is None
 
-    def _retire(self, sender: "Sender") -> None:
-        """Keep a stopped sender's counters, and forget it."""
-        if self._sender is sender:
-            self._sender = None
-        for key in self._retired:
-            self._retired[key] += getattr(sender, key)
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise ClosedError(f"ml_persistence client of {self.path} is closed")
+        if self.refused is not None:
+            raise self.refused
 
-    @property
-    def writer_alive(self) -> bool:
-        sender = self._sender
-        return sender is not None and sender.alive
+    def _status_fields(self, sender: Any) -> dict[str, Any]:
+        return {
+            "writer": "agent",
+            "client_id": self._client.client_id,
+            "connected": bool(sender and sender.connected),
+            "queued": len(self.buffer) + (sender.unacked_events if sender else 0),
+            "failure": repr(self.refused) if self.refused else None,
+        }
 
-    def _kick(self) -> None:
-        sender = self._sender
-        if sender is None or not sender.alive:
-            self._start_sender()
-        else:
-            sender.wake()
+    def _recover_command(self, path: str) -> str:
+        from . import recovery
 
-    def _start_sender(self) -> None:
-        with self._lock:
-            sender = self._sender
-            if sender is not None and sender.alive:
-                sender.wake()
-                return
-            if self.closed or self.refused is not None:
-                return
-            if sender is not None:
-                self._retire(sender)
-            from . import lifecycle
+        database = self._agent_database()
+        if database is None:
+            return recovery.command(path, None) + " --db DB (the agent's database)"
+        return recovery.command(path, database) + ("" if self._agent_is_local() else " (on the agent's host)")
 
-            lifecycle.install()
-            sender = Sender(self)
-            try:
-                sender.start()
-            except RuntimeError:
-                return  # interpreter shutdown
-            self._sender = sender
-            self.buffer.idle = False
+    def _agent_database(self) -> Optional[str]:
+        sender = self._consumer
+        if sender is not None and sender.agent_database is not None:
+            return sender.agent_database
+        return self._client.agent_database
+
+    def _agent_is_local(self) -> bool:
+        return self.address.kind == "unix" or p.is_loopback(self.address.host)
+
+    def _wait(self, future: Future, timeout: Optional[float]) -> Any:
+        limit = self.request_timeout if timeout is None else timeout
+        try:
+            return future.result(limit)
+        except TimeoutError:
+            if self.refused is not None:
+                raise self.refused from None
+            sender = self._consumer
+            state = "connected" if sender and sender.connected else "not connected"
+            raise AgentError(
+                f"no answer from the agent at {self.path} within {limit} s ({state}; "
+                "is `ml-persistence-agent` running? ML_PERSISTENCE_AGENT_TIMEOUT sets the wait)"
+            ) from None
 
     def end_now(self, events: list[Any], timeout: float) -> None:
         """End experiments by running a sender in this thread: for interpreter exit, when no thread may start."""
@@ -191,11 +160,9 @@ class AgentBackend:
 
         for event in events:
             self.buffer.append(encode(event))
-        sender = Sender(self)
-        sender._stopping = True
-        sender._deadline = time.monotonic() + timeout
-        self._sender = sender
-        sender._run()
+        sender = self._new_consumer()
+        self._consumer = sender
+        sender.run_here(timeout)
         self._retire(sender)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -206,102 +173,48 @@ class AgentBackend:
             raise AgentError(f"{name!r} is not a query the agent answers")
         self._check_usable()
         self._kick()
-        future = self._sender.read(name, list(args)) if self._sender else None
+        sender = self._consumer
+        future = sender.read(name, list(args)) if sender is not None else None
         if future is None:
             raise AgentError(f"cannot reach the agent at {self.path}")
-        return self._wait(future, None, "the query's result")
-
-    # -- status --------------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        """Return counters: queued, spooled, spilled, sent, written, replayed, reconnects, dropped, lost."""
-        sender = self._sender
-        counts = dict(self._retired)
-        if sender is not None:
-            for key in counts:
-                counts[key] += getattr(sender, key)
-        return {
-            "mode": "agent",
-            "path": self.path,
-            "client_id": self.client_id,
-            "connected": bool(sender and sender.connected),
-            "queued": len(self.buffer) + (len(sender.unacked) if sender else 0),
-            "spooled": len(self.buffer.spool),
-            "spilled": self.buffer.spilled,
-            "dropped": self.buffer.dropped,
-            **counts,
-            "recovery_files": list(self.recovery_files),
-            "failure": repr(self.refused) if self.refused else None,
-        }
-
-    def _raise_losses(self) -> None:
-        s = self.status()
-        losses = s["dropped"] + s["lost"] + s["rejected"] + s["saved"]
-        if losses <= self._reported:
-            return
-        self._reported = losses
-        message = (
-            f"{s['dropped']} events dropped (spool full), {s['rejected']} refused (malformed, too large, or refused by the database), "
-            f"{s['lost']} not committed by the agent at a close deadline"
-        )
-        if s["saved"] and not (s["dropped"] or s["rejected"] or s["lost"]):
-            message = f"{s['saved']} events not committed by the agent at {self.path} by the close deadline"
-        if s["saved"]:
-            message += f"; saved to {', '.join(self.recovery_files)}. Store them with: " + " && ".join(
-                self._recover_command(f) for f in self.recovery_files
-            )
-        if s["dropped"]:
-            raise EventsDroppedError(message)
-        if s["saved"]:
-            raise EventsSavedError(message, tuple(self.recovery_files))
-        raise WriterError(message)
-
-    def _recover_command(self, path: str) -> str:
-        from . import recovery
-
-        if self.agent_database is None:
-            return recovery.command(path, None) + " --db DB (the agent's database)"
-        return recovery.command(path, self.agent_database) + (
-            "" if self._agent_is_local() else " (on the agent's host)"
-        )
-
-    def _agent_is_local(self) -> bool:
-        return self.address.kind == "unix" or p.is_loopback(self.address.host)
-
-    def _check_usable(self) -> None:
-        if self.closed:
-            raise ClosedError(f"ml_persistence client of {self.path} is closed")
-        if self.refused is not None:
-            raise self.refused
-
-    def _wait(self, future: Future, timeout: Optional[float], what: str) -> Any:
-        limit = self.request_timeout if timeout is None else timeout
-        try:
-            return future.result(limit)
-        except TimeoutError:
-            if self.refused is not None:
-                raise self.refused from None
-            sender = self._sender
-            state = "connected" if sender and sender.connected else "not connected"
-            raise AgentError(
-                f"no answer from the agent at {self.path} within {limit} s ({state}; "
-                "is `ml-persistence-agent` running? ML_PERSISTENCE_AGENT_TIMEOUT sets the wait)"
-            ) from None
+        return self._wait(future, None)
 
 
 class Sender:
-    """The client's one network thread: connect, hello, send frames, read acks, reconnect, replay."""
+    """The client's one network thread: connect, hello, send byte ranges, read acks, reconnect, replay.
 
-    def __init__(self, backend: AgentBackend) -> None:
-        self.backend = backend
-        self.buffer = backend.buffer
-        self.options = backend.options
+    Per batch, not per event: the buffer hands over runs of encoded events, each run is sent as
+    one Events frame built by joining its bytes, and what is unacknowledged is a deque of
+    sequence ranges. It learns what it needs as arguments and tells its owner of a refusal
+    through ``on_refused``; ``identity()`` is what the next sender continues from.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        token: Optional[str],
+        identity: ClientIdentity,
+        buffer: EventBuffer,
+        options: WriterOptions,
+        reach: Optional[Callable[[], Address]] = None,
+        on_refused: Optional[Callable[[AgentRefusedError], None]] = None,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.client_id = identity.client_id
+        self.next_seq = identity.next_seq
+        self.agent_rejected_total = identity.agent_rejected  # the agent's count for this client, as last heard
+        self.agent_database = identity.agent_database
+        self.buffer = buffer
+        self.options = options
+        self._reach = reach
+        self._on_refused = on_refused
         self.sock: Optional[socket.socket] = None
         self.connected = False
         self.refused: Optional[AgentRefusedError] = None
-        self.next_seq = backend.next_seq
         self.committed = 0  # every event with seq <= committed is in the database
-        self.unacked: deque[tuple[int, bytes]] = deque()  # sent events not yet committed
+        self.unacked: deque[tuple[int, list[bytes]]] = deque()  # (first seq, events) sent, not all committed
+        self.unacked_events = 0
         self.calls: dict[int, tuple[bytes, Future]] = {}  # id-returning events not yet answered
         self.barriers: deque[tuple[int, Barrier]] = deque()
         self.reads: dict[int, tuple[str, list[Any], Future]] = {}
@@ -315,6 +228,10 @@ class Sender:
         self.replayed = 0
         self.reconnects = 0
         self.lost = 0
+        self.rejected = 0  # events not stored: too large to send, or refused by the agent
+        self.recovery_files: list[str] = []
+        self.failure: Optional[BaseException] = None
+        self.done = False
         self._stopping = False
         self._deadline: Optional[float] = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -323,7 +240,6 @@ class Sender:
         self._decoder = p.FrameDecoder(max_frame=1 << 31)
         self._out: list[bytes] = []
         self.frame_bytes = FRAME_BYTES
-        self.rejected = 0  # events not stored: too large to send, or refused by the agent
         self._thread = threading.Thread(target=self._run, name="ml-persistence-sender", daemon=True)
 
     @property
@@ -335,8 +251,18 @@ class Sender:
         """Events the agent stored: acknowledged ones but those it refused (a refusal is counted no later than its ack)."""
         return max(0, self.acknowledged - self.agent_rejected)
 
+    def identity(self) -> ClientIdentity:
+        """Return where the next sender of this client goes on from."""
+        return ClientIdentity(self.client_id, self.next_seq, self.agent_rejected_total, self.agent_database)
+
     def start(self) -> None:
         self._thread.start()
+
+    def run_here(self, timeout: float) -> None:
+        """Deliver what is queued from the calling thread, within ``timeout`` (at interpreter exit)."""
+        self._stopping = True
+        self._deadline = time.monotonic() + timeout
+        self._run()
 
     def wake(self) -> None:
         """Interrupt the sender's wait (any thread)."""
@@ -365,9 +291,10 @@ class Sender:
         self.wake()
         self._thread.join(timeout + 1.0)
         if self._thread.is_alive():  # stuck in a system call: count what it still held
-            stuck = len(self.unacked) + len(self.buffer)
+            stuck = self.unacked_events + len(self.buffer)
             self.lost += stuck
-            log.error("ml_persistence: %d events not committed by the agent at %s (sender stuck)", stuck, self.backend.path)
+            self.done = True
+            log.error("ml_persistence: %d events not committed by the agent at %s (sender stuck)", stuck, self.address)
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -392,19 +319,21 @@ class Sender:
                     self._disconnect(f"connection lost: {exc}")
         except BaseException as exc:  # noqa: BLE001 - the thread must not die silently
             log.error("ml_persistence: agent sender crashed: %r", exc)
-            self._fail_all(AgentError(f"agent sender crashed: {exc!r}"))
+            self.failure = AgentError(f"agent sender crashed: {exc!r}")
+            self._fail_all(self.failure)
             raise
         finally:
             self._finish()
+            self.done = True
 
     def _resume(self, welcome: p.Welcome) -> bool:
         """Take in the agent's Welcome and replay what it lacks; False if the connection dropped meanwhile."""
         self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
-        if welcome.rejected < self.backend.agent_rejected:
-            self.backend.agent_rejected = 0  # a new agent: its count of this client starts again
+        if welcome.rejected < self.agent_rejected_total:
+            self.agent_rejected_total = 0  # a new agent: its count of this client starts again
         self._note_rejected(welcome.rejected)
         if welcome.database is not None:
-            self.backend.agent_database = welcome.database
+            self.agent_database = welcome.database
         try:
             self._acknowledge(welcome.committed_seq)
             for body in self._early:  # acknowledgements that came with the Welcome
@@ -426,26 +355,31 @@ class Sender:
     def _finish(self) -> None:
         """Save what never reached the database to a recovery file (lost if none can be written); release every waiter."""
         items = self.buffer.take(len(self.buffer))
-        unsent = [(seq, item) for seq, item in zip(itertools.count(self.next_seq), (i for i in items if type(i) is bytes))]
+        unwritten: list[tuple[int, bytes]] = []
+        for first, events in self.unacked:
+            unwritten.extend(zip(itertools.count(first), events))
+        unsent = [item for item in items if type(item) is bytes]
+        unwritten.extend(zip(itertools.count(self.next_seq), unsent))  # type: ignore[arg-type]
         self.next_seq += len(unsent)  # numbered as if sent: the file's keys never meet another event's
-        self.backend.next_seq = self.next_seq
-        unwritten = list(self.unacked) + unsent
         self.unacked.clear()
+        self.unacked_events = 0
         path = self._save(unwritten) if unwritten else None
         error: Optional[BaseException] = self.refused
         if path is not None:
             self.saved += len(unwritten)
-            self.backend.recovery_files.append(path)
-            message = f"{len(unwritten)} events not committed by the agent at {self.backend.path}; saved to {path}"
+            self.recovery_files.append(path)
+            message = f"{len(unwritten)} events not committed by the agent at {self.address}; saved to {path}"
             error = error or EventsSavedError(message, (path,))
             log.warning("ml_persistence: %s", message)
         elif unwritten:
             self.lost += len(unwritten)
-            error = error or WriterError(f"{len(unwritten)} events not committed by the agent at {self.backend.path}")
+            error = error or WriterError(f"{len(unwritten)} events not committed by the agent at {self.address}")
             log.error(
                 "ml_persistence: %d events not committed by the agent at %s, and no recovery file could be written; "
-                "they are lost", len(unwritten), self.backend.path,
+                "they are lost", len(unwritten), self.address,
             )
+        if error is not None and self.failure is None and unwritten:
+            self.failure = error
         for item in items:
             if type(item) is Barrier:
                 item.set(error)
@@ -465,10 +399,10 @@ class Sender:
         """
         from . import recovery
 
-        backend = self.backend
-        db = backend.agent_database if backend._agent_is_local() else None
+        local = self.address.kind == "unix" or p.is_loopback(self.address.host)
+        db = self.agent_database if local else None
         try:
-            return recovery.save(db, [payload for _, payload in unwritten], [(backend.client_id, seq) for seq, _ in unwritten])
+            return recovery.save(db, [payload for _, payload in unwritten], [(self.client_id, seq) for seq, _ in unwritten])
         except Exception as exc:  # noqa: BLE001 - a failed save must still release every waiter
             log.error("ml_persistence: could not save a recovery file: %r", exc)
             return None
@@ -512,15 +446,25 @@ class Sender:
 
     # -- connecting ----------------------------------------------------------------------------
 
+    def _refuse(self, error: AgentRefusedError) -> None:
+        self.refused = error
+        self.failure = error
+        log.error("ml_persistence: %s", error)
+        if self._on_refused is not None:
+            self._on_refused(error)
+        self._fail_all(error)
+
     def _connect(self) -> Optional[p.Welcome]:
         """Connect and shake hands; return the agent's Welcome, or None (refused, unreachable)."""
-        address = self.backend.address
+        address = self.address
         timeout = CONNECT_TIMEOUT
         if self._deadline is not None:
             timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
-        token = self.backend.token
+        token = self.token
         peer_ip: Optional[str] = None
         try:
+            if self._reach is not None:
+                address = self.address = self._reach()  # a private writer process that died is started again
             if address.kind == "unix":
                 _check_private(address)
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -537,16 +481,13 @@ class Sender:
                         sock.close()
                         raise
         except (PermissionError, InvalidValueError) as exc:
-            self.refused = AgentRefusedError(str(exc))
-            self.backend.refused = self.refused
-            log.error("ml_persistence: %s", exc)
-            self._fail_all(self.refused)
+            self._refuse(AgentRefusedError(str(exc)))
             return None
-        except OSError as exc:
+        except (OSError, MLPersistenceError) as exc:
             log.debug("cannot reach the agent at %s: %s", address, exc)
             return None
         try:
-            hello = p.Hello(p.PROTOCOL_VERSION, self.backend.client_id, os.getpid(), socket.gethostname(), token)
+            hello = p.Hello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname(), token)
             sock.sendall(p.frame(hello))
             reply = self._first_reply(sock)
         except (OSError, p.ProtocolError, msgspec.DecodeError) as exc:
@@ -555,13 +496,10 @@ class Sender:
             return None
         if type(reply) is p.Refused:
             sock.close()
-            if self.backend.token is None and _published_token_changed(address, peer_ip, token):
+            if self.token is None and _published_token_changed(address, peer_ip, token):
                 log.debug("the agent at %s has a new token; connecting again", address)
                 return None  # a restarted agent published it after we read the old one
-            self.refused = AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}")
-            self.backend.refused = self.refused
-            log.error("ml_persistence: %s", self.refused)
-            self._fail_all(self.refused)
+            self._refuse(AgentRefusedError(f"the agent at {address} refused this client: {reply.reason}"))
             return None
         if type(reply) is not p.Welcome:
             sock.close()
@@ -586,7 +524,7 @@ class Sender:
 
     def _disconnect(self, reason: str) -> None:
         if self.sock is not None:
-            log.warning("ml_persistence: %s (agent %s); will reconnect and replay", reason, self.backend.address)
+            log.warning("ml_persistence: %s (agent %s); will reconnect and replay", reason, self.address)
             self.sock.close()
         self.sock = None
         self.connected = False
@@ -597,15 +535,11 @@ class Sender:
         """Resend what the agent may not have: unanswered calls, events after ``received_seq``, reads."""
         for seq, (payload, _) in sorted(self.calls.items()):
             self._send(p.Call(seq, msgspec.Raw(payload)))
-        if any(len(payload) > self.frame_bytes for _, payload in self.unacked):
-            kept = deque((seq, payload) for seq, payload in self.unacked if len(payload) <= self.frame_bytes)
-            self.rejected += len(self.unacked) - len(kept)
-            log.error("ml_persistence: %d events exceed the agent's frame limit; not sent", len(self.unacked) - len(kept))
-            self.unacked = kept
-        again = [(seq, payload) for seq, payload in self.unacked if seq > received_seq]
-        if again:
-            self.replayed += len(again)
-            self._send_events(again)
+        for first, events in self.unacked:
+            last = first + len(events) - 1
+            if last > received_seq:  # the agent skips the part it has; the whole range goes again
+                self.replayed += last - max(first, received_seq + 1) + 1
+                self._send_run(first, events)
         if self.barriers:
             self._send(p.Flush(self.barriers[-1][0]))
         for read_id, (name, args, _) in list(self.reads.items()):
@@ -645,21 +579,24 @@ class Sender:
             if self._deadline is not None and time.monotonic() > self._deadline:
                 raise TimeoutError("close deadline passed while sending")
 
-    def _send_events(self, numbered: list[tuple[int, bytes]]) -> None:
-        """Queue numbered events as Events frames of consecutive sequence numbers, each under FRAME_BYTES."""
-        start = 0
-        size = 0
-        for i in range(len(numbered) + 1):
-            if i < len(numbered):
-                seq, payload = numbered[i]
-                if i == start or (seq == numbered[i - 1][0] + 1 and size + len(payload) <= self.frame_bytes):
-                    size += len(payload)
-                    continue
-            run = numbered[start:i]
-            if run:
-                self._send(p.Events(run[0][0], [msgspec.Raw(payload) for _, payload in run]))
-            start = i
-            size = len(numbered[i][1]) if i < len(numbered) else 0
+    def _send_run(self, first: int, events: list[bytes], data: Optional[bytes] = None) -> None:
+        """Queue events numbered from ``first`` as Events frames, each under frame_bytes but for a lone event."""
+        if data is None:
+            data = b"".join(events)
+        if len(data) <= self.frame_bytes or len(events) == 1:
+            self._out.append(p.events_frame(first, len(events), data))
+            return
+        half = len(events) // 2
+        self._send_run(first, events[:half])
+        self._send_run(first + half, events[half:])
+
+    def _sendable(self, events: list[bytes]) -> list[bytes]:
+        """Return ``events`` without those larger than a frame (refused, counted and logged)."""
+        fits = [event for event in events if len(event) <= self.frame_bytes]
+        if len(fits) < len(events):
+            self.rejected += len(events) - len(fits)
+            log.error("ml_persistence: %d events exceed the agent's frame limit; not sent", len(events) - len(fits))
+        return fits
 
     def _pump(self) -> bool:
         """Send new calls, reads and up to one batch of events; return True if more are waiting."""
@@ -672,35 +609,40 @@ class Sender:
             read_id, name, args, future = self._new_reads.popleft()
             self.reads[read_id] = (name, args, future)
             self._send(p.Read(read_id, name, args))
-        room = WINDOW - len(self.unacked)
+        room = WINDOW - self.unacked_events
         if room <= 0:
+            self._transmit()
             return False
-        items = self.buffer.take(min(room, self.options.batch_size))
-        numbered: list[tuple[int, bytes]] = []
+        runs = self.buffer.take_runs(min(room, self.options.batch_size))
         flush_at = 0
-        for item in items:
-            if type(item) is bytes:
-                if len(item) > self.frame_bytes:
-                    self.rejected += 1
-                    log.error("ml_persistence: an event of %d bytes exceeds the agent's frame limit; not sent", len(item))
-                    continue
-                numbered.append((self.next_seq, item))
-                self.next_seq += 1
-            else:
+        taken = 0
+        for run in runs:
+            if type(run) is Barrier:
+                taken += 1
                 last = self.next_seq - 1
                 if last <= self.committed:
-                    item.set()  # type: ignore[union-attr]
+                    run.set()
                 else:
-                    self.barriers.append((last, item))  # type: ignore[arg-type]
+                    self.barriers.append((last, run))
                     flush_at = last
-        if numbered:
-            self.unacked.extend(numbered)
-            self._send_events(numbered)
+                continue
+            events: list[bytes] = run  # type: ignore[assignment]
+            taken += len(events)
+            data: Optional[bytes] = b"".join(events)
+            if len(data) > self.frame_bytes:  # type: ignore[arg-type]
+                events, data = self._sendable(events), None
+                if not events:
+                    continue
+            first = self.next_seq
+            self.next_seq += len(events)
+            self.unacked.append((first, events))
+            self.unacked_events += len(events)
+            self._send_run(first, events, data)
+            self.sent += len(events)  # handed to the kernel below: the agent gets them even if this process dies
         if flush_at:
             self._send(p.Flush(flush_at))
         self._transmit()
-        self.sent += len(numbered)  # handed to the kernel: the agent gets them even if this process dies
-        return len(items) == self.options.batch_size and len(self.buffer) > 0
+        return taken >= self.options.batch_size and len(self.buffer) > 0
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -741,20 +683,29 @@ class Sender:
 
     def _note_rejected(self, count: int) -> None:
         """Take in the agent's growing count of this client's refused events."""
-        new = count - self.backend.agent_rejected
+        new = count - self.agent_rejected_total
         if new > 0:
             self.rejected += new
             self.agent_rejected += new
-            self.backend.agent_rejected = count
+            self.agent_rejected_total = count
 
     def _acknowledge(self, seq: int) -> None:
+        """Everything up to ``seq`` is committed: drop the ranges it covers, release barriers."""
         if seq <= self.committed:
             return
+        previous = self.committed
         self.committed = seq
         unacked = self.unacked
-        while unacked and unacked[0][0] <= seq:
+        while unacked:
+            first, events = unacked[0]
+            last = first + len(events) - 1
+            newly = min(last, seq) - max(first, previous + 1) + 1
+            if newly > 0:
+                self.acknowledged += newly
+            if last > seq:
+                break
             unacked.popleft()
-            self.acknowledged += 1
+            self.unacked_events -= len(events)
         barriers = self.barriers
         while barriers and barriers[0][0] <= seq:
             barriers.popleft()[1].set()

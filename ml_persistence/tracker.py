@@ -30,6 +30,22 @@ from .events import (
 
 
 _MIN, _MAX = v.INT64_MIN, v.INT64_MAX
+_METRICS_TAG = MetricsLogged.__struct_config__.tag
+_encode_tuple = msgspec.msgpack.Encoder().encode
+_METRIC_NAMES: dict[tuple, list[str]] = {}  # a metrics dict's keys -> its checked names: most loops log the same keys
+_METRIC_NAMES_MAX = 4096
+
+
+def _checked_metric_names(keys: tuple) -> list[str]:
+    """Return the metric names ``keys`` stand for, checked (raising at the call); remember them."""
+    names = [
+        name if type(name) is str and name and name.isascii() and "\x00" not in name else v.metric_name(name, "metrics")
+        for name in keys
+    ]
+    if len(_METRIC_NAMES) >= _METRIC_NAMES_MAX:
+        _METRIC_NAMES.clear()
+    _METRIC_NAMES[keys] = names
+    return names
 _trackers: "weakref.WeakSet[ExperimentTracker]" = weakref.WeakSet()
 
 
@@ -276,19 +292,18 @@ class ExperimentTracker:
         experiment_id = self._experiment_id
         if experiment_id is None:
             experiment_id = self._require_experiment()
-        names: list[str] = []
-        values: list[Any] = []
         try:
-            items = metrics.items()
-        except AttributeError:
+            keys = tuple(metrics)
+            values = list(metrics.values())
+        except (AttributeError, TypeError):
             raise InvalidTypeError(f"expected a dict of metrics, got {type(metrics).__name__}") from None
-        for name, value in items:
-            if type(name) is not str or not name or not name.isascii() or "\x00" in name:
-                name = v.metric_name(name, "metrics")
+        names = _METRIC_NAMES.get(keys)
+        if names is None:
+            names = _checked_metric_names(keys)
+        for value in values:
             if type(value) is not float:
-                value = v.real(name, value)
-            names.append(name)
-            values.append(value)
+                values = [v.real(name, value) for name, value in zip(names, values)]
+                break
         if episode is not None and (type(episode) is not int or not _MIN <= episode <= _MAX):
             episode = v.optional_int("episode", episode)
         if step is not None and (type(step) is not int or not _MIN <= step <= _MAX):
@@ -298,8 +313,11 @@ class ExperimentTracker:
         if split is not None and (type(split) is not str or not split.isascii() or "\x00" in split):
             split = v.optional_name("split", split)
         if names:
+            # The bytes of encode(MetricsLogged(...)), without building the struct (tests/test_wire_format.py).
             self._backend.append(
-                encode(MetricsLogged(experiment_id, names, values, episode, step, epoch, split, time.time()))
+                _encode_tuple(
+                    (_METRICS_TAG, experiment_id, names, values, episode, step, epoch, split, time.time(), None, None, None, None)
+                )
             )
 
     def log_artifact(

@@ -9,7 +9,7 @@ import threading
 import time
 import warnings
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
 import anyio
@@ -35,6 +35,16 @@ _SAVE_GRACE = 30.0  # seconds past a stop deadline for the writer to finish savi
 _QUIET = 60.0  # seconds after a condition clears during which a new one is not logged again (status() shows it)
 
 
+WRITERS = ("process", "thread")
+DEFAULT_WRITER = "process"
+
+
+def default_writer() -> str:
+    """Return where embedded mode writes from: $ML_PERSISTENCE_WRITER, else DEFAULT_WRITER."""
+    chosen = os.environ.get("ML_PERSISTENCE_WRITER") or DEFAULT_WRITER
+    return chosen if chosen in WRITERS else DEFAULT_WRITER
+
+
 @dataclass(frozen=True)
 class WriterOptions:
     """Tuning knobs; defaults come from benchmarks/bench_core.py."""
@@ -46,6 +56,7 @@ class WriterOptions:
     max_backoff: float = 1.0
     spool_dir: Optional[str] = None  # where spilled events go (default: the system temp dir)
     max_spool_mb: int = 4096  # past this, events are dropped (and counted)
+    writer: str = field(default_factory=default_writer)  # embedded mode: a private "process" or a "thread"
 
     def new_spool(self) -> Spool:
         """Return an empty spool with these settings."""
@@ -245,6 +256,9 @@ class Writer:
     def _decode(self, work: Sequence[Any]) -> tuple[list[ev.Event], dict[str, int], list[Optional[bytes]]]:
         """Return the events of ``work`` (encoded bytes or agent Batches), each client's new
         high-water mark, and each event's encoded bytes (None for an agent's, decoded already)."""
+        if all(type(item) is bytes for item in work):
+            payloads: list[Any] = list(work)
+            return self._decode_encoded(payloads), {}, payloads
         decoded: list[ev.Event] = []
         marks: dict[str, int] = {}
         sources: list[Optional[bytes]] = []
@@ -260,6 +274,22 @@ class Writer:
             except msgspec.DecodeError as exc:
                 self._reject(exc, "undecodable event")
         return decoded, marks, sources
+
+    def _decode_encoded(self, payloads: list[bytes]) -> list[ev.Event]:
+        """Decode a run of encoded events in one call; find and refuse the undecodable ones if any."""
+        try:
+            return _decode_run(_array_header(len(payloads)) + b"".join(payloads))
+        except msgspec.DecodeError:
+            pass
+        decoded: list[ev.Event] = []
+        for i, payload in enumerate(payloads):
+            try:
+                decoded.append(ev.decode(payload))
+            except msgspec.DecodeError as exc:
+                self._reject(exc, "undecodable event")
+                payloads[i] = b""
+        payloads[:] = [payload for payload in payloads if payload]
+        return decoded
 
     async def _commit(self, store: Any, work: Sequence[Any]) -> bool:
         """Commit events in one transaction; if the database refuses it, retry one by one.
@@ -599,6 +629,18 @@ def _seqs(batch: Batch) -> Sequence[int]:
     if batch.seqs is not None:
         return batch.seqs
     return range(batch.last_seq - len(batch.events) + 1, batch.last_seq + 1)
+
+
+_decode_run = msgspec.msgpack.Decoder(list[ev.AnyEvent]).decode
+
+
+def _array_header(n: int) -> bytes:
+    """Return the msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _free_space(path: str) -> str:

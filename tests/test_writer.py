@@ -176,7 +176,7 @@ def test_construction_is_cheap_and_starts_no_thread(db_path: str, tmp_path) -> N
         mp.DatasetManager(db_path)
         mp.MetricsLogger(db_path)
         ExperimentTracker(db_path)
-    assert writers() == before and backend_for(db_path)._writer is None
+    assert writers() == before and backend_for(db_path)._consumer is None
     assert not (tmp_path / "ml_experiments.db").exists()
     assert backend_for(db_path) is mp.ModelRegistry(db_path)._backend
 

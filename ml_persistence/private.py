@@ -1,0 +1,144 @@
+"""A database's private writer process: the agent program, started by the library for this process alone.
+
+It listens on a Unix socket in a directory only this user can enter, and holds the read end of a
+pipe whose write end only this process has: when this process exits or dies, even by SIGKILL,
+the pipe reads end-of-file and the writer commits what it received and exits. It never outlives
+its trainer by more than that drain.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from .address import Address
+from .errors import MLPersistenceError
+
+START_TIMEOUT = 60.0  # seconds for the writer process to say it is ready (a cold start takes ~0.3 s)
+EXIT_WAIT = 10.0  # seconds close() waits for it to exit once told
+
+
+class SpawnError(MLPersistenceError):
+    """The private writer process could not be started here."""
+
+
+class PrivateWriter:
+    """Starts, restarts and releases the writer process of one database for this process."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self._process: Optional[subprocess.Popen] = None
+        self._lifeline: Optional[int] = None  # our end of the pipe the process watches
+        self._directory: Optional[str] = None
+        self.address: Optional[Address] = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The running writer process's pid, if any."""
+        process = self._process
+        return process.pid if process is not None else None
+
+    def ensure(self) -> Address:
+        """Return the process's address, starting it if it is not running (sender thread)."""
+        process = self._process
+        if process is not None and process.poll() is None and self.address is not None:
+            return self.address
+        self._release()
+        return self._start()
+
+    def _start(self) -> Address:
+        if not sys.executable:
+            raise SpawnError("no Python executable to start a writer process with")
+        directory = tempfile.mkdtemp(prefix="ml_persistence-writer-")  # mode 0700
+        path = os.path.join(directory, "writer.sock")
+        read_end, write_end = os.pipe()  # both close on exec; the child is handed the read end only
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "--listen", f"unix://{path}", "--exit-with-fd", str(read_end),
+                 "--log-level", "WARNING"],
+                env=_child_environment(self.db),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                pass_fds=(read_end,),
+                start_new_session=True,  # a Ctrl-C in the terminal is the trainer's to handle, not its writer's
+            )
+        except OSError as exc:
+            os.close(write_end)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise SpawnError(f"cannot start a writer process ({exc})") from exc
+        finally:
+            os.close(read_end)
+        self._lifeline, self._directory = write_end, directory
+        self._await_ready()
+        self.starts += 1
+        self.address = Address("unix", path=path)
+        return self.address
+
+    def _await_ready(self) -> None:
+        """Wait for the process's ready line; raise SpawnError if it exits or stays silent."""
+        process = self._process
+        assert process is not None and process.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        out = process.stdout
+        while True:
+            left = deadline - time.monotonic()
+            readable, _, _ = select.select([out], [], [], max(0.0, left))
+            if not readable:
+                self._release()
+                raise SpawnError(f"the writer process did not start within {START_TIMEOUT:.0f} s")
+            line = out.readline()
+            if b"ready" in line:
+                out.close()
+                return
+            if not line:
+                code = process.wait()
+                self._release()
+                raise SpawnError(f"the writer process exited with status {code} before it was ready")
+
+    def close(self) -> None:
+        """Let the process go: it commits what it has and exits; wait a little for it to do so."""
+        process = self._process
+        self._release()
+        if process is not None:
+            try:
+                process.wait(EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                pass  # it exits when its drain ends; nothing more is sent to it
+
+    def forget(self) -> None:
+        """In a forked child: drop this process's copy of the lifeline, so the parent's exit still ends the writer."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+        self._lifeline = None
+        self._process = None
+        self._directory = None
+        self.address = None
+
+    def _release(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)  # end-of-file for the process: it drains and exits
+            self._lifeline = None
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+        self._process = None
+        self.address = None
+
+
+def _child_environment(db: str) -> dict[str, str]:
+    """Return the writer process's environment: the database named there (a URL's password stays off
+    the command line), and this library importable however this process found it."""
+    env = dict(os.environ)
+    env["ML_PERSISTENCE_DB"] = db
+    for name in ("ML_PERSISTENCE_AGENT", "ML_PERSISTENCE_WRITER"):
+        env.pop(name, None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
