@@ -128,7 +128,7 @@ class EventBuffer:
         elif state["wake_pending"]:
             self.fast_limit = state["max_events"]
         else:
-            self.fast_limit = min(state["wake_threshold"], state["max_events"])
+            self.fast_limit = min(state["wake_threshold"] - 1, state["max_events"])  # the append reaching it wakes
 
     def append(self, payload: bytes) -> None:
         """Queue one encoded event; never blocks."""

@@ -171,3 +171,18 @@ def check(event: Event) -> None:
 encode = msgspec.msgpack.Encoder().encode
 _decoder = msgspec.msgpack.Decoder(AnyEvent)
 decode = _decoder.decode
+_run_decoder = msgspec.msgpack.Decoder(list[AnyEvent])
+
+
+def decode_run(payloads: list[bytes]) -> list[Event]:
+    """Decode consecutive encoded events in one call; raise msgspec.DecodeError if any is not an event."""
+    return _run_decoder.decode(array_header(len(payloads)) + b"".join(payloads))
+
+
+def array_header(n: int) -> bytes:
+    """Return the msgpack header of an array of ``n`` items (the shortest form, as msgspec writes it)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")

@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import msgspec
 
 from .errors import MLPersistenceError
+from .events import array_header
 
 PROTOCOL_VERSION = 1
 LENGTH = struct.Struct(">I")
@@ -133,17 +134,8 @@ def events_frame(first_seq: int, count: int, data: bytes) -> bytes:
 
     The same bytes as frame(Events(first_seq, [Raw(e) for e in events])), without an object per event.
     """
-    body = b"".join((_EVENTS_HEAD, _encoder.encode(first_seq), _array_header(count), data))
+    body = b"".join((_EVENTS_HEAD, _encoder.encode(first_seq), array_header(count), data))
     return LENGTH.pack(len(body)) + body
-
-
-def _array_header(n: int) -> bytes:
-    """Return the msgpack header of an array of ``n`` items."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 65536:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
 
 
 class FrameDecoder:

@@ -42,7 +42,10 @@ DEFAULT_WRITER = "process"
 def default_writer() -> str:
     """Return where embedded mode writes from: $ML_PERSISTENCE_WRITER, else DEFAULT_WRITER."""
     chosen = os.environ.get("ML_PERSISTENCE_WRITER") or DEFAULT_WRITER
-    return chosen if chosen in WRITERS else DEFAULT_WRITER
+    if chosen not in WRITERS:
+        log.warning("ml_persistence: ML_PERSISTENCE_WRITER=%r is not one of %s; using %r", chosen, ", ".join(WRITERS), DEFAULT_WRITER)
+        return DEFAULT_WRITER
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ class Writer:
     def _decode_encoded(self, payloads: list[bytes]) -> list[ev.Event]:
         """Decode a run of encoded events in one call; find and refuse the undecodable ones if any."""
         try:
-            return _decode_run(_array_header(len(payloads)) + b"".join(payloads))
+            return ev.decode_run(payloads)
         except msgspec.DecodeError:
             pass
         decoded: list[ev.Event] = []
@@ -629,18 +632,6 @@ def _seqs(batch: Batch) -> Sequence[int]:
     if batch.seqs is not None:
         return batch.seqs
     return range(batch.last_seq - len(batch.events) + 1, batch.last_seq + 1)
-
-
-_decode_run = msgspec.msgpack.Decoder(list[ev.AnyEvent]).decode
-
-
-def _array_header(n: int) -> bytes:
-    """Return the msgpack header of an array of ``n`` items."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 65536:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _free_space(path: str) -> str:

@@ -482,3 +482,23 @@ def spool_file(directory: Path) -> int:
         if target.startswith(str(directory) + os.sep):
             return int(name)
     raise AssertionError(f"no spool file open in {directory}")
+
+
+def test_log_metrics_batch_writes_the_bytes_of_a_metrics_event_without_building_one(db_path: str, monkeypatch) -> None:
+    from ml_persistence import ExperimentTracker
+
+    tracker = ExperimentTracker(db_path)
+    eid = tracker.start_experiment("wire", "ppo")
+    sent: list[bytes] = []
+    monkeypatch.setattr(tracker._backend, "append", sent.append)
+    tracker.log_metrics_batch({"loss": 0.5, "val/acc": 1, "é": float("nan")}, episode=3, step=7, epoch=None, split="val")
+    tracker.log_metrics_batch({"loss": 0.25})
+    first, second = (ev.decode(payload) for payload in sent)
+    assert (first.experiment_id, first.names, first.values[:2]) == (eid, ["loss", "val/acc", "é"], [0.5, 1])
+    assert (first.episode, first.step, first.epoch, first.split) == (3, 7, None, "val")
+    assert (second.names, second.values, second.step, second.split) == (["loss"], [0.25], None, None)
+    assert ev.encode(second) == sent[1]  # the struct's own bytes, field for field
+    as_logged = msgspec.structs.replace(first, values=[0.5, 1, first.values[2]])  # an int goes on the wire as an int
+    assert ev.encode(as_logged) == sent[0]
+    monkeypatch.undo()
+    tracker.end_experiment()
