@@ -747,6 +747,9 @@ def main() -> int:
         except (InstallError, subprocess.SubprocessError, OSError) as exc:
             pythons[venv] = InstallError(f"install failed: {exc}")
             say(f"  {venv}: {pythons[venv]}")
+    mlp_source = args.mlp_python or "commit " + json.loads((args.cache / "ml_persistence" / ".bench-peers.json").read_text())["commit"] \
+        if not isinstance(pythons.get("ml_persistence"), Exception) else "not installed"
+    say(f"ml_persistence measured: {mlp_source}")
     if args.install_only:
         return 0
 
@@ -798,7 +801,7 @@ def main() -> int:
             found = ", ".join(f"{name} {version}" for name, version in result["versions"].items() if version)
             say(f"  {tracker.label}: {found} (Python {result.get('python')}, SQLite {result.get('sqlite')})")
     if args.json is not None:
-        payload = {"calls": args.calls, "budget_s": args.budget, "network_isolated": bool(netns),
+        payload = {"ml_persistence": mlp_source, "calls": args.calls, "budget_s": args.budget, "network_isolated": bool(netns),
                    "results": [{"key": t.key, "label": t.label, **r} for t, r in results]}
         text = json.dumps(payload, indent=2)
         if args.json == "-":
