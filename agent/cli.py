@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import signal
@@ -78,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument(
+        "--status-file",
+        metavar="PATH",
+        help="keep the writer's state (the condition holding writes back, busy retries) in this JSON file: "
+        "how a trainer's private writer process tells its trainer's status()",
+    )
+    ap.add_argument(
         "--exit-with-fd",
         type=int,
         metavar="FD",
@@ -125,12 +132,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # would spend about a quarter of the agent's CPU re-scanning them (bench_agent.py).
     gc.set_threshold(100_000, 50, 100)
     _raise_open_file_limit()
+    if hasattr(signal, "SIGXFSZ"):  # past a file-size limit a write fails with EFBIG, waited out like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if args.exit_with_fd is not None:
         _stop_at_end_of_file(args.exit_with_fd)
     published: list[tuple[str, int]] = []  # (IP, port) of each token file this agent wrote
     ready: list[bool] = []
     try:
-        anyio.run(_serve, agent, token if generated else None, published, ready, backend="asyncio")
+        anyio.run(_serve, agent, token if generated else None, published, ready, args.status_file, backend="asyncio")
     except Exception as exc:  # noqa: BLE001 - reported in one line, whatever it is
         cause = _sole_cause(exc)
         if not isinstance(cause, (MLPersistenceError, OSError, *storage.database_errors())):
@@ -217,9 +226,13 @@ def _raise_open_file_limit() -> None:
         pass
 
 
-async def _serve(agent: Agent, generated: Optional[str], published: list[tuple[str, int]], started: list[bool]) -> None:
+async def _serve(
+    agent: Agent, generated: Optional[str], published: list[tuple[str, int]], started: list[bool], status_file: Optional[str]
+) -> None:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_stop_on_signal, agent, tasks.cancel_scope)
+        if status_file is not None:
+            tasks.start_soon(StatusFile(agent, status_file).keep)
 
         def ready(urls: list[str]) -> None:
             # Runs before the first accept: a client that finds the token file finds this agent's token.
@@ -234,6 +247,49 @@ async def _serve(agent: Agent, generated: Optional[str], published: list[tuple[s
 
         await agent.run(ready)
         tasks.cancel_scope.cancel()
+
+
+STATUS_EVERY = 0.2  # seconds between looks at the writer's state for --status-file
+
+
+class StatusFile(logging.Handler):
+    """Keeps the writer's condition and busy retries in a JSON file (mode 0600, replaced whole).
+
+    Rewritten whenever they change: looked at every STATUS_EVERY seconds, and at once when the
+    writer logs, so the file says why writing stalled before the warning reaches anyone's screen.
+    """
+
+    def __init__(self, agent: Agent, path: str) -> None:
+        super().__init__()
+        self.agent = agent
+        self.path = path
+        self._shown: Optional[str] = None
+        self._write_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.publish()
+
+    def publish(self) -> None:
+        """Write the file if the writer's state changed since it was last written (any thread)."""
+        writer = getattr(self.agent, "_writer", None)
+        text = json.dumps({
+            "condition": writer.condition if writer is not None else None,
+            "busy_retries": writer.busy_retries if writer is not None else 0,
+        })
+        with self._write_lock:
+            if text == self._shown:
+                return
+            temporary = f"{self.path}.tmp"
+            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(text)
+            os.replace(temporary, self.path)
+            self._shown = text
+
+    async def keep(self) -> None:
+        logging.getLogger("ml_persistence").addHandler(self)
+        while True:
+            self.publish()
+            await anyio.sleep(STATUS_EVERY)
 
 
 async def _stop_on_signal(agent: Agent, scope: anyio.CancelScope) -> None:

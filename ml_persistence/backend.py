@@ -190,14 +190,18 @@ class Backend(Hub):
             log.warning("ml_persistence: %s; writing from a thread in this process instead", exc)
             self.options = dataclasses.replace(self.options, writer="thread")
             return None
-        return Sender(address, None, self._client, self.buffer, self.options, self._private.ensure)
+        private = self._private
+        return Sender(
+            address, None, self._client, self.buffer, self.options,
+            reach=private.ensure, tick=private.follow_limits, calls_are_writes=True,
+        )
 
     def _close_resources(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        if self._private is not None and self.closed:
-            self._private.close()
+        if self._private is not None:
+            self._private.close()  # a later event starts a new one
 
     def _recover_command(self, path: str) -> str:
         from . import recovery
@@ -216,13 +220,14 @@ class Backend(Hub):
                 "condition": dict(condition) if condition is not None else None,
                 "failure": repr(consumer.failure) if consumer is not None and consumer.failure else None,
             }
+        state = self._private.state() if self._private is not None else {}
         return {
             "writer": "process",
             "writer_pid": self._private.pid if self._private is not None else None,
             "connected": bool(consumer is not None and consumer.connected),
             "queued": len(self.buffer) + (consumer.unacked_events if consumer is not None else 0),
-            "busy_retries": 0,
-            "condition": None,
+            "busy_retries": state.get("busy_retries", 0),
+            "condition": state.get("condition"),
             "failure": repr(consumer.failure) if consumer is not None and consumer.failure else None,
         }
 

@@ -8,6 +8,7 @@ its trainer by more than that drain.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -17,11 +18,16 @@ import tempfile
 import time
 from typing import Optional
 
+try:
+    import resource as _resource
+except ImportError:  # not on Windows
+    _resource = None  # type: ignore[assignment]
+
 from .address import Address
 from .errors import MLPersistenceError
 
 START_TIMEOUT = 60.0  # seconds for the writer process to say it is ready (a cold start takes ~0.3 s)
-EXIT_WAIT = 10.0  # seconds close() waits for it to exit once told
+_released: list[subprocess.Popen] = []  # let go, maybe still draining: reaped when next looked at
 
 
 class SpawnError(MLPersistenceError):
@@ -36,6 +42,7 @@ class PrivateWriter:
         self._process: Optional[subprocess.Popen] = None
         self._lifeline: Optional[int] = None  # our end of the pipe the process watches
         self._directory: Optional[str] = None
+        self._limits: Optional[tuple[int, int]] = None  # the file-size limit last given to the process
         self.address: Optional[Address] = None
         self.starts = 0
 
@@ -62,6 +69,7 @@ class PrivateWriter:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "--listen", f"unix://{path}", "--exit-with-fd", str(read_end),
+                 "--status-file", os.path.join(directory, "status.json"), "--stop-timeout", str(_exit_timeout()),
                  "--log-level", "WARNING"],
                 env=_child_environment(self.db),
                 stdin=subprocess.DEVNULL,
@@ -76,6 +84,7 @@ class PrivateWriter:
         finally:
             os.close(read_end)
         self._lifeline, self._directory = write_end, directory
+        self._limits = None
         self._await_ready()
         self.starts += 1
         self.address = Address("unix", path=path)
@@ -102,15 +111,36 @@ class PrivateWriter:
                 self._release()
                 raise SpawnError(f"the writer process exited with status {code} before it was ready")
 
+    def follow_limits(self) -> None:
+        """Give the process this process's file-size limit whenever it changes: it writes on our behalf."""
+        process = self._process
+        if process is None or _resource is None or not hasattr(_resource, "prlimit"):
+            return
+        limits = _resource.getrlimit(_resource.RLIMIT_FSIZE)
+        if limits != self._limits:
+            try:
+                _resource.prlimit(process.pid, _resource.RLIMIT_FSIZE, limits)
+            except (OSError, ValueError):
+                return
+            self._limits = limits
+
+    def state(self) -> dict:
+        """Return what the process last said of its writer: {"condition": ..., "busy_retries": ...}."""
+        if self._directory is None:
+            return {}
+        try:
+            with open(os.path.join(self._directory, "status.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def close(self) -> None:
-        """Let the process go: it commits what it has and exits; wait a little for it to do so."""
+        """Let the process go: it commits what it has (all acknowledged by now) and exits by itself."""
         process = self._process
         self._release()
         if process is not None:
-            try:
-                process.wait(EXIT_WAIT)
-            except subprocess.TimeoutExpired:
-                pass  # it exits when its drain ends; nothing more is sent to it
+            _released.append(process)
+        _released[:] = [p for p in _released if p.poll() is None]
 
     def forget(self) -> None:
         """In a forked child: drop this process's copy of the lifeline, so the parent's exit still ends the writer."""
@@ -130,6 +160,13 @@ class PrivateWriter:
             self._directory = None
         self._process = None
         self.address = None
+
+
+def _exit_timeout() -> float:
+    """Return the seconds the writer keeps trying at its trainer's exit: the trainer's own exit deadline."""
+    from .lifecycle import exit_timeout
+
+    return exit_timeout()
 
 
 def _child_environment(db: str) -> dict[str, str]:

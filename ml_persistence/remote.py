@@ -198,6 +198,8 @@ class Sender:
         options: WriterOptions,
         reach: Optional[Callable[[], Address]] = None,
         on_refused: Optional[Callable[[AgentRefusedError], None]] = None,
+        tick: Optional[Callable[[], None]] = None,
+        calls_are_writes: bool = False,
     ) -> None:
         self.address = address
         self.token = token
@@ -207,8 +209,10 @@ class Sender:
         self.agent_database = identity.agent_database
         self.buffer = buffer
         self.options = options
-        self._reach = reach
+        self._reach = reach  # returns the address to (re)connect to, starting what listens there if need be
         self._on_refused = on_refused
+        self._tick = tick  # called once per wake-up of the thread
+        self._calls_are_writes = calls_are_writes  # count answered id-returning events as written, as a writer does
         self.sock: Optional[socket.socket] = None
         self.connected = False
         self.refused: Optional[AgentRefusedError] = None
@@ -312,6 +316,8 @@ class Sender:
                         self._wait(delay)
                         delay = min(delay * 2, self.options.max_backoff)
                     continue
+                if self._tick is not None:
+                    self._tick()
                 try:
                     busy = self._pump()
                     self._wait(0 if busy else self.options.flush_interval)
@@ -670,6 +676,7 @@ class Sender:
                     if error is not None:
                         entry[1].set_exception(WriterError(error))
                     else:
+                        self.acknowledged += self._calls_are_writes
                         entry[1].set_result(row_id)
             case p.ReadAnswer(read_id=read_id, result=result, error=error):
                 read = self.reads.pop(read_id, None)

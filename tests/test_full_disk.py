@@ -78,7 +78,9 @@ class Child:
         self.err_path = tmp_path / "child.stderr"
         self._err = open(self.err_path, "w")
         self.proc = subprocess.Popen(
-            [PYTHON, str(script)], cwd=tmp_path, env=subprocess_env(ML_PERSISTENCE_DB=db, **env),
+            # The writer thread, whose log lines the Echo handler above sees in this process; the
+            # private writer process's full disk is in test_private_writer.py.
+            [PYTHON, str(script)], cwd=tmp_path, env=subprocess_env(ML_PERSISTENCE_DB=db, ML_PERSISTENCE_WRITER="thread", **env),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1,
         )
 

@@ -177,3 +177,77 @@ def test_where_no_process_can_be_started_the_thread_writes_instead(tmp_path: Pat
     assert "writer thread None" in done.stdout
     assert "writing from a thread in this process instead" in done.stderr
     assert metric_steps(tmp_path, 1, "a") == list(range(100))
+
+
+FULL_DISK = """
+import json, os, resource, signal, sqlite3, sys
+from ml_persistence import ExperimentTracker
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+db = os.environ["ML_PERSISTENCE_DB"]
+t = ExperimentTracker(db, capture_environment=False)
+t.start_experiment("full-disk")
+t.flush()
+conn = sqlite3.connect(db)
+conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+conn.close()
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(db) + 8192, hard))  # this process's limit: its writer's too
+for i in range(N):
+    t.log_metric("loss", float(i), step=i)
+print("logged", flush=True)
+sys.stdin.readline()
+print("status", json.dumps(t.status()), flush=True)
+sys.stdin.readline()
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+t.flush()
+print("flushed", json.dumps(t.status()), flush=True)
+"""
+
+
+def test_a_full_disk_under_the_private_writer_shows_in_status_and_every_event_lands_once(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from conftest import PYTHON, subprocess_env
+
+    script = tmp_path / "full.py"
+    script.write_text("N = 20000\n" + FULL_DISK)
+    db = str(tmp_path / "full.db")
+    proc = subprocess.Popen(
+        [PYTHON, str(script)], cwd=tmp_path, env=subprocess_env(ML_PERSISTENCE_DB=db),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+    )
+    try:
+        def line(stream, prefix: str) -> str:
+            while True:
+                ready, _, _ = select.select([stream], [], [], GUARD)
+                assert ready, f"no {prefix!r} line within {GUARD} s"
+                text = stream.readline()
+                assert text, f"stream ended before {prefix!r}"
+                if text.startswith(prefix) or prefix in text:
+                    return text
+
+        line(proc.stdout, "logged")
+        warning = line(proc.stderr, "cannot write to")  # the writer process says so once, on the trainer's stderr
+        assert "full.db" in warning
+        proc.stdin.write("status?\n")
+        proc.stdin.flush()
+        during = json.loads(line(proc.stdout, "status")[len("status"):])
+        assert during["writer"] == "process" and during["condition"]["reason"], during
+        assert during["lost"] == during["rejected"] == 0 and during["queued"] > 0, during
+        proc.stdin.write("space is back\n")
+        proc.stdin.flush()
+        after = json.loads(line(proc.stdout, "flushed")[len("flushed"):])
+        assert proc.wait(GUARD) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert after["written"] == 20001 and after["lost"] == after["rejected"] == after["dropped"] == 0, after
+    conn = sqlite3.connect(db)
+    try:
+        steps = [s for (s,) in conn.execute("SELECT step FROM metrics ORDER BY id")]
+    finally:
+        conn.close()
+    assert steps == list(range(20000))

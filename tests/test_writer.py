@@ -18,6 +18,12 @@ from ml_persistence.backend import backend_for
 from ml_persistence.errors import EventsSavedError
 
 
+
+@pytest.fixture(autouse=True)
+def _writer_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests drive the in-process writer thread (the private writer process runs the same Writer)."""
+    monkeypatch.setenv("ML_PERSISTENCE_WRITER", "thread")
+
 def test_locked_database_stalls_nothing_and_loses_nothing(db_path: str) -> None:
     tracker = ExperimentTracker(db_path)
     exp = tracker.start_experiment("locked")
