@@ -22,7 +22,9 @@ from ml_persistence.buffer import Batch, EventBuffer, Item
 from ml_persistence.writer import Writer, WriterOptions
 
 from .gate import Gate
+from .ingest import Frame
 from .session import Session
+from .writer import AgentWriter
 
 log = logging.getLogger("ml_persistence.agent")
 ACCEPT_BACKOFF = 0.5
@@ -32,7 +34,7 @@ DEFAULT_STOP_TIMEOUT = 30.0  # seconds the writer has at shutdown; what it could
 
 
 class AgentBuffer(EventBuffer):
-    """The agent's queue: Batches of decoded events, counted by events rather than by items."""
+    """The agent's queue: Batches of clients' frames, counted by events rather than by items."""
 
     def __init__(self, wake_threshold: int, kick: Callable[[], None]) -> None:
         super().__init__(max_events=1 << 62, wake_threshold=wake_threshold, kick=kick)
@@ -302,7 +304,7 @@ class Agent:
     # -- the writer ----------------------------------------------------------------------------
 
     def _start_writer(self) -> None:
-        writer = Writer(self.database.store(self.options.busy_timeout_ms), self.buffer, self.options, db=self.database.db)
+        writer = AgentWriter(self.database.store(self.options.busy_timeout_ms), self.buffer, self.options, db=self.database.db)
         writer.start()
         self._writer = writer
         self.buffer.idle = False
@@ -332,9 +334,9 @@ class Agent:
         with self._reader_lock:
             return self._reader.client_mark(client_id)
 
-    def submit(self, state: ClientState, last_seq: int, events: list[Any], seqs: list[int]) -> None:
-        """Queue a client's events, numbered ``seqs``, with ``last_seq`` its new high-water mark, for the writer."""
-        n = len(events)
+    def submit(self, state: ClientState, last_seq: int, frame: Frame) -> None:
+        """Queue a client's still encoded events, ending at sequence number ``last_seq``, for the writer."""
+        n = len(frame)
         self.pending += n
         state.events += n
         self.stats.events_received += n
@@ -344,7 +346,7 @@ class Agent:
         def committed() -> None:  # writer thread
             loop.call_soon_threadsafe(self._committed, state, last_seq, n, batch.rejected)
 
-        batch = Batch(state.client_id, last_seq, events, committed, seqs)
+        batch = Batch(state.client_id, last_seq, frame, committed)  # type: ignore[arg-type]
         self.buffer.append_batch(batch)
 
     def _committed(self, state: ClientState, seq: int, n: int, rejected: int) -> None:

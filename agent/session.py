@@ -15,6 +15,7 @@ from ml_persistence import events as ev
 from ml_persistence import protocol as p
 
 from .gate import identify
+from .ingest import EventsFrame, Frame, array_length, decode_client_frame
 
 if TYPE_CHECKING:
     from .server import Agent, ClientState
@@ -195,7 +196,7 @@ class Session:
         """Return the next message, or None when the client closed between frames."""
         while True:
             if self._pending_bodies:
-                return p.decode_client_message(self._pending_bodies.popleft())
+                return decode_client_frame(self._pending_bodies.popleft())
             draining = self._draining
             data = b""
             try:
@@ -286,7 +287,7 @@ class Session:
         if state is None:  # the client reconnected on another connection; this one is stale
             raise _Stale
         match message:
-            case p.Events():
+            case EventsFrame():
                 self._events(state, message)
             case p.Call():
                 self._call(state, message)
@@ -297,31 +298,20 @@ class Session:
             case _:
                 raise p.ProtocolError(f"unexpected {type(message).__name__} after the handshake")
 
-    def _events(self, state: "ClientState", message: p.Events) -> None:
+    def _events(self, state: "ClientState", message: EventsFrame) -> None:
         first = message.first_seq
-        last = first + len(message.events) - 1
+        count = array_length(message.events)
+        last = first + count - 1
         if first < 1 or last > _MAX_SEQ:
             raise p.ProtocolError(f"sequence numbers run from 1 to 2**63 - 1, got {first}..{last}")
         if last <= state.received:
-            self.agent.stats.duplicates += len(message.events)
+            self.agent.stats.duplicates += count
             return
         skip = max(0, state.received + 1 - first)
         self.agent.stats.duplicates += skip
-        decoded = []
-        seqs = []
-        for seq, raw in enumerate(message.events[skip:], first + skip):
-            try:
-                event = ev.decode(raw)
-                ev.check(event)
-            except (msgspec.DecodeError, ValueError) as exc:
-                self.agent.stats.rejected += 1
-                state.rejected += 1
-                log.error("client %s: event refused, not stored: %s", state.client_id[:8], exc)
-                continue
-            decoded.append(event)
-            seqs.append(seq)
         state.received = last
-        self.agent.submit(state, last, decoded, seqs)
+        # Each event is decoded and checked by the writer, which counts and logs the ones it refuses.
+        self.agent.submit(state, last, Frame.after(message.events, count, skip))
 
     def _call(self, state: "ClientState", message: p.Call) -> None:
         seq = message.seq

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 import time
-from typing import Any, Optional
+from itertools import chain, repeat
+from typing import Any, Optional, Sequence
 
 import msgspec
 
@@ -34,6 +36,75 @@ def split_of(name: str) -> Optional[str]:
 
 
 _split_cache: dict[str, Optional[str]] = {}
+
+
+class _SplitText(dict):
+    """A metric name's split as bound to the split column: its prefix's split, or '' (stored as NULL)."""
+
+    def __missing__(self, name: str) -> str:
+        return split_of(name) or ""
+
+
+_split_text = _SplitText()
+_names = operator.attrgetter("names")
+_values = operator.attrgetter("values")
+
+
+def metric_rows(events: Sequence[Any], optional: Sequence[str]) -> tuple[tuple[bool, ...], list[Any]]:
+    """Return which ``optional`` columns are set in any of the MetricsLogged ``events``, and their rows' values.
+
+    The values are flat, row after row in logging order: experiment_id, metric_type, timestamp,
+    metric_name, value, split ('' for none), then the optional columns present. Rows are assembled
+    by C iterators over whole columns; Python runs once per event, never once per row.
+    """
+    names = list(map(_names, events))
+    values = list(map(_values, events))
+    counts = list(map(len, names))
+    if counts != list(map(len, values)):  # names and values of an event pair up, never across events
+        return _metric_rows_singly(events, optional)
+    tails = list(zip(*map(operator.attrgetter(*optional), events)))  # one tuple per optional column
+    present = tuple(column.count(None) != len(column) for column in tails)
+    json_column = tails[optional.index("value_json")]
+    if json_column.count(None) == len(json_column):
+        kinds: Any = repeat("scalar")
+    else:
+        kinds = _per_row(["scalar" if j is None else "json" for j in json_column], counts)
+    stamps = _per_row(list(map(local_text, map(operator.attrgetter("ts"), events))), counts)
+    all_names = list(chain.from_iterable(names))
+    splits_given = list(map(operator.attrgetter("split"), events))
+    if not any(splits_given):
+        splits: Any = map(_split_text.__getitem__, all_names)
+    else:
+        splits = chain.from_iterable(
+            repeat(split, n) if split else map(_split_text.__getitem__, event_names)
+            for split, n, event_names in zip(splits_given, counts, names)
+        )
+    columns = [
+        _per_row(list(map(operator.attrgetter("experiment_id"), events)), counts),
+        kinds,
+        stamps,
+        all_names,
+        chain.from_iterable(values),
+        splits,
+        *(_per_row(column, counts) for column, here in zip(tails, present) if here),
+    ]
+    return present, list(chain.from_iterable(zip(*columns)))
+
+
+def _per_row(per_event: Sequence[Any], counts: Sequence[int]) -> Any:
+    """Repeat each event's value once per row of that event."""
+    return chain.from_iterable(map(repeat, per_event, counts))
+
+
+def _metric_rows_singly(events: Sequence[Any], optional: Sequence[str]) -> tuple[tuple[bool, ...], list[Any]]:
+    """metric_rows for events whose names and values may differ in length: each pairs up to the shorter."""
+    trimmed = []
+    for event in events:
+        n = min(len(event.names), len(event.values))
+        if n != len(event.names) or n != len(event.values):
+            event = msgspec.structs.replace(event, names=event.names[:n], values=event.values[:n])
+        trimmed.append(event)
+    return metric_rows(trimmed, optional)
 
 
 def real(value: Optional[float]) -> Optional[float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import sqlite3
 from typing import Any, AsyncIterator, Optional, Sequence
@@ -191,9 +190,34 @@ class Store:
             if marks:
                 await self.conn.executemany(_MARK_SQL, list(marks.items()))
 
+    async def apply_batches(
+        self, parts: Sequence[tuple[str, Sequence[int], Sequence[Event]]], marks: dict[str, int]
+    ) -> None:
+        """Apply agent clients' runs of events, each (client id, increasing seqs, events), with ``marks``,
+        in one transaction; events at or below their client's stored mark are skipped, as in apply()."""
+        async with self._transaction():
+            stored = await self._stored_marks(list(dict.fromkeys(client for client, _, _ in parts)))
+            events: list[Event] = []
+            for client, seqs, run in parts:
+                mark = stored[client]
+                if not run or seqs[-1] <= mark:
+                    continue
+                if seqs[0] > mark:
+                    events.extend(run)
+                else:
+                    events.extend(event for event, seq in zip(run, seqs) if seq > mark)
+            await self._apply(events)
+            await self.conn.executemany(_MARK_SQL, list(marks.items()))
+
     async def _above_marks(self, events: Sequence[Event], keys: Sequence[tuple[str, int]]) -> Sequence[Event]:
         """Return the events whose (client id, seq) key is above its client's stored mark (inside a transaction)."""
-        clients = list(dict.fromkeys(client for client, _ in keys))
+        stored = await self._stored_marks(list(dict.fromkeys(client for client, _ in keys)))
+        if all(seq > stored[client] for client, seq in keys):
+            return events
+        return [event for event, (client, seq) in zip(events, keys) if seq > stored[client]]
+
+    async def _stored_marks(self, clients: list[str]) -> dict[str, int]:
+        """Return each client's stored high-water mark (0 if none)."""
         stored = dict.fromkeys(clients, 0)
         for start in range(0, len(clients), 500):
             part = clients[start : start + 500]
@@ -202,9 +226,7 @@ class Store:
                 part,
             )
             stored.update((client, seq) for client, seq in found)
-        if all(seq > stored[client] for client, seq in keys):
-            return events
-        return [event for event, (client, seq) in zip(events, keys) if seq > stored[client]]
+        return stored
 
     async def apply_keyed(self, events: Sequence[Event], keys: Sequence[tuple[str, int]]) -> int:
         """Apply, in one transaction, the events whose (client id, seq) key is above its client's mark.
@@ -319,22 +341,11 @@ class Store:
         """
         if not events:
             return
-        present = tuple(any(getattr(e, c) is not None for e in events) for c in _METRIC_OPTIONAL)
-        columns = [c for c, p in zip(_METRIC_OPTIONAL, present) if p]
-        if len(columns) > 1:
-            pick: Any = operator.attrgetter(*columns)
-        elif columns:
-            one = operator.attrgetter(columns[0])
-            pick = lambda event: (one(event),)  # noqa: E731
-        else:
-            pick = None
-        values: list[Any] = []
-        for event in events:
-            _extend_metric_values(values, event, pick)
-        width = len(_METRIC_ALWAYS) + len(columns)
-        rows = len(values) // width
+        present, values = rows.metric_rows(events, _METRIC_OPTIONAL)
+        width = len(_METRIC_ALWAYS) + sum(present)
+        count = len(values) // width
         pos = 0
-        for n in _chunk_sizes(rows, self.rows_per_insert):
+        for n in _chunk_sizes(count, self.rows_per_insert):
             await self.conn.execute(self._metric_sql(present, n), values[pos : pos + n * width])
             pos += n * width
 
@@ -398,23 +409,6 @@ class Store:
             return cursor.lastrowid
         await self._apply([event])
         return None
-
-
-def _extend_metric_values(out: list[Any], event: MetricsLogged, pick: Any) -> None:
-    """Append ``event``'s rows: the _METRIC_ALWAYS columns, then those ``pick`` returns."""
-    head = (
-        event.experiment_id,
-        "json" if event.value_json is not None else "scalar",
-        local_text(event.ts),
-    )
-    tail = pick(event) if pick is not None else ()
-    split = event.split
-    for name, value in zip(event.names, event.values):
-        out.extend(head)
-        out.append(name)
-        out.append(value)
-        out.append(split or split_of(name) or "")
-        out.extend(tail)
 
 
 def _chunk_sizes(rows: int, full: int) -> list[int]:
