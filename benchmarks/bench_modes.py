@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every logging mode side by side, in one run: thread, process and agent.
 
-    PYTHONPATH=. python benchmarks/bench_modes.py                    # full run (about 12 minutes)
+    PYTHONPATH=. python benchmarks/bench_modes.py                    # full run (about 10 minutes)
     PYTHONPATH=. python benchmarks/bench_modes.py --quick            # smoke run (under 2 minutes)
     PYTHONPATH=. python benchmarks/bench_modes.py --modes thread,agent --only slowdown,rss
     PYTHONPATH=. python benchmarks/bench_modes.py --json out.json    # figures as JSON too ('-': stdout)
@@ -542,7 +542,12 @@ def slowdown(tmp: str, mode: str, cfg: argparse.Namespace) -> dict[str, Any]:
             "log_cpu_us_per_step": statistics.median(x[1] for x in runs["log"]),
             "pair_ratios_pct": wall,
         }
+        calibrated = cfg.us_free if kind == "gil_free" else cfg.us_hold
+        r["base_vs_calibrated_pct"] = 100 * (r["base_us_per_step"] / calibrated - 1)
         label = "GIL-releasing" if kind == "gil_free" else "GIL-holding  "
+        if abs(r["base_vs_calibrated_pct"]) > 5:
+            say(f"  {mode:<8} (note: the no-log step took {r['base_vs_calibrated_pct']:+.0f}% vs its calibration in "
+                f"this script: other load on the machine, or this trainer runs the loop at another speed)")
         say(f"  {mode:<8} {label} {r['base_us_per_step']:6.1f} -> {r['log_us_per_step']:6.1f} us/step: "
             f"slowdown {med:+6.2f}% (IQR {q1:+.2f} .. {q3:+.2f}, 95% CI {lo:+.2f} .. {hi:+.2f}) | "
             f"own thread CPU {r['base_cpu_us_per_step']:6.1f} -> {r['log_cpu_us_per_step']:6.1f} us ({cmed:+.2f}%)")
@@ -892,6 +897,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "slowdown" in selected or "committed" in selected:
         a.nloop, us_hold = calibrate(gil_holding_step_factory, 1000, 10**7, a.step_us)
         a.nbytes, us_free = calibrate(gil_free_step_factory, 64 * 1024, 4 * 1024 * 1024, a.step_us)
+        a.us_hold, a.us_free = us_hold, us_free
         figures["steps_calibrated"] = {"gil_holding_loop": a.nloop, "gil_holding_us": us_hold,
                                        "gil_free_bytes": a.nbytes, "gil_free_us": us_free}
         say(f"calibrated steps: pure-Python loop of {fmt_int(a.nloop)} iterations = {us_hold:.1f} us (holds the GIL); "
@@ -912,7 +918,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for scenario in selected:
             title, runner = RUNNERS[scenario]
             header(title)
-            say(f"  ({sizes[scenario]})")
+            say(f"  ({sizes[scenario]}; load average {os.getloadavg()[0]:.2f})")
             per = figures[scenario] = {}
             for mode in modes:
                 try:
