@@ -42,7 +42,10 @@ class _SplitText(dict):
     """A metric name's split as bound to the split column: its prefix's split, or '' (stored as NULL)."""
 
     def __missing__(self, name: str) -> str:
-        return split_of(name) or ""
+        text = split_of(name) or ""
+        if len(self) < 4096:  # metric names are few; a run inventing names must not grow this
+            self[name] = text
+        return text
 
 
 _split_text = _SplitText()

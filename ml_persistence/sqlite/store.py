@@ -343,9 +343,8 @@ class Store:
             return
         present, values = rows.metric_rows(events, _METRIC_OPTIONAL)
         width = len(_METRIC_ALWAYS) + sum(present)
-        count = len(values) // width
         pos = 0
-        for n in _chunk_sizes(count, self.rows_per_insert):
+        for n in _chunk_sizes(len(values) // width, self.rows_per_insert):
             await self.conn.execute(self._metric_sql(present, n), values[pos : pos + n * width])
             pos += n * width
 
