@@ -343,11 +343,10 @@ class Agent:
         loop = self._loop
         assert loop is not None
 
-        def committed() -> None:  # writer thread
+        def committed(batch: Batch) -> None:  # writer thread; given the batch, so the batch and this closure form no cycle
             loop.call_soon_threadsafe(self._committed, state, last_seq, n, batch.rejected)
 
-        batch = Batch(state.client_id, last_seq, frame, committed)  # type: ignore[arg-type]
-        self.buffer.append_batch(batch)
+        self.buffer.append_batch(Batch(state.client_id, last_seq, frame, committed))  # type: ignore[arg-type]
 
     def _committed(self, state: ClientState, seq: int, n: int, rejected: int) -> None:
         self.pending -= n

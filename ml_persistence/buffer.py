@@ -38,7 +38,8 @@ class Batch:
     """Events the agent received from one client, decoded, ending at sequence number ``last_seq``.
 
     The writer commits them in one transaction together with the client's new high-water mark,
-    then calls ``on_committed`` (from the writer thread).
+    then calls ``on_committed(batch)`` (from the writer thread; a callback that closed over its batch
+    would make a reference cycle, which the agent's raised collector thresholds free only rarely).
     """
 
     __slots__ = ("client_id", "last_seq", "events", "on_committed", "seqs", "rejected")
@@ -48,7 +49,7 @@ class Batch:
         client_id: str,
         last_seq: int,
         events: list[Any],
-        on_committed: Callable[[], None],
+        on_committed: Callable[["Batch"], None],
         seqs: Optional[list[int]] = None,
     ) -> None:
         self.client_id = client_id

@@ -246,7 +246,7 @@ class Writer:
                 if work and await self._commit(store, work):
                     for item in work:
                         if type(item) is Batch:
-                            item.on_committed()
+                            item.on_committed(item)
             finally:
                 for item in items:  # losses, if any, are counted and raised by flush()
                     if type(item) is Barrier:

@@ -60,7 +60,7 @@ def test_a_frame_is_decoded_with_its_bad_events_refused_and_its_sequence_numbers
     bad = [msgspec.msgpack.encode("garbage"), ev.encode(metric(["a", "b"], [1.0]))]
     payloads = [good[0], bad[0], good[1], bad[1], good[2]]
     data = ev.array_header(len(payloads)) + b"".join(payloads)
-    batch = Batch("client", 15, ingest.Frame(data, len(payloads)), lambda: None)  # type: ignore[arg-type]
+    batch = Batch("client", 15, ingest.Frame(data, len(payloads)), lambda batch: None)  # type: ignore[arg-type]
     assert [bytes(raw) for raw in batch.events] == payloads  # what a recovery file would get
     assert ingest.decode(batch) == 2
     assert [e.step for e in batch.events] == [0, 1, 2]

@@ -201,7 +201,7 @@ def test_an_agent_batch_skips_events_a_recovery_file_stored_while_it_was_queued(
     buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
     writer = Writer(Store(db_path, 1000), buffer, WriterOptions())
     events = [ev.decode(metric(experiment, seq)) for seq in range(1, 11)]
-    buffer.append_batch(Batch("trainer-1", 10, events, committed.set, list(range(1, 11))))
+    buffer.append_batch(Batch("trainer-1", 10, events, lambda batch: committed.set(), list(range(1, 11))))
     writer.start()
     assert committed.wait(30)
     assert writer.stop(30)
@@ -238,7 +238,7 @@ def test_every_batch_an_agent_still_queues_at_its_stop_deadline_is_saved(
     buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
     for client in range(5):
         events = [ev.decode(metric(experiment, client * 1000 + seq)) for seq in range(1, 1001)]
-        buffer.append_batch(Batch(f"trainer-{client}", 1000, events, lambda: None, list(range(1, 1001))))
+        buffer.append_batch(Batch(f"trainer-{client}", 1000, events, lambda batch: None, list(range(1, 1001))))
     writer = Writer(Store(db_path, 1000), buffer, WriterOptions(batch_size=1000))
     writer.start()
     writer.stop(0.5)
