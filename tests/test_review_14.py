@@ -221,3 +221,24 @@ tracker.flush()
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "APP_STARTED_AGAIN").exists(), "the frozen app was executed again as the writer"
     assert metric_steps(tmp_path, 1, "a") == list(range(10))
+
+
+def test_an_agent_stores_a_12_mib_event_that_the_call_accepted(tmp_path: Path) -> None:
+    """The call admits events up to MAX_EVENT_BYTES (32 MiB); the sender then drops any over FRAME_BYTES (8 MiB)."""
+    from agent_process import AgentProcess, short_socket
+
+    db = str(tmp_path / "agent.db")
+    with AgentProcess(db, [short_socket(tmp_path)], tmp_path) as agent:
+        body = """
+tracker = ExperimentTracker()
+tracker.start_experiment("run")
+tracker.log_metric("a", 1.0, step=12, metadata={"blob": "x" * (12 << 20)})
+try:
+    tracker.flush()
+    say("flushed")
+except Exception as exc:
+    say("raised", type(exc).__name__, exc)
+"""
+        done = run_script(tmp_path, body, ML_PERSISTENCE_AGENT=agent.url)
+    assert done.returncode == 0, done.stderr
+    assert "flushed" in done.stdout, done.stdout + done.stderr
