@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import msgspec
 
 from ml_persistence import events as ev
 from ml_persistence import protocol as p
-from ml_persistence.buffer import Batch
 
 log = logging.getLogger("ml_persistence.agent")
 
@@ -39,6 +38,36 @@ def array_length(data: Any) -> int:
     if first == 0xDD and len(view) >= 5:
         return int.from_bytes(view[1:5], "big")
     raise p.ProtocolError("Events.events is not an array")
+
+
+class Batch:
+    """Events the agent received from one client (a Frame, then decoded), ending at sequence number ``last_seq``.
+
+    The writer commits them in one transaction together with the client's new high-water mark,
+    then calls ``on_committed(batch)`` (from the writer thread; a callback that closed over its batch
+    would make a reference cycle, which the agent's raised collector thresholds free only rarely).
+    """
+
+    __slots__ = ("client_id", "last_seq", "events", "on_committed", "seqs", "rejected")
+
+    def __init__(
+        self,
+        client_id: str,
+        last_seq: int,
+        events: list[Any],
+        on_committed: Callable[["Batch"], None],
+        seqs: Optional[list[int]] = None,
+    ) -> None:
+        self.client_id = client_id
+        self.last_seq = last_seq
+        self.events = events
+        self.on_committed = on_committed
+        self.seqs = seqs  # each event's sequence number (default: consecutive, ending at last_seq)
+        self.rejected = 0  # events of this batch the database refused
+
+    def __len__(self) -> int:
+        return len(self.events)
+
 
 
 class Frame:

@@ -18,11 +18,11 @@ import anyio.abc
 from ml_persistence import address as addr
 from ml_persistence import protocol as p
 from ml_persistence import recovery, storage
-from ml_persistence.buffer import Batch, EventBuffer, Item
+from ml_persistence.buffer import EventBuffer, Item
 from ml_persistence.writer import Writer, WriterOptions
 
 from .gate import Gate
-from .ingest import Frame
+from .ingest import Batch, Frame
 from .session import Session
 from .writer import AgentWriter
 

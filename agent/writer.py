@@ -1,19 +1,47 @@
-"""The agent's writer: the shared Writer, decoding each client's frames only when it commits them."""
+"""The agent's writer: the shared Writer over clients' Batches, each committed with its client's mark."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from ml_persistence.buffer import Batch
+from ml_persistence import events as ev
 from ml_persistence.storage import REFUSED
 from ml_persistence.writer import Writer, _Abandoned
 
 from . import ingest
+from .ingest import Batch
 
 
 class AgentWriter(Writer):
-    """Commits Batches of encoded Frames: one decode per frame, one keyed transaction per batch."""
+    """Commits Batches of encoded Frames: one decode per frame, one keyed transaction per batch.
+
+    The client marks and (client, seq) keys that make replays exactly once live here, in the
+    hooks the shared Writer leaves for work other than a trainer's encoded events.
+    """
+
+    def _decode(self, work: Sequence[Any]) -> tuple[list[Any], dict[str, int], list[Optional[bytes]]]:
+        decoded: list[Any] = []
+        marks: dict[str, int] = {}
+        for batch in work:
+            decoded.extend(batch.events)
+            marks[batch.client_id] = batch.last_seq
+        return decoded, marks, [None] * len(decoded)
+
+    def _committed(self, work: Sequence[Any]) -> None:
+        for batch in work:
+            batch.on_committed(batch)
+
+    def _marks_per_event(self, work: Sequence[Any], n: int) -> list[tuple[Optional[dict[str, int]], Any]]:
+        marks: list[tuple[Optional[dict[str, int]], Any]] = []
+        for batch in work:
+            marks.extend(({batch.client_id: seq}, batch) for seq in ingest.seqs_of(batch))
+        return marks
+
+    def _unwritten_of(self, batch: Any) -> tuple[int, Iterator[tuple[bytes, Optional[tuple[str, int]]]]]:
+        ingest.decode(batch)
+        pairs = zip(batch.events, ingest.seqs_of(batch))
+        return len(batch), ((ev.encode(event), (batch.client_id, seq)) for event, seq in pairs)
 
     async def _commit(self, store: Any, work: Sequence[Any]) -> bool:
         for batch in work:

@@ -34,35 +34,6 @@ class Barrier:
         return self._done.wait(timeout)
 
 
-class Batch:
-    """Events the agent received from one client, decoded, ending at sequence number ``last_seq``.
-
-    The writer commits them in one transaction together with the client's new high-water mark,
-    then calls ``on_committed(batch)`` (from the writer thread; a callback that closed over its batch
-    would make a reference cycle, which the agent's raised collector thresholds free only rarely).
-    """
-
-    __slots__ = ("client_id", "last_seq", "events", "on_committed", "seqs", "rejected")
-
-    def __init__(
-        self,
-        client_id: str,
-        last_seq: int,
-        events: list[Any],
-        on_committed: Callable[["Batch"], None],
-        seqs: Optional[list[int]] = None,
-    ) -> None:
-        self.client_id = client_id
-        self.last_seq = last_seq
-        self.events = events
-        self.on_committed = on_committed
-        self.seqs = seqs  # each event's sequence number (default: consecutive, ending at last_seq)
-        self.rejected = 0  # events of this batch the database refused
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-
 class Request:
     """An id-returning event and the future its caller waits on; ``key`` is (client id, seq) via the agent."""
 
@@ -74,7 +45,7 @@ class Request:
         self.key = key
 
 
-Item = Union[bytes, Barrier, Batch]
+Item = Any  # encoded event bytes or a Barrier here; a consumer's subclass may queue other work
 _BARRIER_ID = struct.Struct(">Q")
 
 

@@ -17,7 +17,7 @@ import msgspec
 
 from . import events as ev
 from . import recovery
-from .buffer import Barrier, Batch, EventBuffer, Request
+from .buffer import Barrier, EventBuffer, Request
 from .spool import Spool
 from .errors import EventsSavedError, WriterError
 from .rows import local_text
@@ -244,9 +244,7 @@ class Writer:
             try:
                 work = [i for i in items if type(i) is not Barrier]
                 if work and await self._commit(store, work):
-                    for item in work:
-                        if type(item) is Batch:
-                            item.on_committed(item)
+                    self._committed(work)
             finally:
                 for item in items:  # losses, if any, are counted and raised by flush()
                     if type(item) is Barrier:
@@ -257,26 +255,28 @@ class Writer:
                 return
 
     def _decode(self, work: Sequence[Any]) -> tuple[list[ev.Event], dict[str, int], list[Optional[bytes]]]:
-        """Return the events of ``work`` (encoded bytes or agent Batches), each client's new
-        high-water mark, and each event's encoded bytes (None for an agent's, decoded already)."""
-        if all(type(item) is bytes for item in work):
-            payloads: list[Any] = list(work)
-            return self._decode_encoded(payloads), {}, payloads
-        decoded: list[ev.Event] = []
-        marks: dict[str, int] = {}
-        sources: list[Optional[bytes]] = []
-        for item in work:
-            if type(item) is Batch:
-                decoded.extend(item.events)
-                sources.extend([None] * len(item.events))
-                marks[item.client_id] = item.last_seq
-                continue
-            try:
-                decoded.append(ev.decode(item))
-                sources.append(item)
-            except msgspec.DecodeError as exc:
-                self._reject(exc, "undecodable event")
-        return decoded, marks, sources
+        """Return the events of ``work``, each agent client's new high-water mark (none here), and
+        each event's encoded bytes (None where there are none: an agent's, decoded already)."""
+        payloads: list[Any] = list(work)
+        return self._decode_encoded(payloads), {}, payloads
+
+    # -- what a writer of other work than encoded events (the agent's) overrides ---------------
+
+    def _committed(self, work: Sequence[Any]) -> None:
+        """Called once ``work`` is committed (writer thread)."""
+
+    def _marks_per_event(self, work: Sequence[Any], n: int) -> list[tuple[Optional[dict[str, int]], Any]]:
+        """Return, for each of the ``n`` events _decode got from ``work``, the {client id: seq} mark to
+        store with it and the work item it came from (whose ``rejected`` counts its refusals): none here."""
+        return [(None, None)] * n
+
+    def _unwritten_of(self, item: Any) -> tuple[int, Iterator[tuple[bytes, Optional[tuple[str, int]]]]]:
+        """Return how many events a queued work item holds, and each as (encoded event, key or None)."""
+        return 1, iter(((item, None),))
+
+    def _keys(self, work: Sequence[Any], n: int) -> list[tuple[str, int]]:
+        """Return each keyed event's (client id, seq), for the ``n`` events _decode got from ``work``."""
+        return [next(iter(mark.items())) for mark, _ in self._marks_per_event(work, n) if mark]
 
     def _decode_encoded(self, payloads: list[bytes]) -> list[ev.Event]:
         """Decode a run of encoded events in one call; find and refuse the undecodable ones if any."""
@@ -305,7 +305,7 @@ class Writer:
         if not events and not marks:
             return True
         try:
-            keyed = {"keys": _keys(work, len(events))} if marks else {}  # an agent's: skip what is stored
+            keyed = {"keys": self._keys(work, len(events))} if marks else {}  # an agent's: skip what is stored
             await self._retrying(functools.partial(store.apply, marks=marks, **keyed), events)
         except _Abandoned:
             self._keep_unwritten(work, events, sources, 0)
@@ -324,7 +324,7 @@ class Writer:
             return True
         # One bad event must not take the rest of its batch with it. An agent client's event is
         # committed with its own sequence mark, so a crash here cannot lead to a replayed duplicate.
-        for i, (event, (mark, batch)) in enumerate(zip(events, _marks_per_event(work, len(events)))):
+        for i, (event, (mark, batch)) in enumerate(zip(events, self._marks_per_event(work, len(events)))):
             try:
                 keyed = {"keys": list(mark.items())} if mark else {}
                 await self._retrying(functools.partial(store.apply, marks=mark, **keyed), [event])
@@ -356,7 +356,7 @@ class Writer:
         self, work: Sequence[Any], events: list[ev.Event], sources: list[Optional[bytes]], start: int
     ) -> None:
         """Keep ``events[start:]`` of a batch abandoned at the close deadline, for the recovery file."""
-        marks = _marks_per_event(work, len(events))
+        marks = self._marks_per_event(work, len(events))
         with self._loss_lock:
             if not self.in_flight:
                 return  # stop() gave up on this batch already (and counted it lost)
@@ -543,15 +543,12 @@ class Writer:
             if not items:
                 return
             for item in items:
-                if type(item) is Batch:
-                    remaining -= len(item)
-                    for event, seq in zip(item.events, _seqs(item)):
-                        yield ev.encode(event), (item.client_id, seq)
-                elif type(item) is Barrier:
+                if type(item) is Barrier:
                     barriers.append(item)
-                else:
-                    remaining -= 1
-                    yield item, None
+                    continue
+                count, unwritten = self._unwritten_of(item)
+                remaining -= count
+                yield from unwritten
 
     def _save_unwritten(
         self, events: Optional[Iterator[tuple[bytes, Optional[tuple[str, int]]]]] = None
@@ -604,34 +601,6 @@ class Writer:
             request.future.set_exception(error)
         for barrier in self.buffer.barriers():
             barrier.set(error)
-
-
-def _marks_per_event(work: Sequence[Any], n: int) -> list[tuple[Optional[dict[str, int]], Optional[Batch]]]:
-    """Return, for each of the ``n`` events _decode got from ``work``, its {client id: seq} mark and Batch.
-
-    Embedded work (encoded bytes, some maybe undecodable) has neither; the agent's work is all Batches.
-    """
-    if not any(type(item) is Batch for item in work):
-        return [(None, None)] * n
-    marks: list[tuple[Optional[dict[str, int]], Optional[Batch]]] = []
-    for item in work:
-        if type(item) is Batch:
-            marks.extend(({item.client_id: seq}, item) for seq in _seqs(item))
-        else:
-            marks.append((None, None))
-    return marks
-
-
-def _keys(work: Sequence[Any], n: int) -> list[tuple[str, int]]:
-    """Return each agent event's (client id, seq), for the ``n`` events _decode got from ``work`` (all Batches)."""
-    return [next(iter(mark.items())) for mark, _ in _marks_per_event(work, n) if mark]
-
-
-def _seqs(batch: Batch) -> Sequence[int]:
-    """Return each event's sequence number in an agent ``batch``."""
-    if batch.seqs is not None:
-        return batch.seqs
-    return range(batch.last_seq - len(batch.events) + 1, batch.last_seq + 1)
 
 
 def _free_space(path: str) -> str:

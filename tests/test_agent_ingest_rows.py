@@ -7,8 +7,8 @@ import math
 import msgspec
 
 from agent import ingest
+from agent.ingest import Batch
 from ml_persistence import events as ev
-from ml_persistence.buffer import Batch
 from ml_persistence.rows import local_text, metric_rows, split_of
 from ml_persistence.sqlite.store import _METRIC_OPTIONAL
 

@@ -189,17 +189,18 @@ def test_the_spool_continues_in_a_new_file_when_its_disk_fills(tmp_path: Path, m
 
 def test_an_agent_batch_skips_events_a_recovery_file_stored_while_it_was_queued(db_path: str, experiment: int) -> None:
     # The trainer's file (seqs 1-5) is applied with `recover` while a live agent still holds seqs 1-10.
+    from agent.ingest import Batch
     from agent.server import AgentBuffer
-    from ml_persistence.buffer import Batch
+    from agent.writer import AgentWriter
     from ml_persistence.sqlite.store import Store
-    from ml_persistence.writer import Writer, WriterOptions
+    from ml_persistence.writer import WriterOptions
 
     path = recovery.save(db_path, [metric(experiment, seq) for seq in range(1, 6)],
                          [("trainer-1", seq) for seq in range(1, 6)])
     assert path is not None and recovery.apply(path).stored == 5
     committed = threading.Event()
     buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
-    writer = Writer(Store(db_path, 1000), buffer, WriterOptions())
+    writer = AgentWriter(Store(db_path, 1000), buffer, WriterOptions())
     events = [ev.decode(metric(experiment, seq)) for seq in range(1, 11)]
     buffer.append_batch(Batch("trainer-1", 10, events, lambda batch: committed.set(), list(range(1, 11))))
     writer.start()
@@ -226,20 +227,22 @@ def test_saving_nothing_writes_no_file(db_path: str) -> None:
 def test_every_batch_an_agent_still_queues_at_its_stop_deadline_is_saved(
     db_path: str, experiment: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from agent.ingest import Batch
     from agent.server import AgentBuffer
-    from ml_persistence.buffer import Batch
+    from agent.writer import AgentWriter
     from ml_persistence.sqlite.store import Store
-    from ml_persistence.writer import Writer, WriterOptions
+    from ml_persistence.writer import WriterOptions
 
     async def full(self, events, marks=None, keys=None):  # type: ignore[no-untyped-def]
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Store, "apply", full)
+    monkeypatch.setattr(Store, "apply_batches", full)  # the agent writer's one-transaction path
     buffer = AgentBuffer(wake_threshold=1, kick=lambda: None)
     for client in range(5):
         events = [ev.decode(metric(experiment, client * 1000 + seq)) for seq in range(1, 1001)]
         buffer.append_batch(Batch(f"trainer-{client}", 1000, events, lambda batch: None, list(range(1, 1001))))
-    writer = Writer(Store(db_path, 1000), buffer, WriterOptions(batch_size=1000))
+    writer = AgentWriter(Store(db_path, 1000), buffer, WriterOptions(batch_size=1000))
     writer.start()
     writer.stop(0.5)
     assert (writer.saved, writer.lost) == (5000, 0)

@@ -302,9 +302,11 @@ def tag(cls: type) -> Any:
 
 
 def subclasses(cls: type) -> list[type]:
+    """Return the subclasses of ``cls`` defined where it is (the agent's own decoding views are not wire classes)."""
     found = []
     for sub in cls.__subclasses__():
-        found += [sub, *subclasses(sub)]
+        if sub.__module__ == cls.__module__:
+            found += [sub, *subclasses(sub)]
     return found
 
 
