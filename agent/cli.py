@@ -85,6 +85,11 @@ def parser() -> argparse.ArgumentParser:
         "how a trainer's private writer process tells its trainer's status()",
     )
     ap.add_argument(
+        "--private-dir",
+        metavar="DIR",
+        help="a directory made for this agent alone (its socket, its status file): removed when it exits",
+    )
+    ap.add_argument(
         "--exit-with-fd",
         type=int,
         metavar="FD",
@@ -151,7 +156,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         for host, port in published:
             addr.unpublish_token(host, port, token)  # type: ignore[arg-type]
+        if args.private_dir is not None:
+            _remove_private_dir(args.private_dir, args.status_file)
     return 0
+
+
+def _remove_private_dir(directory: str, status_file: Optional[str]) -> None:
+    """Remove the agent's own files from ``directory``, then the directory if that leaves it empty."""
+    for path in (status_file, f"{status_file}.tmp" if status_file else None):
+        if path is not None and os.path.dirname(os.path.abspath(path)) == os.path.abspath(directory):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    try:
+        os.rmdir(directory)  # the socket is gone already; anything else someone put there stays
+    except OSError:
+        pass
 
 
 def _stop_at_end_of_file(fd: int) -> None:
@@ -280,9 +301,12 @@ class StatusFile(logging.Handler):
             if text == self._shown:
                 return
             temporary = f"{self.path}.tmp"
-            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                f.write(text)
-            os.replace(temporary, self.path)
+            try:
+                with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                    f.write(text)
+                os.replace(temporary, self.path)
+            except OSError:
+                return  # nobody can read it now (its directory is gone): the writing itself goes on
             self._shown = text
 
     async def keep(self) -> None:

@@ -216,6 +216,8 @@ class Backend(Hub):
             condition = consumer.condition if consumer is not None else None
             return {
                 "writer": "thread",
+                "writer_pid": None,
+                "connected": None,
                 "busy_retries": consumer.busy_retries if consumer is not None else 0,
                 "condition": dict(condition) if condition is not None else None,
                 "failure": repr(consumer.failure) if consumer is not None and consumer.failure else None,

@@ -27,6 +27,8 @@ from .address import Address
 from .errors import MLPersistenceError
 
 START_TIMEOUT = 60.0  # seconds for the writer process to say it is ready (a cold start takes ~0.3 s)
+MAX_FRAME_MB = 2048  # only this process talks to it: take any event the writer thread would store
+_BOOTSTRAP = "import sys; sys.path[0] = sys.argv.pop(1); from agent.cli import main; sys.exit(main(sys.argv[1:]))"
 _released: list[subprocess.Popen] = []  # let go, maybe still draining: reaped when next looked at
 
 
@@ -57,20 +59,25 @@ class PrivateWriter:
         process = self._process
         if process is not None and process.poll() is None and self.address is not None:
             return self.address
-        self._release()
+        self._release(remove=True)  # it is gone (killed?): its directory is ours to remove
         return self._start()
 
     def _start(self) -> Address:
-        if not sys.executable:
-            raise SpawnError("no Python executable to start a writer process with")
+        if not sys.executable or getattr(sys, "frozen", False):
+            raise SpawnError("no Python interpreter to start a writer process with (a frozen application)")
+        root = _library_root()
+        if not os.path.isfile(os.path.join(root, "agent", "cli.py")):
+            raise SpawnError(f"the agent program is not installed next to ml_persistence (in {root})")
         directory = tempfile.mkdtemp(prefix="ml_persistence-writer-")  # mode 0700
         path = os.path.join(directory, "writer.sock")
         read_end, write_end = os.pipe()  # both close on exec; the child is handed the read end only
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "--listen", f"unix://{path}", "--exit-with-fd", str(read_end),
-                 "--status-file", os.path.join(directory, "status.json"), "--stop-timeout", str(_exit_timeout()),
-                 "--log-level", "WARNING"],
+                # Not `-m agent`: that would first look in the working directory, where a project may have an
+                # agent.py of its own. Our installation's directory goes first on the path instead.
+                [sys.executable, "-c", _BOOTSTRAP, root, "--listen", f"unix://{path}", "--exit-with-fd", str(read_end),
+                 "--status-file", os.path.join(directory, "status.json"), "--private-dir", directory,
+                 "--stop-timeout", str(_exit_timeout()), "--max-frame-mb", str(MAX_FRAME_MB), "--log-level", "WARNING"],
                 env=_child_environment(self.db),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -100,7 +107,9 @@ class PrivateWriter:
             left = deadline - time.monotonic()
             readable, _, _ = select.select([out], [], [], max(0.0, left))
             if not readable:
-                self._release()
+                process.kill()
+                process.wait()
+                self._release(remove=True)
                 raise SpawnError(f"the writer process did not start within {START_TIMEOUT:.0f} s")
             line = out.readline()
             if b"ready" in line:
@@ -108,7 +117,7 @@ class PrivateWriter:
                 return
             if not line:
                 code = process.wait()
-                self._release()
+                self._release(remove=True)
                 raise SpawnError(f"the writer process exited with status {code} before it was ready")
 
     def follow_limits(self) -> None:
@@ -151,13 +160,14 @@ class PrivateWriter:
         self._directory = None
         self.address = None
 
-    def _release(self) -> None:
+    def _release(self, remove: bool = False) -> None:
+        """Let the process go; ``remove`` its directory too when it is not running (it removes it itself as it exits)."""
         if self._lifeline is not None:
             os.close(self._lifeline)  # end-of-file for the process: it drains and exits
             self._lifeline = None
-        if self._directory is not None:
+        if self._directory is not None and remove:
             shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
+        self._directory = None
         self._process = None
         self.address = None
 
@@ -169,13 +179,16 @@ def _exit_timeout() -> float:
     return exit_timeout()
 
 
+def _library_root() -> str:
+    """Return the directory this ml_persistence (and the agent installed with it) was imported from."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _child_environment(db: str) -> dict[str, str]:
     """Return the writer process's environment: the database named there (a URL's password stays off
-    the command line), and this library importable however this process found it."""
+    the command line)."""
     env = dict(os.environ)
     env["ML_PERSISTENCE_DB"] = db
     for name in ("ML_PERSISTENCE_AGENT", "ML_PERSISTENCE_WRITER"):
         env.pop(name, None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -43,6 +43,7 @@ SEND_STALL = 30.0  # a connection that takes no bytes and sends none for this lo
 WINDOW = 65536  # events sent and not yet acknowledged, at most
 FRAME_BYTES = 8 << 20  # events per Events frame stop here (the agent accepts 64 MiB by default)
 MAX_EVENT_BYTES = 32 << 20  # a larger single event is refused at the call
+_FRAME_OVERHEAD = 64  # bytes a frame adds around one event: length prefix, tag, sequence number, array header
 RETIRED_COUNTERS = ("sent", "written", "replayed", "reconnects", "rejected", "lost", "saved")
 
 
@@ -117,6 +118,9 @@ class AgentBackend(Hub):
     def _status_fields(self, sender: Any) -> dict[str, Any]:
         return {
             "writer": "agent",
+            "writer_pid": None,
+            "busy_retries": 0,
+            "condition": None,
             "client_id": self._client.client_id,
             "connected": bool(sender and sender.connected),
             "queued": len(self.buffer) + (sender.unacked_events if sender else 0),
@@ -243,7 +247,8 @@ class Sender:
         self._wake_w.setblocking(False)
         self._decoder = p.FrameDecoder(max_frame=1 << 31)
         self._out: list[bytes] = []
-        self.frame_bytes = FRAME_BYTES
+        self.frame_bytes = FRAME_BYTES  # runs of events are split into frames of about this size
+        self.max_frame = p.DEFAULT_MAX_FRAME  # the agent's limit: a larger event (or call) cannot be sent
         self._thread = threading.Thread(target=self._run, name="ml-persistence-sender", daemon=True)
 
     @property
@@ -335,6 +340,7 @@ class Sender:
     def _resume(self, welcome: p.Welcome) -> bool:
         """Take in the agent's Welcome and replay what it lacks; False if the connection dropped meanwhile."""
         self.frame_bytes = min(FRAME_BYTES, welcome.max_frame // 2)
+        self.max_frame = welcome.max_frame
         if welcome.rejected < self.agent_rejected_total:
             self.agent_rejected_total = 0  # a new agent: its count of this client starts again
         self._note_rejected(welcome.rejected)
@@ -596,17 +602,30 @@ class Sender:
         self._send_run(first, events[:half])
         self._send_run(first + half, events[half:])
 
+    def _fits(self, payload: bytes) -> bool:
+        """True if ``payload`` fits in one frame the agent accepts, with room for the frame's own header."""
+        return len(payload) <= self.max_frame - _FRAME_OVERHEAD
+
     def _sendable(self, events: list[bytes]) -> list[bytes]:
-        """Return ``events`` without those larger than a frame (refused, counted and logged)."""
-        fits = [event for event in events if len(event) <= self.frame_bytes]
+        """Return ``events`` without those larger than the agent's frame limit (refused, counted and logged)."""
+        fits = [event for event in events if self._fits(event)]
         if len(fits) < len(events):
             self.rejected += len(events) - len(fits)
-            log.error("ml_persistence: %d events exceed the agent's frame limit; not sent", len(events) - len(fits))
+            log.error(
+                "ml_persistence: %d events exceed the frame limit of %s (%d MiB); not sent",
+                len(events) - len(fits), self.address, self.max_frame >> 20,
+            )
         return fits
 
     def _pump(self) -> bool:
         """Send new calls, reads and up to one batch of events; return True if more are waiting."""
         for request in self.buffer.take_requests():
+            if not self._fits(request.payload):
+                request.future.set_exception(InvalidValueError(
+                    f"event of {len(request.payload) >> 20} MiB is larger than {self.address} accepts "
+                    f"({self.max_frame >> 20} MiB)"
+                ))
+                continue
             seq = self.next_seq
             self.next_seq += 1
             self.calls[seq] = (request.payload, request.future)
@@ -622,6 +641,7 @@ class Sender:
         runs = self.buffer.take_runs(min(room, self.options.batch_size))
         flush_at = 0
         taken = 0
+        numbered = 0
         for run in runs:
             if type(run) is Barrier:
                 taken += 1
@@ -644,10 +664,11 @@ class Sender:
             self.unacked.append((first, events))
             self.unacked_events += len(events)
             self._send_run(first, events, data)
-            self.sent += len(events)  # handed to the kernel below: the agent gets them even if this process dies
+            numbered += len(events)
         if flush_at:
             self._send(p.Flush(flush_at))
         self._transmit()
+        self.sent += numbered  # handed to the kernel: the agent gets them even if this process dies now
         return taken >= self.options.batch_size and len(self.buffer) > 0
 
     # -- receiving -----------------------------------------------------------------------------
