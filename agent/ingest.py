@@ -9,6 +9,7 @@ import msgspec
 
 from ml_persistence import events as ev
 from ml_persistence import protocol as p
+from ml_persistence.buffer import Request
 
 log = logging.getLogger("ml_persistence.agent")
 
@@ -68,6 +69,16 @@ class Batch:
     def __len__(self) -> int:
         return len(self.events)
 
+
+
+class KeyedRequest(Request):
+    """A client's id-returning event, decoded, stored exactly once under its (client id, seq) ``key``."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, event: Any, key: tuple[str, int]) -> None:
+        super().__init__(event)
+        self.key = key
 
 
 class Frame:

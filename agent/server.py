@@ -22,7 +22,7 @@ from ml_persistence.buffer import EventBuffer, Item
 from ml_persistence.writer import Writer, WriterOptions
 
 from .gate import Gate
-from .ingest import Batch, Frame
+from .ingest import Batch, Frame, KeyedRequest
 from .session import Session
 from .writer import AgentWriter
 
@@ -371,7 +371,7 @@ class Agent:
         self.stats.calls += 1
         loop = self._loop
         assert loop is not None
-        future = self.buffer.request(event, key=(state.client_id, seq))
+        future = self.buffer.queue_request(KeyedRequest(event, (state.client_id, seq)))
 
         def done(f: Any) -> None:  # writer thread
             exc = f.exception()

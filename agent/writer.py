@@ -28,6 +28,9 @@ class AgentWriter(Writer):
             marks[batch.client_id] = batch.last_seq
         return decoded, marks, [None] * len(decoded)
 
+    def _request_key(self, request: Any) -> Optional[tuple[str, int]]:
+        return request.key
+
     def _committed(self, work: Sequence[Any]) -> None:
         for batch in work:
             batch.on_committed(batch)

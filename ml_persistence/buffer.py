@@ -35,14 +35,13 @@ class Barrier:
 
 
 class Request:
-    """An id-returning event and the future its caller waits on; ``key`` is (client id, seq) via the agent."""
+    """An id-returning event and the future its caller waits on."""
 
-    __slots__ = ("payload", "future", "key")
+    __slots__ = ("payload", "future")
 
-    def __init__(self, payload: Any, key: Optional[tuple[str, int]] = None) -> None:
-        self.payload = payload  # encoded bytes, or an event the agent already decoded
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload  # encoded bytes (a consumer's subclass may queue an event decoded already)
         self.future: Future = Future()
-        self.key = key
 
 
 Item = Any  # encoded event bytes or a Barrier here; a consumer's subclass may queue other work
@@ -135,9 +134,12 @@ class EventBuffer:
         self._kick()
         return token
 
-    def request(self, payload: Any, key: Optional[tuple[str, int]] = None) -> Future:
+    def request(self, payload: Any) -> Future:
         """Queue an event whose result (a row id) the caller waits for; it skips the queue."""
-        request = Request(payload, key)
+        return self.queue_request(Request(payload))
+
+    def queue_request(self, request: Request) -> Future:
+        """Queue ``request`` ahead of the events and wake the consumer; return its future."""
         self.requests.append(request)
         self.wake_pending = True
         self._kick()

@@ -274,6 +274,10 @@ class Writer:
         """Return how many events a queued work item holds, and each as (encoded event, key or None)."""
         return 1, iter(((item, None),))
 
+    def _request_key(self, request: Request) -> Optional[tuple[str, int]]:
+        """Return the (client id, seq) a request is stored under exactly once: none here."""
+        return None
+
     def _keys(self, work: Sequence[Any], n: int) -> list[tuple[str, int]]:
         """Return each keyed event's (client id, seq), for the ``n`` events _decode got from ``work``."""
         return [next(iter(mark.items())) for mark, _ in self._marks_per_event(work, n) if mark]
@@ -388,7 +392,7 @@ class Writer:
             return
         try:
             ids = await self._retrying(
-                functools.partial(store.apply_requests, keys=[r.key for _, r in pending]),
+                functools.partial(store.apply_requests, keys=[self._request_key(r) for _, r in pending]),
                 [e for e, _ in pending],
             )
         except _Abandoned as exc:
@@ -407,7 +411,7 @@ class Writer:
         for event, request in pending:
             try:
                 (row_id,) = await self._retrying(
-                    functools.partial(store.apply_requests, keys=[request.key]), [event]
+                    functools.partial(store.apply_requests, keys=[self._request_key(request)]), [event]
                 )
             except Exception as exc:  # noqa: BLE001
                 request.future.set_exception(WriterError(f"database refused {type(event).__name__}: {exc}"))
