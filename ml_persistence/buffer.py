@@ -48,6 +48,21 @@ Item = Any  # encoded event bytes or a Barrier here; a consumer's subclass may q
 _BARRIER_ID = struct.Struct(">Q")
 
 
+class _Limit:
+    """A setting or state of an EventBuffer that decides whether an append needs more than
+    list.append; setting it recomputes the buffer's fast_limit, so the common append tests one number."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, buffer: Any, owner: Optional[type] = None) -> Any:
+        return self if buffer is None else buffer._limits[self.name]
+
+    def __set__(self, buffer: Any, value: Any) -> None:
+        buffer._limits[self.name] = value
+        buffer._relimit()
+
+
 class EventBuffer:
     """Producers append without blocking; one consumer (writer or sender) takes items in FIFO order.
 
@@ -67,8 +82,8 @@ class EventBuffer:
         kick: Callable[[], None],
         spool: Optional[Spool] = None,
     ) -> None:
-        self._state = {"max_events": max_events, "wake_threshold": wake_threshold, "spilling": False,
-                       "wake_pending": False, "idle": True, "refusal": None}
+        self._limits = {"max_events": max_events, "wake_threshold": wake_threshold, "spilling": False,
+                        "wake_pending": False, "idle": True, "refusal": None}
         self.fast_limit = 0  # an append below this many queued items goes straight in (see _relimit)
         self.items: list[Item] = []
         self.barriers_in_items = 0  # raised before a barrier goes in, lowered when take() finds it
@@ -82,24 +97,21 @@ class EventBuffer:
         self._warned = False
         self._kick = kick
 
-    # The settings and states that decide whether an append needs more than list.append, each
-    # recomputing fast_limit when set, so the common append tests one number.
-    max_events = property(lambda self: self._state["max_events"], lambda self, v: self._set("max_events", v))
-    wake_threshold = property(lambda self: self._state["wake_threshold"], lambda self, v: self._set("wake_threshold", v))
-    spilling = property(lambda self: self._state["spilling"], lambda self, v: self._set("spilling", v))  # new items go behind the spool's
-    wake_pending = property(lambda self: self._state["wake_pending"], lambda self, v: self._set("wake_pending", v))
-    idle = property(lambda self: self._state["idle"], lambda self, v: self._set("idle", v))  # no consumer: the next append starts one
-    refusal = property(lambda self: self._state["refusal"], lambda self, v: self._set("refusal", v))  # raised by append
+    max_events = _Limit()
+    wake_threshold = _Limit()
+    spilling = _Limit()  # set while the spool holds records: new items go behind them
+    wake_pending = _Limit()  # the consumer was woken and has not looked yet
+    idle = _Limit()  # no consumer is running: the next append must start one
+    refusal = _Limit()  # set (to the error) once appends must raise: the hub was closed, or refused
 
-    def _set(self, name: str, value: Any) -> None:
-        state = self._state
-        state[name] = value
-        if state["idle"] or state["spilling"] or state["refusal"] is not None:
+    def _relimit(self) -> None:
+        limits = self._limits
+        if limits["idle"] or limits["spilling"] or limits["refusal"] is not None:
             self.fast_limit = 0
-        elif state["wake_pending"]:
-            self.fast_limit = state["max_events"]
+        elif limits["wake_pending"]:
+            self.fast_limit = limits["max_events"]
         else:
-            self.fast_limit = min(state["wake_threshold"] - 1, state["max_events"])  # the append reaching it wakes
+            self.fast_limit = min(limits["wake_threshold"] - 1, limits["max_events"])  # the append reaching it wakes
 
     def append(self, payload: bytes) -> None:
         """Queue one encoded event; never blocks."""
