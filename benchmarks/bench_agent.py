@@ -71,6 +71,8 @@ from bench_core import (  # noqa: E402
     percentile,
     say,
     summary_table,
+    timed_calls,
+    timer_overhead_ns,
     write_figures,
 )
 
@@ -359,32 +361,23 @@ def child_latency(params: dict[str, Any]) -> dict[str, Any]:
     for i in range(params["warmup"]):
         log(m, step=i)
     tracker.flush()
-    pc = time.perf_counter_ns
-    over = [0] * 10_000
-    for i in range(10_000):
-        a = pc()
-        over[i] = pc() - a
+    overhead = timer_overhead_ns()
     calls = params["calls"]
-    lat = [0] * calls
     gc.collect()
     _say_child("ready")
     _wait_go()
     t0 = time.perf_counter()
-    for i in range(calls):
-        a = pc()
-        log(m, step=i)
-        lat[i] = pc() - a
+    lat = timed_calls(log, m, calls)
     t_logged = time.perf_counter()
     _say_child("logged")  # the parent stops the loaders now: this flush() must not wait on an endless backlog
     tracker.flush()
     t_done = time.perf_counter()
     status = _status(tracker)
     tracker.close()
-    lat.sort()
     return {
         "calls": calls,
         "warmup": params["warmup"],
-        "timer_overhead_ns": statistics.median(over),
+        "timer_overhead_ns": overhead,
         "p50_us": percentile(lat, 0.50) / 1000,
         "p90_us": percentile(lat, 0.90) / 1000,
         "p99_us": percentile(lat, 0.99) / 1000,

@@ -264,6 +264,28 @@ def bench_raw(tmp: str, total_rows: int, rows_per_txn: int = 10_000) -> dict[str
 # -- 2. log_metrics_batch latency and end-to-end throughput ----------------------------------
 
 
+def timer_overhead_ns() -> float:
+    """Return the median cost of one perf_counter_ns() pair, the floor of every timed call."""
+    pc = time.perf_counter_ns
+    over = [0] * 10_000
+    for i in range(10_000):
+        a = pc()
+        over[i] = pc() - a
+    return statistics.median(over)
+
+
+def timed_calls(log: Callable[..., None], metrics: dict[str, float], calls: int) -> list[int]:
+    """Call ``log(metrics, step=i)`` ``calls`` times; return each call's nanoseconds, sorted."""
+    pc = time.perf_counter_ns
+    lat = [0] * calls
+    for i in range(calls):
+        a = pc()
+        log(metrics, step=i)
+        lat[i] = pc() - a
+    lat.sort()
+    return lat
+
+
 def bench_latency(tmp: str, calls: int, warmup: int, raw_limit: float) -> dict[str, Any]:
     path = os.path.join(tmp, "latency.db")
     tracker = new_tracker(path)
@@ -273,20 +295,10 @@ def bench_latency(tmp: str, calls: int, warmup: int, raw_limit: float) -> dict[s
         log(metrics, step=i)
     tracker.flush()
 
-    pc = time.perf_counter_ns
-    over = [0] * 10_000
-    for i in range(10_000):
-        a = pc()
-        over[i] = pc() - a
-    timer_overhead = statistics.median(over)
-
-    lat = [0] * calls
+    timer_overhead = timer_overhead_ns()
     gc.collect()
     t0 = time.perf_counter()
-    for i in range(calls):
-        a = pc()
-        log(metrics, step=i)
-        lat[i] = pc() - a
+    lat = timed_calls(log, metrics, calls)
     t_logged = time.perf_counter()
     tracker.flush()
     t_done = time.perf_counter()
@@ -294,7 +306,6 @@ def bench_latency(tmp: str, calls: int, warmup: int, raw_limit: float) -> dict[s
     finish(tracker)
     rows = metric_rows(path)
 
-    lat.sort()
     points = 4 * calls
     e2e = points / (t_done - t0)
     r = {

@@ -90,6 +90,8 @@ from bench_core import (  # noqa: E402
     header,
     percentile,
     say,
+    timed_calls,
+    timer_overhead_ns,
     write_figures,
 )
 
@@ -329,25 +331,16 @@ def child_latency(params: dict[str, Any]) -> dict[str, Any]:
     for i in range(params["warmup"]):
         log(m, step=i)
     tracker.flush()
-    pc = time.perf_counter_ns
-    over = [0] * 10_000
-    for i in range(10_000):
-        a = pc()
-        over[i] = pc() - a
+    overhead = timer_overhead_ns()
     calls = params["calls"]
-    lat = [0] * calls
     gc.collect()
     t0 = time.perf_counter()
-    for i in range(calls):
-        a = pc()
-        log(m, step=i)
-        lat[i] = pc() - a
+    lat = timed_calls(log, m, calls)
     t_logged = time.perf_counter()
     tracker.flush()
     t_done = time.perf_counter()
-    lat.sort()
     return {
-        "calls": calls, "timer_overhead_ns": statistics.median(over),
+        "calls": calls, "timer_overhead_ns": overhead,
         "p50_us": percentile(lat, 0.50) / 1000, "p99_us": percentile(lat, 0.99) / 1000,
         "p999_us": percentile(lat, 0.999) / 1000, "max_us": lat[-1] / 1000, "mean_us": sum(lat) / calls / 1000,
         "log_loop_s": t_logged - t0, "flush_s": t_done - t_logged, **_losses(tracker),
