@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Optional
 
 from ..errors import SchemaError
@@ -284,6 +285,32 @@ def _file_of(conn: sqlite3.Connection) -> str:
     return "this database"
 
 
+WAL_SWITCH_WAIT = 10.0  # seconds to keep asking for WAL mode while another connection holds the file
+
+
+def _switch_to_wal(conn: sqlite3.Connection, required: bool) -> None:
+    """Put the file in WAL mode; raise if that fails and is ``required``.
+
+    SQLite refuses the switch at once, without waiting in its busy handler, while another
+    connection is mid-transaction on the file (two inits racing on a new file), so a locked
+    file is asked again until WAL_SWITCH_WAIT has passed.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            locked = "locked" in str(exc) or "busy" in str(exc)
+            if not locked or time.monotonic() > deadline:
+                if required:
+                    raise
+                return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def ensure(conn: sqlite3.Connection) -> list[str]:
     """Create or upgrade the schema in place; return what was done (empty if nothing).
 
@@ -294,11 +321,7 @@ def ensure(conn: sqlite3.Connection) -> list[str]:
     if reason is not None:
         raise SchemaError(reason)
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")  # also for a restored backup, which is single-file
-        except sqlite3.OperationalError:
-            if not current:
-                raise
+        _switch_to_wal(conn, required=not current)  # also for a restored backup, which is single-file
     if current:
         return []
     conn.execute("BEGIN IMMEDIATE")
