@@ -18,10 +18,12 @@ from typing import Any
 from ..errors import SchemaError
 from ..sqlite import schema as sqlite_schema
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES = ("experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets")
-OUR_TABLES = frozenset(TABLES) | {"agent_clients", "agent_requests", "legacy_imports"}
+OUR_TABLES = frozenset(TABLES) | {
+    "agent_clients", "agent_requests", "legacy_imports", "database_identity", "sync_marks", "sync_ids",
+}
 VERSION_TABLE = "ml_persistence_schema"
 
 # SQLite's defaults, as text: local time with microseconds as the original wrote it, and
@@ -212,6 +214,31 @@ CREATE TABLE IF NOT EXISTS legacy_imports (
 )
 """
 
+# Version 4 (see the SQLite schema): every experiment's uuid, the database's own, sync's bookkeeping.
+# A volatile column default fills every existing row with its own value, and every later insert.
+SYNC_TABLES_V4 = f"""
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS uuid TEXT COLLATE "C" DEFAULT gen_random_uuid()::text;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_experiments_uuid ON experiments(uuid);
+CREATE TABLE IF NOT EXISTS database_identity (database_uuid TEXT COLLATE "C" NOT NULL);
+INSERT INTO database_identity (database_uuid)
+    SELECT gen_random_uuid()::text WHERE NOT EXISTS (SELECT 1 FROM database_identity);
+CREATE TABLE IF NOT EXISTS sync_marks (
+    experiment_uuid TEXT COLLATE "C" NOT NULL,
+    table_name TEXT COLLATE "C" NOT NULL,
+    source_uuid TEXT COLLATE "C" NOT NULL,
+    last_id BIGINT NOT NULL,
+    updated_at TEXT COLLATE "C" DEFAULT {_UTC_NOW},
+    PRIMARY KEY (experiment_uuid, table_name)
+);
+CREATE TABLE IF NOT EXISTS sync_ids (
+    experiment_uuid TEXT COLLATE "C" NOT NULL,
+    table_name TEXT COLLATE "C" NOT NULL,
+    source_id BIGINT NOT NULL,
+    target_id BIGINT NOT NULL,
+    PRIMARY KEY (experiment_uuid, table_name, source_id)
+)
+"""
+
 # The views are SQLite's, word for word: experiment_summary groups by e.id alone, which PostgreSQL
 # allows too since id is the key of experiments.
 VIEWS = sqlite_schema.VIEWS
@@ -244,7 +271,12 @@ def _migrate_to_3(conn: Any) -> list[str]:
     return ["created table legacy_imports"]
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+def _migrate_to_4(conn: Any) -> list[str]:
+    _run(conn, SYNC_TABLES_V4)
+    return ["added column experiments.uuid", "created tables database_identity, sync_marks, sync_ids"]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 
 
 def tables(conn: Any) -> list[str]:

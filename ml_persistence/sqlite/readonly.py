@@ -53,7 +53,7 @@ def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
     if missing:
         raise ReadError(f"{path} is not an ml_persistence database (no {', '.join(missing)} table)")
     added: dict[str, list[str]] = {}
-    for table, column, _ in schema.ADDED_COLUMNS_V1:
+    for table, column, _ in [*schema.ADDED_COLUMNS_V1, *schema.ADDED_COLUMNS_V4]:
         if column not in schema.columns(conn, table):
             added.setdefault(table, []).append(column)
     # Columns newer versions add read as NULL through temporary views, which shadow the tables for

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The tables as the seed's original implementation wrote them (user_version 0), constraints included.
 # Local-time text timestamps, as the original wrote them with datetime.now().
@@ -232,7 +232,67 @@ def _migrate_to_3(conn: sqlite3.Connection) -> list[str]:
     return ["created table legacy_imports"]
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+# A random version-4 UUID as text, lower case with dashes, in SQLite's own SQL.
+UUID_SQL = (
+    "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))"
+)
+
+# Version 4 gives every experiment a global identity (``uuid``) and the database one of its own, and
+# keeps sync's bookkeeping: in a target, how far each table of each experiment was copied (by source
+# row id, from which source database), and which target model each source model became.
+ADDED_COLUMNS_V4 = [("experiments", "uuid", "TEXT")]
+
+SYNC_TABLES_V4 = f"""
+CREATE UNIQUE INDEX IF NOT EXISTS idx_experiments_uuid ON experiments(uuid);
+CREATE TABLE IF NOT EXISTS database_identity (database_uuid TEXT NOT NULL);
+INSERT INTO database_identity (database_uuid)
+    SELECT {UUID_SQL} WHERE NOT EXISTS (SELECT 1 FROM database_identity);
+CREATE TABLE IF NOT EXISTS sync_marks (
+    experiment_uuid TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    source_uuid TEXT NOT NULL,
+    last_id INTEGER NOT NULL,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (experiment_uuid, table_name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_ids (
+    experiment_uuid TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    source_id INTEGER NOT NULL,
+    target_id INTEGER NOT NULL,
+    PRIMARY KEY (experiment_uuid, table_name, source_id)
+) WITHOUT ROWID
+"""
+
+# Every insert, by this library or anyone else, gets a UUID unless it brings one (sync does).
+UUID_TRIGGER = f"""
+CREATE TRIGGER IF NOT EXISTS experiments_uuid AFTER INSERT ON experiments
+FOR EACH ROW WHEN NEW.uuid IS NULL
+BEGIN
+    UPDATE experiments SET uuid = {UUID_SQL} WHERE id = NEW.id;
+END
+"""
+
+
+def _migrate_to_4(conn: sqlite3.Connection) -> list[str]:
+    done = []
+    for table, column, kind in ADDED_COLUMNS_V4:
+        if column not in columns(conn, table):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            done.append(f"added column {table}.{column}")
+    filled = conn.execute(f"UPDATE experiments SET uuid = {UUID_SQL} WHERE uuid IS NULL").rowcount
+    if filled:
+        done.append(f"gave {filled} experiments a uuid")
+    for statement in SYNC_TABLES_V4.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(UUID_TRIGGER)
+    return done + ["created tables database_identity, sync_marks, sync_ids"]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -247,7 +307,9 @@ def configure(conn: sqlite3.Connection, busy_timeout_ms: int = 5000) -> None:
 
 
 # Every table some version of ml_persistence creates: a file holding one of them is ours.
-OUR_TABLES = frozenset(TABLES) | {"agent_clients", "agent_requests", "legacy_imports"}
+OUR_TABLES = frozenset(TABLES) | {
+    "agent_clients", "agent_requests", "legacy_imports", "database_identity", "sync_marks", "sync_ids",
+}
 
 
 def not_ours(conn: sqlite3.Connection, path: str) -> Optional[str]:
