@@ -37,6 +37,7 @@ import sys
 
 import ml_persistence
 from ml_persistence import DatasetManager, ExperimentTracker, ModelRegistry
+from ml_persistence.sqlite.schema import SCHEMA_VERSION
 
 db = sys.argv[1]
 t, reg, ds = ExperimentTracker(db), ModelRegistry(db), DatasetManager(db)
@@ -926,7 +927,7 @@ def test_a_restored_backup_is_used_in_wal_mode(sample: str, tmp_path: Path) -> N
 
 def test_check_good_database(sample: str, tmp_path: Path) -> None:
     text = ok(cli("check", "--db", sample, cwd=tmp_path)).stdout
-    assert text.splitlines() == [f"{sample}: schema version 3", "  integrity: ok", "  foreign keys: ok"]
+    assert text.splitlines() == [f"{sample}: schema version {SCHEMA_VERSION}", "  integrity: ok", "  foreign keys: ok"]
     report = strict_json(ok(cli("check", "--json", "--db", sample, cwd=tmp_path)).stdout)
     assert report == {"ok": True, "schema_version": 3, "integrity": ["ok"], "foreign_keys": []}
     ok(cli("check", "--quick", "--db", sample, cwd=tmp_path))

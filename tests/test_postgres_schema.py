@@ -8,6 +8,8 @@ import pytest
 
 from pg import pg_rows
 
+from ml_persistence.postgres import schema
+
 psycopg = pytest.importorskip("psycopg")
 
 
@@ -52,8 +54,8 @@ def test_init_reports_the_upgrade(pg_db: str, tmp_path) -> None:  # type: ignore
     done = subprocess.run([PYTHON, "-m", "ml_persistence", "init", "--db", pg_db], cwd=tmp_path, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "from schema version 1 to 3" in done.stdout and "created tables agent_clients, agent_requests" in done.stdout
+    assert f"from schema version 1 to {schema.SCHEMA_VERSION}" in done.stdout and "created tables agent_clients, agent_requests" in done.stdout
     assert urlsplit(pg_db).password not in done.stdout + done.stderr
     again = subprocess.run([PYTHON, "-m", "ml_persistence", "init", "--db", pg_db], cwd=tmp_path, env=subprocess_env(),
                            capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "up to date (schema version 3)" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and f"up to date (schema version {schema.SCHEMA_VERSION})" in again.stdout, again.stdout + again.stderr
