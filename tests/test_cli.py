@@ -28,6 +28,8 @@ import pytest
 
 from conftest import rows, subprocess_env
 
+from ml_persistence.sqlite.schema import SCHEMA_VERSION
+
 LONG_NAME = "dqn-with-a-really-long-descriptive-experiment-name-for-clipping"
 
 # The sample database: four ended experiments, written through the whole API.
@@ -37,7 +39,6 @@ import sys
 
 import ml_persistence
 from ml_persistence import DatasetManager, ExperimentTracker, ModelRegistry
-from ml_persistence.sqlite.schema import SCHEMA_VERSION
 
 db = sys.argv[1]
 t, reg, ds = ExperimentTracker(db), ModelRegistry(db), DatasetManager(db)
