@@ -930,7 +930,7 @@ def test_check_good_database(sample: str, tmp_path: Path) -> None:
     text = ok(cli("check", "--db", sample, cwd=tmp_path)).stdout
     assert text.splitlines() == [f"{sample}: schema version {SCHEMA_VERSION}", "  integrity: ok", "  foreign keys: ok"]
     report = strict_json(ok(cli("check", "--json", "--db", sample, cwd=tmp_path)).stdout)
-    assert report == {"ok": True, "schema_version": 3, "integrity": ["ok"], "foreign_keys": []}
+    assert report == {"ok": True, "schema_version": SCHEMA_VERSION, "integrity": ["ok"], "foreign_keys": []}
     ok(cli("check", "--quick", "--db", sample, cwd=tmp_path))
 
 
