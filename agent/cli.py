@@ -11,12 +11,13 @@ import signal
 import stat
 import sys
 import threading
+import time
 from typing import Optional, Sequence
 
 import anyio
 
 from ml_persistence import address as addr
-from ml_persistence import storage
+from ml_persistence import storage, upload
 from ml_persistence.backend import default_db_path
 from ml_persistence.errors import MLPersistenceError
 from ml_persistence.protocol import is_loopback
@@ -96,6 +97,13 @@ def parser() -> argparse.ArgumentParser:
         help="stop (writing what clients sent) when this inherited descriptor reads end-of-file: how a "
         "trainer's private writer process ends with its trainer",
     )
+    ap.add_argument(
+        "--sync-to",
+        metavar="URL",
+        help="upload everything this agent writes to this database (a postgresql:// URL or a file), a few seconds "
+        "behind, by an `ml-persistence sync --follow` process the agent keeps running; a password in the URL "
+        "reaches it through its environment",
+    )
     return ap
 
 
@@ -117,6 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             token = addr.new_token()
         if not storage.is_url(db):
             _check_database_path(db)
+        target = upload.target_for(args.sync_to, db, environment=False) if args.sync_to is not None else None
         agent = Agent(
             storage.Database(db),
             addresses,
@@ -143,8 +152,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _stop_at_end_of_file(args.exit_with_fd)
     published: list[tuple[str, int]] = []  # (IP, port) of each token file this agent wrote
     ready: list[bool] = []
+    uploading = Uploading(agent.database.db, target) if target is not None else None
     try:
-        anyio.run(_serve, agent, token if generated else None, published, ready, args.status_file, backend="asyncio")
+        anyio.run(
+            _serve, agent, token if generated else None, published, ready, args.status_file, uploading, backend="asyncio"
+        )
     except Exception as exc:  # noqa: BLE001 - reported in one line, whatever it is
         cause = _sole_cause(exc)
         if not isinstance(cause, (MLPersistenceError, OSError, *storage.database_errors())):
@@ -154,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ml-persistence-agent: {_describe(cause, db)}", file=sys.stderr)
         return 1
     finally:
+        if uploading is not None:  # the writes are committed (or given up on): the uploader's final pass
+            uploading.finish(min(args.stop_timeout, upload.exit_timeout()))
         for host, port in published:
             addr.unpublish_token(host, port, token)  # type: ignore[arg-type]
         if args.private_dir is not None:
@@ -248,7 +262,12 @@ def _raise_open_file_limit() -> None:
 
 
 async def _serve(
-    agent: Agent, generated: Optional[str], published: list[tuple[str, int]], started: list[bool], status_file: Optional[str]
+    agent: Agent,
+    generated: Optional[str],
+    published: list[tuple[str, int]],
+    started: list[bool],
+    status_file: Optional[str],
+    uploading: Optional["Uploading"] = None,
 ) -> None:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_stop_on_signal, agent, tasks.cancel_scope)
@@ -263,11 +282,68 @@ async def _serve(
                         path = addr.publish_token(host, port, generated)
                         published.append((host, port))
                         log.info("token for %s in %s (this user's clients read it there)", addr.Address("tcp", host=host, port=port), path)
+            if uploading is not None:  # the database exists now: the uploader finds its source
+                uploading.start()
             print(f"ml-persistence-agent: ready, listening on {' '.join(urls)} (database {agent.db_path})", flush=True)
             started.append(True)
 
         await agent.run(ready)
         tasks.cancel_scope.cancel()
+
+
+class Uploading:
+    """The agent's uploader (--sync-to): started once the database is ready, started again when it dies."""
+
+    FIRST_BACKOFF = 1.0
+    MAX_BACKOFF = 60.0
+    STEADY = 60.0  # seconds an uploader must have run for its next death to start from the first backoff again
+
+    def __init__(self, db: str, target: str) -> None:
+        # Every run, not one owner's; no waiting for running runs to end at shutdown: trainers outlive agents.
+        self.uploader = upload.Uploader(db, target, owner_pid=None, final_timeout=0)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # ensure() and finish() never overlap
+
+    def start(self) -> None:
+        """Start the uploader and the thread that keeps it running (event loop thread)."""
+        threading.Thread(target=self._keep, name="uploader", daemon=True).start()
+
+    def _keep(self) -> None:
+        backoff = self.FIRST_BACKOFF
+        shown = storage.identity(self.uploader.target)
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                started = time.monotonic()
+                try:
+                    self.uploader.ensure()
+                    process = self.uploader._process
+                    log.info("uploading to %s (uploader pid %s)", shown, self.uploader.pid)
+                except upload.UploadStartError as exc:
+                    process = None
+                    log.error("%s", exc)
+            code = process.wait() if process is not None else None
+            if self._stop.is_set():
+                return
+            if time.monotonic() - started >= self.STEADY:
+                backoff = self.FIRST_BACKOFF
+            error = self.uploader.state().get("error")
+            log.warning(
+                "the uploader to %s exited (status %s%s); starting it again in %.0f s",
+                shown, code, f": {storage.redact(error)}" if error else "", backoff,
+            )
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.MAX_BACKOFF)
+
+    def finish(self, timeout: float) -> None:
+        """Stop restarting it; give it ``timeout`` s for its final pass; log what it did not upload."""
+        self._stop.set()
+        with self._lock:
+            message = self.uploader.finish(timeout)
+        if message is not None:
+            log.warning("%s", message.removeprefix("ml_persistence: "))
 
 
 STATUS_EVERY = 0.2  # seconds between looks at the writer's state for --status-file

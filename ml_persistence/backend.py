@@ -8,7 +8,7 @@ import os
 import threading
 from typing import Any, Optional, Union
 
-from . import storage
+from . import storage, upload
 from .errors import InvalidValueError, WriterError
 from .hub import Hub
 from .writer import WRITERS, Writer, WriterOptions
@@ -111,6 +111,7 @@ def shutdown(timeout: Optional[float] = None) -> None:
             backend.close(timeout)
         except WriterError as exc:
             errors.append(exc)
+    upload.finish_all()  # after the commits: each uploader's final pass, then a message if something stayed behind
     if errors:
         raise errors[0]
 

@@ -24,7 +24,7 @@ import traceback
 from typing import Any, Optional
 
 from . import backend as backends
-from . import storage
+from . import storage, upload
 from .errors import MLPersistenceError
 from .events import ExperimentEnded, encode
 
@@ -204,6 +204,7 @@ def finalize(status: str, notes: Optional[str], timeout: Optional[float] = None)
                 backend.end_now(ended, max(0.1, deadline - time.monotonic()))
         except (MLPersistenceError, *storage.database_errors()) as exc:
             print(f"ml_persistence: at exit, {backend.path}: {storage.redact(exc)}", file=sys.stderr)
+    upload.finish_all()  # the local writes are committed: uploaders make their final pass now
 
 
 def _after_fork_in_child() -> None:

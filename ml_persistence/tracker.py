@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import msgspec
 
-from . import environment, lifecycle
+from . import environment, lifecycle, upload
 from . import validate as v
 from .backend import Backend, backend_for
 from .errors import ClosedError, InvalidTypeError, InvalidValueError, NoActiveExperimentError
@@ -90,9 +90,11 @@ class ExperimentTracker:
         capture_environment: bool = True,
         agent: Union[str, bool, None] = None,
         token: Optional[str] = None,
+        sync_to: Optional[str | os.PathLike[str]] = None,
     ) -> None:
         self._backend: Backend = backend_for(db_path, agent, token)
         self.db_path = self._backend.path
+        self._sync_to = self._upload_target(sync_to)
         self.capture_environment = capture_environment
         self._experiment_id: Optional[int] = None
         self._closed = False
@@ -156,6 +158,8 @@ class ExperimentTracker:
             experiment_id = self._backend.request(encode(event))
             self._backend.running[experiment_id] = os.getpid()
             self._experiment_id = experiment_id
+        if self._sync_to is not None:
+            upload.start(self._backend.db, self._sync_to, experiment_id, self)
         return experiment_id
 
     def resume_experiment(self, experiment_id: int, *, claim: bool = True) -> int:
@@ -178,6 +182,8 @@ class ExperimentTracker:
                 self._backend.append(encode(event(experiment_id, socket.gethostname(), os.getpid(), time.time())))
                 self._backend.running[experiment_id] = os.getpid()
             self._experiment_id = experiment_id
+        if self._sync_to is not None:
+            upload.start(self._backend.db, self._sync_to, experiment_id, self)
         return experiment_id
 
     def end_experiment(self, status: str = "completed", notes: Optional[str] = None) -> None:
@@ -205,10 +211,18 @@ class ExperimentTracker:
         self._closed = True
         self._experiment_id = None
         self._backend.flush()
+        if self._sync_to is not None:
+            busy = os.getpid() in self._backend.running.values()
+            upload.release(self._backend.db, self._sync_to, self, busy)
 
     def status(self) -> dict[str, Any]:
-        """Return the writer's counters: queued, written, dropped, rejected, lost, ..."""
-        return self._backend.status()
+        """Return the writer's counters: queued, written, dropped, rejected, lost, ...
+
+        ``upload`` is None, or with ``sync_to`` the uploader's {"target", "pid", "state", "pending", "error"}.
+        """
+        status = self._backend.status()
+        status["upload"] = upload.status(self._backend.db, self._sync_to) if self._sync_to is not None else None
+        return status
 
     def __enter__(self) -> "ExperimentTracker":
         return self
@@ -390,6 +404,14 @@ class ExperimentTracker:
         return self._backend.read("list_artifacts", experiment_id, artifact_type)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _upload_target(self, sync_to: Optional[str | os.PathLike[str]]) -> Optional[str]:
+        """Return where this tracker's runs are uploaded (``sync_to``, else $ML_PERSISTENCE_SYNC_TO), or None."""
+        if self._backend.mode == "agent":
+            if sync_to is not None and os.fspath(sync_to):
+                raise InvalidValueError("sync_to: an agent writes this tracker's runs; start the agent with --sync-to instead")
+            return None  # $ML_PERSISTENCE_SYNC_TO is the agent's business too
+        return upload.target_for(sync_to, self._backend.db)
 
     def _check_open(self) -> None:
         if self._closed:
