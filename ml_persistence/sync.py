@@ -1,0 +1,312 @@
+"""Copy experiments, with everything they own, from one database into another, exactly once.
+
+An experiment is known everywhere by its uuid. In the target, ``sync_marks`` records per experiment
+and table the last source row id copied and from which source database; each chunk of rows and its
+mark commit in one transaction, under a lock on the experiment, so a sync killed at any point and
+run again resumes where the last commit left off, and two syncers of one run take turns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from . import liveness, storage
+from .errors import MLPersistenceError
+from .sqlite.sync import CHILD_TABLES, COLUMNS
+
+COPIED_TABLES = ("experiments", "models", "hyperparameters", "metrics", "artifacts", "datasets", "experiment_datasets")
+_DATASET_KEY = tuple(COLUMNS["datasets"].index(c) for c in ("name", "version", "split_type"))
+_MODEL_ID = {table: COLUMNS[table].index("model_id") for table in CHILD_TABLES if "model_id" in COLUMNS[table]}
+
+
+class SyncError(MLPersistenceError):
+    """A sync that cannot be done as asked (retrying will not help)."""
+
+
+@dataclass
+class Selection:
+    """Which source experiments to copy; every field narrows it, the default is all of them."""
+
+    experiments: Sequence[int] = ()
+    since: Optional[str] = None
+    tags: Sequence[str] = ()
+    owner_pid: Optional[int] = None
+    owner_host: Optional[str] = None
+
+
+@dataclass
+class ExperimentReport:
+    """What one pass did for one experiment."""
+
+    source_id: int
+    target_id: Optional[int]
+    uuid: Optional[str]
+    name: str
+    status: str
+    ended: bool
+    action: str = "unchanged"  # created | updated | unchanged | skipped
+    reason: Optional[str] = None
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COPIED_TABLES, 0))
+    pending: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COPIED_TABLES, 0))
+
+
+@dataclass
+class SyncReport:
+    """What one pass did: per experiment, and in total."""
+
+    source: str
+    target: str
+    dry_run: bool
+    experiments: list[ExperimentReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def totals(self) -> dict[str, int]:
+        """Return rows copied (or, in a dry run, to copy) per table over every experiment."""
+        return {t: sum(e.rows[t] for e in self.experiments) for t in COPIED_TABLES}
+
+    def pending(self) -> dict[str, int]:
+        """Return rows left to copy per table after the pass (what a stop or new logging left)."""
+        return {t: sum(e.pending[t] for e in self.experiments) for t in COPIED_TABLES}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-able summary."""
+        totals = self.totals()
+        return {
+            "source": self.source, "target": self.target, "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 3), "rows": totals, "rows_total": sum(totals.values()),
+            "pending": self.pending(), "experiments": [asdict(e) for e in self.experiments],
+        }
+
+
+def parse_since(text: str) -> str:
+    """Return a --since date as the local-time text start_time compares with; raise SyncError if malformed."""
+    for form in ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return dt.datetime.strptime(text.strip(), form).strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            continue
+    raise SyncError(f"--since {text!r} is not a date: use YYYY-MM-DD or 'YYYY-MM-DD HH:MM[:SS]'")
+
+
+def _open(db: str, create: bool) -> Any:
+    engine = storage.engine(db)
+    module = __import__(f"{engine.__name__}.sync", fromlist=["side"])
+    return module.side(db, create)
+
+
+def _check_pair(source: str, target: str) -> None:
+    if storage.identity(source) == storage.identity(target):
+        raise SyncError(f"{storage.display(source)} is both the source and the target")
+    if not storage.is_url(source) and not os.path.isfile(source):
+        raise SyncError(f"no database at {source}")
+    if not storage.is_url(source) and not storage.is_url(target) and os.path.exists(target):
+        if os.path.samefile(source, target):
+            raise SyncError(f"{source} and {target} are the same file")
+
+
+def sync(
+    source: str,
+    target: str,
+    selection: Selection = Selection(),
+    *,
+    dry_run: bool = False,
+    progress: Optional[Callable[[ExperimentReport, str, int], None]] = None,
+    chunk_rows: int = 50_000,
+    stop: Optional[threading.Event] = None,
+) -> SyncReport:
+    """Copy the selected experiments of ``source`` into ``target``; return what was done."""
+    source, target = os.fspath(source), os.fspath(target)
+    _check_pair(source, target)
+    started = time.monotonic()
+    report = SyncReport(storage.display(source), storage.display(target), dry_run)
+    src = _open(source, create=not dry_run)
+    try:
+        dst = _open_target(target, dry_run)
+        try:
+            _Pass(src, dst, report, dry_run, progress, chunk_rows, stop or threading.Event()).run(selection)
+        finally:
+            if dst is not None:
+                dst.close()
+    finally:
+        src.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _open_target(target: str, dry_run: bool) -> Any:
+    if not dry_run:
+        return _open(target, create=True)
+    if not storage.is_url(target) and not os.path.exists(target):
+        return None  # nothing there yet: everything would be copied
+    from .errors import ReadError
+
+    try:
+        return _open(target, create=False)
+    except ReadError as exc:
+        if "no ml_persistence database" in str(exc):
+            return None
+        raise
+
+
+class _Pass:
+    """One pass over the selected experiments."""
+
+    def __init__(self, src: Any, dst: Any, report: SyncReport, dry_run: bool,
+                 progress: Optional[Callable[[ExperimentReport, str, int], None]], chunk_rows: int,
+                 stop: threading.Event) -> None:
+        self.src, self.dst, self.report, self.dry_run = src, dst, report, dry_run
+        self.progress = progress or (lambda report, table, rows: None)
+        self.chunk_rows, self.stop = chunk_rows, stop
+        self.previewed: set[tuple] = set()  # datasets a dry run has counted as new
+
+    def run(self, selection: Selection) -> None:
+        owner = None
+        if selection.owner_pid is not None:
+            owner = (selection.owner_pid, selection.owner_host or socket.gethostname())
+        since = parse_since(selection.since) if selection.since else None
+        chosen = self.src.experiments(list(selection.experiments), since, list(selection.tags), owner)
+        missing = sorted(set(selection.experiments) - {e["id"] for e in chosen})
+        if missing:
+            raise SyncError(f"no experiment {', '.join(map(str, missing))} in {self.report.source}")
+        self.source_uuid = self.src.database_uuid()
+        if not self.dry_run and (self.source_uuid is None or any(e["uuid"] is None for e in chosen)):
+            raise SyncError(f"{self.report.source} has experiments without a uuid; open it once to upgrade it")
+        # Rows logged after this point wait for the next pass: a row copied now never points at a model
+        # this pass has not copied.
+        self.high = self.src.high_water()
+        for experiment in chosen:
+            if self.stop.is_set():
+                break
+            self.report.experiments.append(self._experiment(experiment))
+
+    def _experiment(self, experiment: dict[str, Any]) -> ExperimentReport:
+        status = liveness.with_liveness(self.src.reader, dict(experiment))["status"] or "running"
+        entry = ExperimentReport(
+            experiment["id"], None, experiment["uuid"], experiment["name"], status, status != "running"
+        )
+        values = tuple(experiment[c] for c in COLUMNS["experiments"])
+        if self.dry_run:
+            self._preview(experiment, entry, values)
+            return entry
+        uuid = experiment["uuid"]
+        with self.dst.transaction(uuid):
+            found = self.dst.find(uuid)
+            marks = self.dst.marks(uuid)
+            if found is None:
+                entry.target_id = self.dst.insert_experiment(values)
+                self.dst.set_mark(uuid, "experiments", self.source_uuid, experiment["id"])
+                entry.action, entry.rows["experiments"] = "created", 1
+            else:
+                entry.target_id = found[0]
+                origin = marks.get("experiments", (None, 0))[0]
+                if origin != self.source_uuid:
+                    entry.action = "skipped"
+                    entry.reason = (
+                        "the target's copy of this run started there" if origin is None
+                        else "the target's copy of this run came from another database"
+                    )
+                    return entry
+                if not _same(found[1], values):
+                    self.dst.update_experiment(found[0], values)
+                    entry.action, entry.rows["experiments"] = "updated", 1
+        self.progress(entry, "experiments", entry.rows["experiments"])
+        for table in CHILD_TABLES:
+            if self.stop.is_set():
+                break
+            self._copy_table(experiment, entry, table)
+        if not self.stop.is_set():
+            self._copy_links(experiment, entry)
+        for table in CHILD_TABLES:
+            mark = self.dst.marks(uuid).get(table, (None, 0))[1]
+            entry.pending[table] = self.src.count_after(table, experiment["id"], mark)
+        if entry.action == "unchanged" and any(entry.rows.values()):
+            entry.action = "updated"
+        return entry
+
+    def _copy_table(self, experiment: dict[str, Any], entry: ExperimentReport, table: str) -> None:
+        uuid, copied = experiment["uuid"], 0
+        model_at = _MODEL_ID.get(table)
+        models: dict[int, int] = {}
+        while not self.stop.is_set():
+            with self.dst.transaction(uuid):
+                mark = self.dst.marks(uuid).get(table, (None, 0))[1]
+                found = self.src.rows_after(table, experiment["id"], mark, self.high[table], self.chunk_rows)
+                if not found:
+                    break
+                if table == "models":
+                    self.dst.insert_models(uuid, [(row[0], (entry.target_id, *row[2:])) for row in found])
+                else:
+                    if model_at is not None and not models:
+                        models = self.dst.model_ids(uuid)
+                    self.dst.insert_rows(table, [_mapped(row, entry.target_id, model_at, models) for row in found])
+                self.dst.set_mark(uuid, table, self.source_uuid, found[-1][0])
+            copied += len(found)
+            entry.rows[table] = copied
+            self.progress(entry, table, copied)
+            if len(found) < self.chunk_rows:
+                break
+
+    def _copy_links(self, experiment: dict[str, Any], entry: ExperimentReport) -> None:
+        links = self.src.dataset_links(experiment["id"])
+        if not links:
+            return
+        with self.dst.transaction(experiment["uuid"]):
+            for dataset, usage in links:
+                dataset_id, created = self.dst.dataset_id(dataset)
+                entry.rows["datasets"] += created
+                entry.rows["experiment_datasets"] += self.dst.link(entry.target_id, dataset_id, usage)
+        self.progress(entry, "experiment_datasets", entry.rows["experiment_datasets"])
+
+    def _preview(self, experiment: dict[str, Any], entry: ExperimentReport, values: tuple) -> None:
+        """Count what a real pass would copy, writing nothing."""
+        found = self.dst.find(experiment["uuid"]) if self.dst is not None and experiment["uuid"] else None
+        marks = self.dst.marks(experiment["uuid"]) if found is not None else {}
+        if found is None:
+            entry.action, entry.rows["experiments"] = "created", 1
+        else:
+            entry.target_id = found[0]
+            if marks.get("experiments", (None, 0))[0] != self.src.database_uuid():
+                entry.action, entry.reason = "skipped", "the target's copy of this run did not come from this source"
+                return
+            if not _same(found[1], values):
+                entry.action, entry.rows["experiments"] = "updated", 1
+        for table in CHILD_TABLES:
+            mark = marks.get(table, (None, 0))[1]
+            entry.rows[table] = self.src.count_after(table, experiment["id"], mark, self.high[table])
+        for dataset, usage in self.src.dataset_links(experiment["id"]):
+            known = self.dst.find_dataset(dataset) if self.dst is not None else None
+            key = tuple(dataset[i] for i in _DATASET_KEY)
+            if known is None and key not in self.previewed:
+                self.previewed.add(key)
+                entry.rows["datasets"] += 1
+            if known is None or found is None or not self.dst.linked(found[0], known, usage):
+                entry.rows["experiment_datasets"] += 1
+        if entry.action == "unchanged" and any(entry.rows.values()):
+            entry.action = "updated"
+
+
+def _mapped(row: tuple, experiment_id: int, model_at: Optional[int], models: dict[int, int]) -> tuple:
+    """Return a source row's values for the target: its experiment's and model's target ids."""
+    values = list(row[1:])
+    values[0] = experiment_id
+    if model_at is not None and values[model_at] is not None:
+        values[model_at] = models.get(values[model_at])
+    return tuple(values)
+
+
+def _same(stored: Sequence[Any], values: Sequence[Any]) -> bool:
+    """Return True if the target's experiment row already holds ``values`` (as either engine reads them)."""
+    for a, b in zip(stored, values):
+        if a == b or (a is None) == (b is None) and str(a) == str(b):
+            continue
+        if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+            continue
+        return False
+    return True
