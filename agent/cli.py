@@ -152,7 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _stop_at_end_of_file(args.exit_with_fd)
     published: list[tuple[str, int]] = []  # (IP, port) of each token file this agent wrote
     ready: list[bool] = []
-    uploading = Uploading(agent.database.db, target) if target is not None else None
+    upload_timeout = min(args.stop_timeout, upload.exit_timeout())
+    uploading = Uploading(agent.database.db, target, upload_timeout) if target is not None else None
     try:
         anyio.run(
             _serve, agent, token if generated else None, published, ready, args.status_file, uploading, backend="asyncio"
@@ -167,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     finally:
         if uploading is not None:  # the writes are committed (or given up on): the uploader's final pass
-            uploading.finish(min(args.stop_timeout, upload.exit_timeout()))
+            uploading.finish(upload_timeout)
         for host, port in published:
             addr.unpublish_token(host, port, token)  # type: ignore[arg-type]
         if args.private_dir is not None:
@@ -298,9 +299,10 @@ class Uploading:
     MAX_BACKOFF = 60.0
     STEADY = 60.0  # seconds an uploader must have run for its next death to start from the first backoff again
 
-    def __init__(self, db: str, target: str) -> None:
-        # Every run, not one owner's; no waiting for running runs to end at shutdown: trainers outlive agents.
-        self.uploader = upload.Uploader(db, target, owner_pid=None, final_timeout=0)
+    def __init__(self, db: str, target: str, final_timeout: float) -> None:
+        # Every run, not one owner's. At shutdown a run still training (its trainer outlives this agent) is
+        # copied as far as committed; the next agent's uploader goes on with it.
+        self.uploader = upload.Uploader(db, target, owner_pid=None, final_timeout=final_timeout)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # ensure() and finish() never overlap
 

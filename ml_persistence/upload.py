@@ -107,7 +107,8 @@ class Uploader:
     """Starts, watches and finishes one uploader process: ``ml-persistence sync SOURCE TARGET --follow --all``.
 
     ``owner_pid``: upload only the runs that process started (a trainer's own); None: every run
-    (an agent). Methods are called by the owner's threads under its own lock.
+    (an agent). ``final_timeout``: what the owner waits for the final pass; the uploader's own
+    deadline is later. Methods are called by the owner's threads under its own lock.
     """
 
     def __init__(self, source: str, target: str, *, owner_pid: Optional[int], final_timeout: float) -> None:
@@ -171,7 +172,9 @@ class Uploader:
             sys.executable, "-c", _BOOTSTRAP, root, "sync", storage.identity(self.source), storage.identity(self.target),
             "--follow", "--all", "--exit-with-fd", str(read_end),
             "--status-file", os.path.join(directory, "status.json"),
-            "--final-timeout", f"{self.final_timeout:g}", "--quiet",
+            # Its own final deadline comes after the owner's: an owner still there stops it (SIGTERM, no message
+            # of its own) and says what is left; after an owner that died it stops by itself and says so.
+            "--final-timeout", f"{self.final_timeout + TERM_GRACE + 1:g}", "--quiet",
         ]
         if self.owner_pid is not None:
             args += ["--owner-pid", str(self.owner_pid)]
@@ -268,12 +271,12 @@ class Uploader:
         found = self.state()
         code = process.poll()
         self._release(remove=code is not None)
-        if found.get("state") == "done" and not late:
+        if not late and found.get("state") == "done":
             return None
-        if late:
+        if found.get("error"):  # the database could not be reached, or refused
+            reason = str(found["error"])
+        elif late:
             reason = f"still uploading after {timeout if shown is None else shown:g} s (${SYNC_EXIT_TIMEOUT_ENV})"
-            if found.get("error"):
-                reason += f"; {found['error']}"
         elif found.get("error"):
             reason = str(found["error"])
         elif found:
@@ -287,7 +290,9 @@ class Uploader:
         listed = found.get("pending_experiments")
         ids = sorted({int(i) for i in listed}) if isinstance(listed, list) and listed else sorted(self.experiments)
         rows = found.get("pending")
-        which = f"experiment(s) {', '.join(map(str, ids))}" if ids else "this process's experiments"
+        which = f"experiment(s) {', '.join(map(str, ids))}" if ids else (
+            "this process's experiments" if self.owner_pid is not None else "its experiments"
+        )
         what = f"{sum(_rows(rows))} rows of {which}" if isinstance(rows, dict) and rows else f"the rows of {which}"
         password = " (the password from $PGPASSWORD or ~/.pgpass)" if any(
             storage.is_url(db) and _password(db) is not None for db in (self.source, self.target)
