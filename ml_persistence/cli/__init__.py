@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from .. import storage
 from ..backend import default_db_path
 from ..errors import MLPersistenceError, ReadError
-from . import browse, follow, maintain, programs, transfer
+from . import browse, follow, maintain, programs, sync, transfer
 from .database import CLIError
 from .output import printable
 
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=None, metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (programs, browse, follow, transfer, maintain):
+    for module in (programs, browse, follow, transfer, sync, maintain):
         module.register(sub, common)
     return parser
 
