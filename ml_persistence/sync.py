@@ -8,6 +8,8 @@ run again resumes where the last commit left off, and two syncers of one run tak
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime as dt
 import math
 import os
@@ -23,7 +25,6 @@ from .sqlite.sync import CHILD_TABLES, COLUMNS
 
 COPIED_TABLES = ("experiments", "models", "hyperparameters", "metrics", "artifacts", "datasets", "experiment_datasets")
 _DATASET_KEY = tuple(COLUMNS["datasets"].index(c) for c in ("name", "version", "split_type"))
-_MODEL_ID = {table: COLUMNS[table].index("model_id") for table in CHILD_TABLES if "model_id" in COLUMNS[table]}
 
 
 class SyncError(MLPersistenceError):
@@ -231,27 +232,42 @@ class _Pass:
         return entry
 
     def _copy_table(self, experiment: dict[str, Any], entry: ExperimentReport, table: str) -> None:
-        uuid, copied = experiment["uuid"], 0
-        model_at = _MODEL_ID.get(table)
-        models: dict[int, int] = {}
+        """Copy the experiment's new rows of ``table``, a chunk of source ids per target transaction."""
+        low, high = self.src.id_range(table, experiment["id"])
+        upto = min(high, self.high[table])
+        with contextlib.ExitStack() as stack:
+            self._copy_chunks(experiment, entry, table, low, upto, stack)
+
+    def _copy_chunks(self, experiment: dict[str, Any], entry: ExperimentReport, table: str, low: int, upto: int,
+                     stack: contextlib.ExitStack) -> None:
+        uuid, source_id, copied = experiment["uuid"], experiment["id"], 0
+        models: Optional[dict[int, int]] = None
         while not self.stop.is_set():
             with self.dst.transaction(uuid):
-                mark = self.dst.marks(uuid).get(table, (None, 0))[1]
-                found = self.src.rows_after(table, experiment["id"], mark, self.high[table], self.chunk_rows)
-                if not found:
+                mark = max(self.dst.marks(uuid).get(table, (None, 0))[1], low - 1)
+                if mark >= upto:
                     break
                 if table == "models":
+                    found = self.src.rows_after(table, source_id, mark, upto, self.chunk_rows)
                     self.dst.insert_models(uuid, [(row[0], (entry.target_id, *row[2:])) for row in found])
+                    end = found[-1][0] if len(found) == self.chunk_rows else upto
                 else:
-                    if model_at is not None and not models:
-                        models = self.dst.model_ids(uuid)
-                    self.dst.insert_rows(table, [_mapped(row, entry.target_id, model_at, models) for row in found])
-                self.dst.set_mark(uuid, table, self.source_uuid, found[-1][0])
+                    # Rows travel as the source query shapes them (ids mapped in SQL): no Python per row.
+                    # The next chunk is read while this one is written, unless another syncer moved the mark.
+                    if models is None:
+                        models = self.dst.model_ids(uuid) if "model_id" in COLUMNS[table] else {}
+                        reader = _ReadAhead(
+                            lambda after, end: self.src.rows_between(table, source_id, after, end, entry.target_id, models),
+                            self.chunk_rows, upto,
+                        )
+                        stack.callback(reader.close)
+                    end, found = reader.take(mark)
+                    if found:
+                        self.dst.insert_rows(table, found)
+                self.dst.set_mark(uuid, table, self.source_uuid, end)
             copied += len(found)
             entry.rows[table] = copied
             self.progress(entry, table, copied)
-            if len(found) < self.chunk_rows:
-                break
 
     def _copy_links(self, experiment: dict[str, Any], entry: ExperimentReport) -> None:
         links = self.src.dataset_links(experiment["id"])
@@ -292,13 +308,31 @@ class _Pass:
             entry.action = "updated"
 
 
-def _mapped(row: tuple, experiment_id: int, model_at: Optional[int], models: dict[int, int]) -> tuple:
-    """Return a source row's values for the target: its experiment's and model's target ids."""
-    values = list(row[1:])
-    values[0] = experiment_id
-    if model_at is not None and values[model_at] is not None:
-        values[model_at] = models.get(values[model_at])
-    return tuple(values)
+class _ReadAhead:
+    """Chunks of source rows by id range, the next one read on a thread while the caller writes this one."""
+
+    def __init__(self, fetch: Callable[[int, int], list[tuple]], span: int, upto: int) -> None:
+        self.fetch, self.span, self.upto = fetch, span, upto
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ml_persistence-sync-read")
+        self.ahead: Optional[tuple[int, concurrent.futures.Future]] = None
+
+    def take(self, after: int) -> tuple[int, list[tuple]]:
+        """Return (end, rows) of the chunk after ``after``; start reading the one after it."""
+        end = min(after + self.span, self.upto)
+        if self.ahead is not None and self.ahead[0] == after:
+            found = self.ahead[1].result()
+        else:
+            if self.ahead is not None:
+                self.ahead[1].cancel()
+            found = self.fetch(after, end)
+        self.ahead = None
+        if end < self.upto:
+            self.ahead = (end, self.pool.submit(self.fetch, end, min(end + self.span, self.upto)))
+        return end, found
+
+    def close(self) -> None:
+        """Stop reading ahead."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _same(stored: Sequence[Any], values: Sequence[Any]) -> bool:

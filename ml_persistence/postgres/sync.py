@@ -47,6 +47,9 @@ class Side(SqliteSide):
         with self._conn().cursor() as cursor:
             cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
+    def _mapped_model_id(self) -> str:
+        return "CASE WHEN model_id IS NULL THEN NULL ELSE (?::jsonb ->> model_id::text)::bigint END"
+
     def _lock(self, key: str) -> None:
         self._conn().execute(LOCK_SQL, ("ml_persistence.sync:" + key,))
 

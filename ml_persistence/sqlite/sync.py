@@ -7,6 +7,7 @@ A Side wraps an engine Reader (its connection and dialect hooks: ``?`` placehold
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sqlite3
 import time
@@ -144,13 +145,39 @@ class Side:
         row = self._plain_rows(f"SELECT {parts}", ())[0]
         return {t: value or 0 for t, value in zip(CHILD_TABLES, row)}
 
+    def id_range(self, table: str, experiment_id: int) -> tuple[int, int]:
+        """Return the lowest and highest row id of the experiment's rows in ``table`` ((0, 0) if none)."""
+        low, high = self._plain_rows(f"SELECT min(id), max(id) FROM {table} WHERE experiment_id = ?", (experiment_id,))[0]
+        return (low or 0, high or 0)
+
     def rows_after(self, table: str, experiment_id: int, after: int, upto: int, limit: int) -> list[tuple]:
         """Return (id, *COLUMNS[table]) of the experiment's rows with after < id <= upto, in id order."""
+        # The unary + keeps SQLite off the (experiment_id, metric_name) index, which would sort every
+        # row of the run for each chunk; callers narrow after/upto to the run's id range instead.
         return self._plain_rows(
             f"SELECT id, {', '.join(COLUMNS[table])} FROM {table} "
-            "WHERE experiment_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+            "WHERE +experiment_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
             (experiment_id, after, upto, limit),
         )
+
+    def rows_between(
+        self, table: str, experiment_id: int, after: int, upto: int, target_id: int, models: dict[int, int]
+    ) -> list[tuple]:
+        """Return the experiment's rows with after < id <= upto as the target stores them: COLUMNS[table]
+        values with the target's experiment id and model ids (a model it does not know: NULL)."""
+        columns = ["?" if c == "experiment_id" else c for c in COLUMNS[table]]
+        params: list[Any] = [target_id]
+        if "model_id" in columns:
+            columns[columns.index("model_id")] = self._mapped_model_id()
+            params.append(json.dumps({str(k): v for k, v in models.items()}))
+        return self._plain_rows(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE +experiment_id = ? AND id > ? AND id <= ? ORDER BY id",
+            (*params, experiment_id, after, upto),
+        )
+
+    def _mapped_model_id(self) -> str:
+        """SQL for model_id looked up in a bound JSON object {source id: target id}."""
+        return "CASE WHEN model_id IS NULL THEN NULL ELSE json_extract(?, '$.\"' || model_id || '\"') END"
 
     def count_after(self, table: str, experiment_id: int, after: int, upto: Optional[int] = None) -> int:
         """Return how many of the experiment's rows have after < id (<= upto)."""
