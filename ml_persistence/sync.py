@@ -249,25 +249,38 @@ class _Pass:
                     break
                 if table == "models":
                     found = self.src.rows_after(table, source_id, mark, upto, self.chunk_rows)
+                    if not found and not self.src.committed_in_id_order:
+                        break
                     self.dst.insert_models(uuid, [(row[0], (entry.target_id, *row[2:])) for row in found])
-                    end = found[-1][0] if len(found) == self.chunk_rows else upto
+                    complete = len(found) < self.chunk_rows and self.src.committed_in_id_order
+                    end = upto if complete else found[-1][0]
                 else:
                     # Rows travel as the source query shapes them (ids mapped in SQL): no Python per row.
-                    # The next chunk is read while this one is written, unless another syncer moved the mark.
                     if models is None:
                         models = self.dst.model_ids(uuid) if "model_id" in COLUMNS[table] else {}
-                        reader = _ReadAhead(
-                            lambda after, end: self.src.rows_between(table, source_id, after, end, entry.target_id, models),
-                            self.chunk_rows, upto,
-                        )
+                        reader = self._chunks(table, source_id, entry.target_id, models, upto)
                         stack.callback(reader.close)
-                    end, found = reader.take(mark)
+                    found, end = reader.take(mark)
+                    if not found and end == mark:
+                        break
                     if found:
                         self.dst.insert_rows(table, found)
                 self.dst.set_mark(uuid, table, self.source_uuid, end)
             copied += len(found)
             entry.rows[table] = copied
             self.progress(entry, table, copied)
+
+    def _chunks(self, table: str, source_id: int, target_id: int, models: dict[int, int], upto: int) -> Any:
+        """Return where the chunks of one table come from: read ahead by id range, or one by one."""
+        if self.src.committed_in_id_order:
+            # The next chunk is read while this one is written, unless another syncer moved the mark.
+            return _ReadAhead(
+                lambda after, end: self.src.rows_between(table, source_id, after, end, target_id, models)[0],
+                self.chunk_rows, upto,
+            )
+        return _OneByOne(
+            lambda after: self.src.rows_between(table, source_id, after, upto, target_id, models, self.chunk_rows)
+        )
 
     def _copy_links(self, experiment: dict[str, Any], entry: ExperimentReport) -> None:
         links = self.src.dataset_links(experiment["id"])
@@ -308,6 +321,16 @@ class _Pass:
             entry.action = "updated"
 
 
+class _OneByOne:
+    """Chunks of source rows, each read when asked for."""
+
+    def __init__(self, fetch: Callable[[int], tuple[list[tuple], int]]) -> None:
+        self.take = fetch
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
 class _ReadAhead:
     """Chunks of source rows by id range, the next one read on a thread while the caller writes this one."""
 
@@ -316,8 +339,8 @@ class _ReadAhead:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ml_persistence-sync-read")
         self.ahead: Optional[tuple[int, concurrent.futures.Future]] = None
 
-    def take(self, after: int) -> tuple[int, list[tuple]]:
-        """Return (end, rows) of the chunk after ``after``; start reading the one after it."""
+    def take(self, after: int) -> tuple[list[tuple], int]:
+        """Return (rows, end) of the chunk after ``after``; start reading the one after it."""
         end = min(after + self.span, self.upto)
         if self.ahead is not None and self.ahead[0] == after:
             found = self.ahead[1].result()
@@ -328,7 +351,7 @@ class _ReadAhead:
         self.ahead = None
         if end < self.upto:
             self.ahead = (end, self.pool.submit(self.fetch, end, min(end + self.span, self.upto)))
-        return end, found
+        return found, end
 
     def close(self) -> None:
         """Stop reading ahead."""

@@ -21,6 +21,10 @@ _COPY_METRICS = f"COPY metrics ({', '.join(COLUMNS['metrics'])}) FROM STDIN (FOR
 class Side(SqliteSide):
     """A PostgreSQL database as sync's source or target."""
 
+    # Concurrent transactions commit ids out of order: a snapshot can see id 300 while 200 is still on
+    # its way. One run's rows come from one writer, in order, so a chunk ends at its last row instead.
+    committed_in_id_order = False
+
     # Every statement runs on the connection as it is: inside a transaction, a lost connection must
     # fail the transaction, never be replaced by a fresh one (the Reader's reads reconnect; ours don't).
     def _conn(self) -> psycopg.Connection:

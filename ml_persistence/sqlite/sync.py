@@ -160,20 +160,28 @@ class Side:
             (experiment_id, after, upto, limit),
         )
 
+    # Ids are given out by one writer at a time and committed in order, so every row below the
+    # highest id a snapshot sees is there: a chunk may end at any id, rows or not.
+    committed_in_id_order = True
+
     def rows_between(
-        self, table: str, experiment_id: int, after: int, upto: int, target_id: int, models: dict[int, int]
-    ) -> list[tuple]:
-        """Return the experiment's rows with after < id <= upto as the target stores them: COLUMNS[table]
-        values with the target's experiment id and model ids (a model it does not know: NULL)."""
+        self, table: str, experiment_id: int, after: int, upto: int, target_id: int, models: dict[int, int],
+        limit: Optional[int] = None,
+    ) -> tuple[list[tuple], int]:
+        """Return (rows, last id) of the experiment's rows with after < id <= upto (the first ``limit`` of them)
+        as the target stores them: COLUMNS[table] values, the target's experiment id and model ids (an
+        unknown model: NULL). The last id is ``upto`` when no limit is given."""
         columns = ["?" if c == "experiment_id" else c for c in COLUMNS[table]]
         params: list[Any] = [target_id]
         if "model_id" in columns:
             columns[columns.index("model_id")] = self._mapped_model_id()
             params.append(json.dumps({str(k): v for k, v in models.items()}))
-        return self._plain_rows(
-            f"SELECT {', '.join(columns)} FROM {table} WHERE +experiment_id = ? AND id > ? AND id <= ? ORDER BY id",
-            (*params, experiment_id, after, upto),
-        )
+        sql = f"SELECT {', '.join(columns)}, id FROM {table} WHERE +experiment_id = ? AND id > ? AND id <= ? ORDER BY id"
+        if limit is None:
+            found = self._plain_rows(sql.replace(", id FROM", " FROM", 1), (*params, experiment_id, after, upto))
+            return found, upto
+        found = self._plain_rows(sql + " LIMIT ?", (*params, experiment_id, after, upto, limit))
+        return [row[:-1] for row in found], (found[-1][-1] if found else after)
 
     def _mapped_model_id(self) -> str:
         """SQL for model_id looked up in a bound JSON object {source id: target id}."""
