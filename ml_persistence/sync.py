@@ -174,6 +174,8 @@ class _Pass:
         since = parse_since(selection.since) if selection.since else None
         chosen = self.src.experiments(list(selection.experiments), since, list(selection.tags), owner)
         missing = sorted(set(selection.experiments) - {e["id"] for e in chosen})
+        if missing:  # not chosen by the other filters, or not there at all
+            missing = sorted(set(missing) - {e["id"] for e in self.src.experiments(missing, None, [], None)})
         if missing:
             raise SyncError(f"no experiment {', '.join(map(str, missing))} in {self.report.source}")
         self.source_uuid = self.src.database_uuid()
@@ -233,8 +235,12 @@ class _Pass:
 
     def _copy_table(self, experiment: dict[str, Any], entry: ExperimentReport, table: str) -> None:
         """Copy the experiment's new rows of ``table``, a chunk of source ids per target transaction."""
-        low, high = self.src.id_range(table, experiment["id"])
-        upto = min(high, self.high[table])
+        low, upto = 0, self.high[table]
+        if self.dst.marks(experiment["uuid"]).get(table, (None, 0))[1] == 0:
+            # A first copy starts at the run's first row and stops at its last; later passes go on
+            # from the mark to the newest row (this finds a run's rows by scanning them all).
+            low, high = self.src.id_range(table, experiment["id"])
+            upto = min(high, upto)
         with contextlib.ExitStack() as stack:
             self._copy_chunks(experiment, entry, table, low, upto, stack)
 

@@ -189,7 +189,7 @@ class Side:
 
     def count_after(self, table: str, experiment_id: int, after: int, upto: Optional[int] = None) -> int:
         """Return how many of the experiment's rows have after < id (<= upto)."""
-        sql = f"SELECT count(*) FROM {table} WHERE experiment_id = ? AND id > ?"
+        sql = f"SELECT count(*) FROM {table} WHERE +experiment_id = ? AND id > ?"
         params: list[Any] = [experiment_id, after]
         if upto is not None:
             sql += " AND id <= ?"
