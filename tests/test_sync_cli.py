@@ -398,10 +398,11 @@ def test_owner_exit_with_a_run_still_going_names_the_command(tmp_path: Path) -> 
     src, dst, status = str(tmp_path / "live.db"), str(tmp_path / "dst.db"), tmp_path / "status.json"
     read_end, write_end = os.pipe()
     with trainer(src, tmp_path) as (train, train_out, experiment_id):
-        with syncer(src, dst, "--follow", "--all", "--quiet", "--interval", "0.05", "--exit-with-fd", str(read_end),
+        with syncer(src, dst, "--follow", "--all", "--json", "--interval", "0.05", "--exit-with-fd", str(read_end),
                     "--final-timeout", "0.2", "--status-file", str(status), cwd=tmp_path,
                     pass_fds=(read_end,)) as (proc, out, err):
             os.close(read_end)
+            assert json.loads(out.next())["experiments"][0]["ended"] is False
             tell(train, train_out, "step", "ok")
             os.close(write_end)
             assert proc.wait(timeout=60) == 1
@@ -471,3 +472,24 @@ def test_follow_says_when_the_target_is_back(src: str, tmp_path: Path) -> None:
         assert err.rest() == []
         assert out.rest()[-1].startswith("Stopped following (every selected run has ended): 30 rows copied in 1 pass")
     assert counts(str(dst)) == COUNTS
+
+
+def test_owner_pid_selects_the_runs_of_that_process(seeded: Path, tmp_path: Path) -> None:
+    src, dst = str(tmp_path / "shared.db"), str(tmp_path / "dst.db")
+    made = subprocess.run([sys.executable, "-c", SEED, src], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    with trainer(src, tmp_path) as (train, _out, experiment_id):
+        mine = report(cli(src, dst, "--owner-pid", str(train.pid), "--json", cwd=tmp_path))
+    assert [(e["source_id"], e["name"]) for e in mine["experiments"]] == [(experiment_id, "live-trainer")]
+    assert counts(dst)["experiments"] == 1
+
+
+def test_wrong_password_ends_follow_at_once(src: str, tmp_path: Path, postgres_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_url)
+    url = postgres_url.replace(f":{parts.password}@", ":not-the-password@", 1)
+    done = cli(src, url, "--follow", cwd=tmp_path)  # retrying cannot help: exit 1, not a retry loop
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "not-the-password" not in done.stderr

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, NoReturn, Optional
+from typing import Any, Iterable, NoReturn, Optional
 
 from .. import storage
 from ..errors import MLPersistenceError
@@ -72,9 +72,9 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, *storage.database_errors()))
 
 
-def _unfinished(report: Any) -> list[Any]:
+def _unfinished(experiments: Iterable[Any]) -> list[Any]:
     """Return the experiments not wholly copied yet: still running, or rows pending (never the skipped)."""
-    return [e for e in report.experiments if e.action != "skipped" and (not e.ended or any(e.pending.values()))]
+    return [e for e in experiments if e.action != "skipped" and (not e.ended or any(e.pending.values()))]
 
 
 def _rows(counts: dict[str, int]) -> str:
@@ -95,7 +95,8 @@ class Progress:
             self.current, self.counts = experiment.source_id, {}
         self.total += rows - self.counts.get(table, 0)
         self.counts[table] = rows
-        line = f"{out.plural(self.total, 'row')} copied; #{experiment.source_id} {out.text(experiment.name)}: {_rows(self.counts) or '-'}"
+        line = (f"{out.plural(self.total, 'row')} copied; "
+                f"#{experiment.source_id} {out.text(experiment.name)}: {_rows(self.counts) or '-'}")
         self._show(out.clip(line, shutil.get_terminal_size((100, 24)).columns - 1))
 
     def _show(self, line: str) -> None:
@@ -127,12 +128,15 @@ class Syncer:
         self.progress = Progress() if args.progress or (sys.stderr.isatty() and not args.quiet) else None
         self.last: Optional[Any] = None  # the last pass's SyncReport
         self.cut = False
+        self.known: dict[int, Any] = {}  # source id -> its latest ExperimentReport (a cut pass misses some)
         self.last_pass: Optional[float] = None
         self.printed_last = False
         self.error: Optional[str] = None
         self.passes = 0
         self.copied: dict[str, int] = {}
-        self.command = "ml-persistence sync " + " ".join(shlex.quote(storage.identity(db)) for db in (args.source, args.target))
+        # Runnable as shown: no password (libpq takes it from $PGPASSWORD or ~/.pgpass), a file's full path.
+        self.command = "ml-persistence sync " + " ".join(shlex.quote(storage.identity(db))
+                                                         for db in (args.source, args.target))
 
     def interrupt(self, signum: int) -> None:
         """Stop after the current chunk; a second signal stops at once."""
@@ -184,6 +188,7 @@ class Syncer:
                 self.progress.clear()
         self.last, self.last_pass, self.printed_last, self.error = report, time.time(), False, None
         self.cut = self.stop.is_set()  # a stopped pass leaves out the experiments it did not reach
+        self.known = {**(self.known if self.cut else {}), **{e.source_id: e for e in report.experiments}}
         self.passes += 1
         for table, rows in report.totals().items():
             self.copied[table] = self.copied.get(table, 0) + rows
@@ -217,7 +222,7 @@ class Syncer:
         path = self.args.status_file
         if path is None:
             return
-        left = _unfinished(self.last) if self.last is not None else []
+        left = _unfinished(self.known.values())
         pending: dict[str, int] = {}
         for experiment in left:
             for table, rows in experiment.pending.items():
@@ -263,34 +268,37 @@ class Syncer:
         lines = [f"{verb} {out.printable(storage.display(self.args.source))} -> "
                  f"{out.printable(storage.display(self.args.target))}"
                  + (" (dry run: nothing written)" if report.dry_run else "")]
-        unchanged = []
+        unchanged = [f"#{e.source_id}" for e in report.experiments if e.action == "unchanged"]
         for e in report.experiments:
-            if e.action == "unchanged":
-                unchanged.append(f"#{e.source_id}")
-                continue
-            target = f" -> #{e.target_id}" if e.target_id is not None else ""
-            what = f": {out.text(e.reason)}" if e.action == "skipped" else (f": {_rows(e.rows)}" if any(e.rows.values()) else "")
-            lines.append(f"  {e.action:<9}  #{e.source_id}{target}  {out.text(e.name)} ({out.text(e.status)}){what}")
+            if e.action != "unchanged":
+                target = f" -> #{e.target_id}" if e.target_id is not None else ""
+                what = e.reason if e.action == "skipped" else _rows(e.rows)
+                lines.append(f"  {e.action:<9}  #{e.source_id}{target}  {out.text(e.name)} ({out.text(e.status)})"
+                             + (f": {out.text(what)}" if what else ""))
         if unchanged:
-            lines.append(f"  {'unchanged':<9}  {', '.join(unchanged[:20])}" + (f" and {len(unchanged) - 20} more" if len(unchanged) > 20 else ""))
+            more = f" and {len(unchanged) - 20} more" if len(unchanged) > 20 else ""
+            lines.append(f"  {'unchanged':<9}  {', '.join(unchanged[:20])}{more}")
         if not report.experiments:
             lines.append("  no experiment matches")
         total = sum(report.totals().values())
         rate = f" at {total / report.seconds:,.0f} rows/s" if total and report.seconds > 0 else ""
-        lines.append(f"Rows: {_rows(report.totals()) or 'none'} ({out.plural(total, 'row')} in {report.seconds:.2f} s{rate})")
+        lines.append(f"Rows: {_rows(report.totals()) or 'none'} "
+                     f"({out.plural(total, 'row')} in {report.seconds:.2f} s{rate})")
         return lines
 
     def not_uploaded(self) -> str:
         """Return the stderr line saying what is not in DST yet and how to copy it later."""
-        if self.last is None:
-            what = "nothing was uploaded"
-        else:
-            what = "; ".join(f"#{e.source_id} {out.text(e.name)} (" + ", ".join(
-                ([] if e.ended else [out.text(e.status)]) + ([f"{_rows(e.pending)} rows pending"] if any(e.pending.values()) else []))
-                + ")" for e in _unfinished(self.last))
+        left = []
+        for e in _unfinished(self.known.values()):
+            why = ([] if e.ended else [out.text(e.status)]) + ([f"{_rows(e.pending)} rows pending"]
+                                                                if any(e.pending.values()) else [])
+            left.append(f"#{e.source_id} {out.text(e.name)} ({', '.join(why)})")
+        if self.cut:
+            left.append("the last pass was cut short")
+        what = "; ".join(left) if self.last is not None else "nothing was uploaded"
         error = f" ({self.error})" if self.error else ""
-        return (f"ml-persistence: not all uploaded to {out.printable(storage.display(self.args.target))}{error}: {what}; "
-                f"upload it later with: {out.printable(self.command)}")
+        return (f"ml-persistence: not all uploaded to {out.printable(storage.display(self.args.target))}{error}: "
+                f"{what}; upload it later with: {out.printable(self.command)}")
 
     def once(self) -> int:
         """Run a single pass and print its summary."""
@@ -298,7 +306,7 @@ class Syncer:
             report = self.one_pass()
         except Exception as exc:
             self.fail(exc, "behind" if _retryable(exc) else "failed")
-        self.write_status("behind" if self.cut or _unfinished(report) else "done")
+        self.write_status("behind" if self.cut or _unfinished(report.experiments) else "done")
         if self.args.json:
             out.print_json(report.to_dict())
         elif not self.args.quiet:
@@ -332,7 +340,7 @@ class Syncer:
                     print(f"ml-persistence: {out.printable(storage.display(self.args.target))} is reachable again",
                           file=sys.stderr, flush=True)
                     failures = 0
-                finished = not self.cut and not _unfinished(report) and (stops_when_done or deadline is not None)
+                finished = not self.cut and not _unfinished(report.experiments) and (stops_when_done or deadline is not None)
                 if not finished:
                     self.write_status("following")  # before the pass is shown: a reader of both sees them agree
                 self.show_pass(report)
@@ -350,7 +358,7 @@ class Syncer:
 
     def finish(self, final: bool) -> int:
         """Write the last status, print the last report, and return the exit status."""
-        behind = self.error is not None or self.last is None or self.cut or bool(_unfinished(self.last))
+        behind = self.error is not None or self.last is None or self.cut or bool(_unfinished(self.known.values()))
         self.write_status("behind" if behind else "done")
         if self.signal is not None:
             reason = "interrupted" if self.signal == signal.SIGINT else "SIGTERM"
@@ -362,8 +370,9 @@ class Syncer:
             if self.last is not None and not self.printed_last:
                 print(out.json_line(self.last.to_dict()), flush=True)
         elif not self.args.quiet:
+            copied = _rows(self.copied)
             print(f"Stopped following ({reason}): {out.plural(sum(self.copied.values()), 'row')} copied in "
-                  f"{self.passes} pass{'' if self.passes == 1 else 'es'}" + (f" ({_rows(self.copied)})" if any(self.copied.values()) else ""))
+                  f"{self.passes} pass{'' if self.passes == 1 else 'es'}" + (f" ({copied})" if copied else ""))
         if final and behind:
             print(self.not_uploaded(), file=sys.stderr)
             return 1
