@@ -168,6 +168,46 @@ def test_an_uploader_starts_with_the_first_experiment_and_reports_in_status(db_p
     assert_uploaded_once(db_path, target)
 
 
+def test_passwords_reach_the_uploader_through_its_environment_only(
+    db_path: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ML_PERSISTENCE_SYNC_EXIT_TIMEOUT", "1")
+    target = "postgresql://mlp:s3cret-pw@127.0.0.1:1/none"
+    tracker = ExperimentTracker(db_path, sync_to=target)
+    eid = tracker.start_experiment("a")
+    pid = tracker.status()["upload"]["pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    assert b"s3cret-pw" not in b" ".join(argv)
+    assert b"postgresql://mlp@127.0.0.1:1/none" in argv
+    assert b"PGPASSWORD=s3cret-pw" in environ
+    tracker.end_experiment()
+    tracker.close()  # it cannot reach the target: one message, and the uploader is stopped
+    err = capfd.readouterr().err
+    message = [line for line in err.splitlines() if line.startswith("ml_persistence:")]
+    assert len(message) == 1 and f"experiment(s) {eid} were not uploaded" in message[0], err
+    assert "s3cret-pw" not in err
+    wait_for_exit(pid)
+
+
+def test_two_passwords_go_to_a_private_password_file() -> None:
+    from ml_persistence import upload
+
+    uploader = upload.Uploader(
+        "postgresql://alice:pw-a@db1:5433/runs", "postgresql://bob:p%3Aw@db2/team", owner_pid=None, final_timeout=1
+    )
+    directory = Path(upload.tempfile.mkdtemp())
+    env = uploader._environment(str(directory))
+    assert "PGPASSWORD" not in env
+    path = Path(env["PGPASSFILE"])
+    assert path.parent == directory and path.stat().st_mode & 0o777 == 0o600
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ["db1:5433:runs:alice:pw-a", "db2:*:team:bob:p\\:w"]
+    upload.shutil.rmtree(directory)
+
+
 # -- trainers in real processes ---------------------------------------------------------------------
 
 
