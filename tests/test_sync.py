@@ -244,7 +244,7 @@ def do_sync(src: str, dst: str, *, dry_run: bool = False, **selection: Any):
 
 
 def copied(report: Any) -> dict[str, int]:
-    """The report's totals, every table present."""
+    """The report's totals, every table present ("experiments": rows created or updated)."""
     totals = report.totals()
     return {t: totals.get(t, 0) for t in ALL_TABLES}
 
@@ -298,7 +298,7 @@ def test_full_copy_of_several_experiments_then_a_second_sync_copies_nothing(sour
                               (i,))[1]
         assert any(b == 1 for _, _, b in marks) and ("v7" in [v for _, v, _ in marks])
     # the datasets shared by the three runs landed once each
-    assert counts(target)["datasets"] == 3 + 3 + 1  # BTC train/val, three *-features, raw-ticks
+    assert counts(target)["datasets"] == 2 + 3 + 1  # BTC train/val, three *-features, raw-ticks
 
     again = do_sync(source, target)
     assert copied(again) == dict.fromkeys(ALL_TABLES, 0)
@@ -387,7 +387,7 @@ def test_incremental_sync_of_a_running_trainer_copies_only_new_rows(tmp_path: Pa
     last = do_sync(source, target)
     (report,) = last.experiments
     assert report.action == "updated" and report.status == "completed" and report.ended, report
-    assert copied(last) == dict.fromkeys(ALL_TABLES, 0) and counts(target) == before
+    assert copied(last) == dict(dict.fromkeys(ALL_TABLES, 0), experiments=1) and counts(target) == before
     assert_same(source, target, exp)  # status, end_time, duration, notes followed
     final = do_sync(source, target)
     assert [e.action for e in final.experiments] == ["unchanged"] and copied(final) == dict.fromkeys(ALL_TABLES, 0)
@@ -407,12 +407,15 @@ def test_resumed_run_logs_more_and_only_the_new_rows_are_copied(source: str, tar
     model = ModelRegistry(source).register_model(exp, "models/resumed.pth", is_best=True, version="2.0")
     t.log_metric("val_sharpe", 3.0, episode=400, model_id=model)
     t.log_artifact("plots/resumed.png", model_id=model)
+    dm = DatasetManager(source)
+    dm.link_dataset_to_experiment(exp, dm.register_dataset("BTC-USD-Daily", "2023-2024", split_type="test"), "test")
+    dm.link_dataset_to_experiment(exp, dm.register_dataset("BTC-USD-Daily", "2023-2024", split_type="val"), "eval")
     t.end_experiment(notes="resumed and done")
 
     report = do_sync(source, target)
-    assert copied(report) == delta(counts(target), synced)
-    assert copied(report) == {"experiments": 0, "models": 1, "hyperparameters": 1, "metrics": 601, "artifacts": 1,
-                              "experiment_datasets": 0, "datasets": 0}
+    assert copied(report) == dict(delta(counts(target), synced), experiments=1)  # one updated
+    assert copied(report) == {"experiments": 1, "models": 1, "hyperparameters": 1, "metrics": 601, "artifacts": 1,
+                              "experiment_datasets": 2, "datasets": 1}
     actions = {e.source_id: e.action for e in report.experiments}
     assert actions == {exp: "updated", other: "unchanged"}
     assert_same(source, target, exp)
@@ -563,6 +566,53 @@ def test_a_round_trip_does_not_duplicate_a_run(tmp_path: Path, source: str, targ
     assert next(e for e in report.experiments if e.name == "team-run").reason
     assert counts(target)["experiments"] == before["experiments"] + 1
     assert query(target, "SELECT COUNT(*) FROM experiments WHERE uuid = ?", (uuid_of(target, team),))[1] == [(1,)]
+
+
+def test_a_metric_of_an_evaluation_run_keeps_pointing_at_the_trained_model(source: str, target: str) -> None:
+    """An evaluation run logs test metrics (and an artifact) against a checkpoint of the training run."""
+    train = populate(source, "train", episodes=25)
+    best = scalar(source, "SELECT id FROM models WHERE experiment_id = ? AND is_best = 1 ORDER BY id DESC", (train,))
+    t = ExperimentTracker(source, capture_environment=False)
+    evaluation = t.start_experiment("evaluate best checkpoint", tags=["eval"])
+    t.log_metric("test_sharpe", 1.7, step=0, split="test", model_id=best)
+    t.log_artifact("eval/report.html", "report", model_id=best)
+    t.end_experiment()
+    do_sync(source, target)
+    assert_same(source, target, train)
+    dst_eval = id_by_uuid(target, uuid_of(source, evaluation))
+    dst_train = id_by_uuid(target, uuid_of(source, train))
+    path = scalar(source, "SELECT checkpoint_path FROM models WHERE id = ?", (best,))
+    dst_best = scalar(target, "SELECT id FROM models WHERE experiment_id = ? AND checkpoint_path = ?", (dst_train, path))
+    assert query(target, "SELECT metric_name, model_id FROM metrics WHERE experiment_id = ?", (dst_eval,))[1] == [
+        ("test_sharpe", dst_best)], "the metric lost (or mis-mapped) its model"
+    assert query(target, "SELECT artifact_path, model_id FROM artifacts WHERE experiment_id = ?", (dst_eval,))[1] == [
+        ("eval/report.html", dst_best)], "the artifact lost (or mis-mapped) its model"
+
+
+def test_postgresql_source_rows_committed_out_of_id_order_are_all_copied(pg_db: str, tmp_path: Path) -> None:
+    """Two writers on one run of a PostgreSQL source (ranks joined with resume_experiment(claim=False)):
+    a row whose id is lower commits after the sync has copied higher ones; the next sync still copies it."""
+    import psycopg
+
+    t = ExperimentTracker(pg_db, capture_environment=False)
+    exp = t.start_experiment("two ranks")
+    for step in range(10):
+        t.log_metric("loss", float(step), step=step)
+    t.flush()
+    dst = str(tmp_path / "copy.db")
+    with psycopg.connect(pg_db) as rank1:  # rank 1's writer, mid-transaction: its row has an id, not yet committed
+        rank1.execute("INSERT INTO metrics (experiment_id, metric_name, step, value, split, timestamp) "
+                      "VALUES (%s, 'rank1_loss', 0, 0.5, 'train', '2024-01-01 00:00:00.000000')", (exp,))
+        for step in range(10, 20):  # rank 0 goes on and commits rows with higher ids
+            t.log_metric("loss", float(step), step=step)
+        t.flush()
+        do_sync(pg_db, dst)
+        assert scalar(dst, "SELECT COUNT(*) FROM metrics") == 20
+        rank1.commit()
+    t.end_experiment()
+    do_sync(pg_db, dst)
+    assert_same(pg_db, dst, exp)
+    assert_whole_target(dst, [(pg_db, [exp])])
 
 
 def test_postgresql_source_to_sqlite(pg_db: str, tmp_path: Path) -> None:
