@@ -9,7 +9,6 @@ run again resumes where the last commit left off, and two syncers of one run tak
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import datetime as dt
 import math
 import os
@@ -166,6 +165,7 @@ class _Pass:
         self.progress = progress or (lambda report, table, rows: None)
         self.chunk_rows, self.stop = chunk_rows, stop
         self.previewed: set[tuple] = set()  # datasets a dry run has counted as new
+        self.copying: dict[int, dict[str, Any]] = {}  # source id -> row, of every run this pass has begun
 
     def run(self, selection: Selection) -> None:
         owner = None
@@ -187,7 +187,9 @@ class _Pass:
         for experiment in chosen:
             if self.stop.is_set():
                 break
-            self.report.experiments.append(self._experiment(experiment))
+            if experiment["id"] not in self.copying:  # else copied already, as another run's dependency
+                self.copying[experiment["id"]] = experiment
+                self.report.experiments.append(self._experiment(experiment))
 
     def _experiment(self, experiment: dict[str, Any]) -> ExperimentReport:
         status = liveness.with_liveness(self.src.reader, dict(experiment))["status"] or "running"
@@ -235,58 +237,83 @@ class _Pass:
 
     def _copy_table(self, experiment: dict[str, Any], entry: ExperimentReport, table: str) -> None:
         """Copy the experiment's new rows of ``table``, a chunk of source ids per target transaction."""
+        uuid, source_id, copied = experiment["uuid"], experiment["id"], 0
         low, upto = 0, self.high[table]
-        if self.dst.marks(experiment["uuid"]).get(table, (None, 0))[1] == 0:
+        start = self.dst.marks(uuid).get(table, (None, 0))[1]
+        if start == 0:
             # A first copy starts at the run's first row and stops at its last; later passes go on
             # from the mark to the newest row (this finds a run's rows by scanning them all).
-            low, high = self.src.id_range(table, experiment["id"])
+            low, high = self.src.id_range(table, source_id)
             upto = min(high, upto)
-        with contextlib.ExitStack() as stack:
-            self._copy_chunks(experiment, entry, table, low, upto, stack)
-
-    def _copy_chunks(self, experiment: dict[str, Any], entry: ExperimentReport, table: str, low: int, upto: int,
-                     stack: contextlib.ExitStack) -> None:
-        uuid, source_id, copied = experiment["uuid"], experiment["id"], 0
-        models: Optional[dict[int, int]] = None
-        while not self.stop.is_set():
-            with self.dst.transaction(uuid):
-                mark = max(self.dst.marks(uuid).get(table, (None, 0))[1], low - 1)
-                if mark >= upto:
-                    break
-                if table == "models":
-                    found = self.src.rows_after(table, source_id, mark, upto, self.chunk_rows)
-                    if not found and not self.src.committed_in_id_order:
-                        break
-                    self.dst.insert_models(uuid, [(row[0], (entry.target_id, *row[2:])) for row in found])
-                    complete = len(found) < self.chunk_rows and self.src.committed_in_id_order
-                    end = upto if complete else found[-1][0]
-                else:
-                    # Rows travel as the source query shapes them (ids mapped in SQL): no Python per row.
-                    if models is None:
-                        models = self.dst.model_ids(uuid) if "model_id" in COLUMNS[table] else {}
-                        reader = self._chunks(table, source_id, entry.target_id, models, upto)
-                        stack.callback(reader.close)
-                    found, end = reader.take(mark)
-                    if not found and end == mark:
-                        break
-                    if found:
-                        self.dst.insert_rows(table, found)
-                self.dst.set_mark(uuid, table, self.source_uuid, end)
-            copied += len(found)
-            entry.rows[table] = copied
-            self.progress(entry, table, copied)
-
-    def _chunks(self, table: str, source_id: int, target_id: int, models: dict[int, int], upto: int) -> Any:
-        """Return where the chunks of one table come from: read ahead by id range, or one by one."""
-        if self.src.committed_in_id_order:
-            # The next chunk is read while this one is written, unless another syncer moved the mark.
-            return _ReadAhead(
-                lambda after, end: self.src.rows_between(table, source_id, after, end, target_id, models)[0],
+        if max(start, low - 1) >= upto:
+            return
+        reader = None
+        if table != "models":
+            models = self._model_map(experiment, entry, table, max(start, low - 1), upto) if "model_id" in COLUMNS[table] else {}
+            # Rows travel as the source query shapes them (ids mapped in SQL): no Python per row. The
+            # next chunk is read while this one is written, unless another syncer moved the mark.
+            reader = _ReadAhead(
+                lambda after, end: self.src.rows_between(table, source_id, after, end, entry.target_id, models),
                 self.chunk_rows, upto,
             )
-        return _OneByOne(
-            lambda after: self.src.rows_between(table, source_id, after, upto, target_id, models, self.chunk_rows)
-        )
+        try:
+            while not self.stop.is_set():
+                with self.dst.transaction(uuid):
+                    mark = max(self.dst.marks(uuid).get(table, (None, 0))[1], low - 1)
+                    if mark >= upto:
+                        break
+                    if reader is None:
+                        found = self.src.rows_after(table, source_id, mark, upto, self.chunk_rows)
+                        self.dst.insert_models(uuid, [(row[0], (entry.target_id, *row[2:])) for row in found])
+                        end = upto if len(found) < self.chunk_rows else found[-1][0]
+                    else:
+                        found, end = reader.take(mark)
+                        if found:
+                            self.dst.insert_rows(table, found)
+                    self.dst.set_mark(uuid, table, self.source_uuid, end)
+                copied += len(found)
+                entry.rows[table] = copied
+                self.progress(entry, table, copied)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _model_map(self, experiment: dict[str, Any], entry: ExperimentReport, table: str, after: int,
+                   upto: int) -> dict[int, int]:
+        """Return {source model id: target model id} for every model the rows to copy point at.
+
+        A row may point at another run's model (an evaluation of a trained checkpoint): that run is
+        copied first. A model whose run the target holds from elsewhere cannot be mapped; the row
+        keeps no model_id then, and the report says how many did so.
+        """
+        mapping = self.dst.model_ids(experiment["uuid"])
+        foreign = [m for m in self.src.model_refs(table, experiment["id"], after, upto) if m not in mapping]
+        owners = self.src.model_owners(foreign)
+        for owner_id in sorted(set(owners.values()) - {experiment["id"]}):
+            owner = self._copy_dependency(owner_id, experiment)
+            if owner is not None:
+                known = self.dst.model_ids(owner["uuid"])
+                mapping.update({m: known[m] for m, e in owners.items() if e == owner_id and m in known})
+        unmapped = len([m for m in foreign if m not in mapping])
+        if unmapped:
+            entry.reason = (
+                f"{unmapped} model(s) its {table} point at are not in the target (their run came from another "
+                "database, or is gone); those rows were copied without model_id"
+            )
+        return mapping
+
+    def _copy_dependency(self, source_id: int, referrer: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Copy the run a model reference points into (once per pass); return its row, or None if skipped."""
+        if source_id in self.copying:
+            return self.copying[source_id]
+        found = self.src.experiments([source_id], None, [], None)
+        if not found:
+            return None
+        self.copying[source_id] = found[0]
+        entry = self._experiment(found[0])
+        entry.reason = entry.reason or f"its models are referenced by experiment {referrer['id']}"
+        self.report.experiments.append(entry)
+        return None if entry.action == "skipped" else found[0]
 
     def _copy_links(self, experiment: dict[str, Any], entry: ExperimentReport) -> None:
         links = self.src.dataset_links(experiment["id"])
@@ -325,16 +352,6 @@ class _Pass:
                 entry.rows["experiment_datasets"] += 1
         if entry.action == "unchanged" and any(entry.rows.values()):
             entry.action = "updated"
-
-
-class _OneByOne:
-    """Chunks of source rows, each read when asked for."""
-
-    def __init__(self, fetch: Callable[[int], tuple[list[tuple], int]]) -> None:
-        self.take = fetch
-
-    def close(self) -> None:
-        """Nothing to stop."""
 
 
 class _ReadAhead:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Any, Iterator, Sequence
 
 import psycopg
@@ -13,6 +14,12 @@ from . import schema
 from .connect import translated
 from .schema import LOCK_SQL
 
+IN_FLIGHT_WAIT = 30.0  # seconds to wait for the source's open write transactions before giving up the pass
+
+
+class SourceBusy(psycopg.OperationalError):
+    """The source holds write transactions open too long to copy past them: retry later."""
+
 # PostgreSQL's type of each copied metrics column (COLUMNS["metrics"] order).
 _METRIC_TYPES = ("int8", "int8", "text", "text", "int8", "int8", "int8", "float8", "text", "text", "text", "text", "text")
 _COPY_METRICS = f"COPY metrics ({', '.join(COLUMNS['metrics'])}) FROM STDIN (FORMAT BINARY)"
@@ -21,9 +28,30 @@ _COPY_METRICS = f"COPY metrics ({', '.join(COLUMNS['metrics'])}) FROM STDIN (FOR
 class Side(SqliteSide):
     """A PostgreSQL database as sync's source or target."""
 
-    # Concurrent transactions commit ids out of order: a snapshot can see id 300 while 200 is still on
-    # its way. One run's rows come from one writer, in order, so a chunk ends at its last row instead.
-    committed_in_id_order = False
+    def high_water(self) -> dict[str, int]:
+        """Return each child table's highest row id once no row at or below it can still arrive.
+
+        Concurrent transactions commit ids out of order: a snapshot can see id 300 while 200 is still
+        on its way. Every transaction that took an id below the highest was running when it was read,
+        so this waits until each transaction that had written anything then has ended.
+        """
+        found = super().high_water()
+        (snapshot,) = self._plain_rows("SELECT pg_current_snapshot()::text", ())[0]
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while True:
+            (running,) = self._plain_rows(
+                "SELECT count(*) FROM pg_snapshot_xip(?::pg_snapshot) AS x(xid) "
+                "WHERE pg_xact_status(x.xid) = 'in progress'",
+                (snapshot,),
+            )[0]
+            if not running:
+                return found
+            if time.monotonic() > deadline:
+                raise SourceBusy(
+                    f"{running} write transaction(s) on the source have been open for {IN_FLIGHT_WAIT:.0f} s; "
+                    "rows they hold cannot be copied in order yet"
+                )
+            time.sleep(0.05)
 
     # Every statement runs on the connection as it is: inside a transaction, a lost connection must
     # fail the transaction, never be replaced by a fresh one (the Reader's reads reconnect; ours don't).

@@ -140,7 +140,10 @@ class Side:
         return [{"uuid": None, **dict(zip(("id", *columns), row))} for row in found]
 
     def high_water(self) -> dict[str, int]:
-        """Return each child table's highest row id, read in one statement (one snapshot)."""
+        """Return each child table's highest committed row id; no row at or below it can still arrive.
+
+        SQLite has one writer at a time, and a writer's ids come after every committed one.
+        """
         parts = ", ".join(f"(SELECT max(id) FROM {t})" for t in CHILD_TABLES)
         row = self._plain_rows(f"SELECT {parts}", ())[0]
         return {t: value or 0 for t, value in zip(CHILD_TABLES, row)}
@@ -160,28 +163,36 @@ class Side:
             (experiment_id, after, upto, limit),
         )
 
-    # Ids are given out by one writer at a time and committed in order, so every row below the
-    # highest id a snapshot sees is there: a chunk may end at any id, rows or not.
-    committed_in_id_order = True
-
     def rows_between(
-        self, table: str, experiment_id: int, after: int, upto: int, target_id: int, models: dict[int, int],
-        limit: Optional[int] = None,
-    ) -> tuple[list[tuple], int]:
-        """Return (rows, last id) of the experiment's rows with after < id <= upto (the first ``limit`` of them)
-        as the target stores them: COLUMNS[table] values, the target's experiment id and model ids (an
-        unknown model: NULL). The last id is ``upto`` when no limit is given."""
+        self, table: str, experiment_id: int, after: int, upto: int, target_id: int, models: dict[int, int]
+    ) -> list[tuple]:
+        """Return the experiment's rows with after < id <= upto as the target stores them: COLUMNS[table]
+        values with the target's experiment id and model ids (a model missing from ``models``: NULL)."""
         columns = ["?" if c == "experiment_id" else c for c in COLUMNS[table]]
         params: list[Any] = [target_id]
         if "model_id" in columns:
             columns[columns.index("model_id")] = self._mapped_model_id()
             params.append(json.dumps({str(k): v for k, v in models.items()}))
-        sql = f"SELECT {', '.join(columns)}, id FROM {table} WHERE +experiment_id = ? AND id > ? AND id <= ? ORDER BY id"
-        if limit is None:
-            found = self._plain_rows(sql.replace(", id FROM", " FROM", 1), (*params, experiment_id, after, upto))
-            return found, upto
-        found = self._plain_rows(sql + " LIMIT ?", (*params, experiment_id, after, upto, limit))
-        return [row[:-1] for row in found], (found[-1][-1] if found else after)
+        return self._plain_rows(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE +experiment_id = ? AND id > ? AND id <= ? ORDER BY id",
+            (*params, experiment_id, after, upto),
+        )
+
+    def model_refs(self, table: str, experiment_id: int, after: int, upto: int) -> list[int]:
+        """Return the model ids the experiment's rows with after < id <= upto point at."""
+        found = self._plain_rows(
+            f"SELECT DISTINCT model_id FROM {table} "
+            "WHERE +experiment_id = ? AND id > ? AND id <= ? AND model_id IS NOT NULL",
+            (experiment_id, after, upto),
+        )
+        return [model_id for (model_id,) in found]
+
+    def model_owners(self, model_ids: Sequence[int]) -> dict[int, int]:
+        """Return {model id: the id of the experiment that registered it} for those that exist."""
+        if not model_ids:
+            return {}
+        marks = ", ".join("?" * len(model_ids))
+        return dict(self._plain_rows(f"SELECT id, experiment_id FROM models WHERE id IN ({marks})", list(model_ids)))
 
     def _mapped_model_id(self) -> str:
         """SQL for model_id looked up in a bound JSON object {source id: target id}."""
