@@ -340,7 +340,8 @@ class Syncer:
                     print(f"ml-persistence: {out.printable(storage.display(self.args.target))} is reachable again",
                           file=sys.stderr, flush=True)
                     failures = 0
-                finished = not self.cut and not _unfinished(report.experiments) and (stops_when_done or deadline is not None)
+                done = not self.cut and not _unfinished(report.experiments)
+                finished = done and (stops_when_done or deadline is not None)
                 if not finished:
                     self.write_status("following")  # before the pass is shown: a reader of both sees them agree
                 self.show_pass(report)
@@ -349,11 +350,8 @@ class Syncer:
                 delay = self.args.interval
             if deadline is None:
                 self.wake.wait(delay)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            elif self.stop.wait(max(0.0, min(delay, deadline - time.monotonic()))) or time.monotonic() >= deadline:
                 break
-            self.stop.wait(min(delay, remaining))
         return self.finish(final=deadline is not None and self.signal is None)
 
     def finish(self, final: bool) -> int:
@@ -415,7 +413,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="with --follow: seconds between passes (default: 2)")
     p.add_argument("--dry-run", action="store_true", help="say what would be copied; write nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (see below)")
-    p.add_argument("--quiet", action="store_true", help="print no progress or summary, only errors")
+    p.add_argument("--quiet", action="store_true", help="print no progress or human summary (--json still prints), only errors")
     p.add_argument("--progress", action="store_true", help="show the progress display even if stderr is not a terminal")
     # For the automatic upload, which runs this command in the background:
     p.add_argument("--exit-with-fd", type=arguments.count, metavar="FD", help=argparse.SUPPRESS)
