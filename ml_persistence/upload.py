@@ -266,19 +266,20 @@ class Uploader:
             try:
                 process.send_signal(signal.SIGTERM)
                 process.wait(TERM_GRACE)
-            except (OSError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:  # stuck in one statement: what it committed stays, once
+                process.kill()
+                process.wait()
+            except OSError:
                 pass
         found = self.state()
         code = process.poll()
-        self._release(remove=code is not None)
-        if not late and found.get("state") == "done":
+        self._release(remove=True)
+        if found.get("state") == "done":
             return None
         if found.get("error"):  # the database could not be reached, or refused
             reason = str(found["error"])
         elif late:
             reason = f"still uploading after {timeout if shown is None else shown:g} s (${SYNC_EXIT_TIMEOUT_ENV})"
-        elif found.get("error"):
-            reason = str(found["error"])
         elif found:
             reason = f"the uploader stopped in state {found.get('state')!r}"
         else:
@@ -293,12 +294,13 @@ class Uploader:
         which = f"experiment(s) {', '.join(map(str, ids))}" if ids else (
             "this process's experiments" if self.owner_pid is not None else "its experiments"
         )
-        what = f"{sum(_rows(rows))} rows of {which}" if isinstance(rows, dict) and rows else f"the rows of {which}"
+        count = sum(_rows(rows))
+        what = f"{count} rows of {which} were not uploaded" if count else f"{which} were not fully uploaded"
         password = " (the password from $PGPASSWORD or ~/.pgpass)" if any(
             storage.is_url(db) and _password(db) is not None for db in (self.source, self.target)
         ) else ""
         return (
-            f"ml_persistence: {what} were not uploaded to {storage.identity(self.target)} "
+            f"ml_persistence: {what} to {storage.identity(self.target)} "
             f"({storage.redact(reason)}); upload them with: {command(self.source, self.target)}{password}"
         )
 

@@ -187,7 +187,7 @@ def test_passwords_reach_the_uploader_through_its_environment_only(
     tracker.close()  # it cannot reach the target: one message, and the uploader is stopped
     err = capfd.readouterr().err
     message = [line for line in err.splitlines() if line.startswith("ml_persistence:")]
-    assert len(message) == 1 and f"experiment(s) {eid} were not uploaded" in message[0], err
+    assert len(message) == 1 and f"experiment(s) {eid} were not fully uploaded to" in message[0], err
     assert "s3cret-pw" not in err
     wait_for_exit(pid)
 
