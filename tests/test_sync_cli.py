@@ -493,3 +493,11 @@ def test_wrong_password_ends_follow_at_once(src: str, tmp_path: Path, postgres_u
     done = cli(src, url, "--follow", cwd=tmp_path)  # retrying cannot help: exit 1, not a retry loop
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "not-the-password" not in done.stderr
+
+
+def test_follow_gives_up_at_once_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database, and retrying will not make it one\n" * 100)
+    done = cli(str(junk), str(tmp_path / "dst.db"), "--follow", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "not a database" in done.stderr

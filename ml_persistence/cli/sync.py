@@ -65,11 +65,6 @@ def since(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD or 'YYYY-MM-DD HH:MM[:SS]', got {text!r}")
 
 
-def _retryable(exc: BaseException) -> bool:
-    """Return True for a database that could not be reached or was busy (retrying may help)."""
-    if isinstance(exc, MLPersistenceError) or getattr(exc, "lasting", False):
-        return False
-    return isinstance(exc, (OSError, *storage.database_errors()))
 
 
 def _unfinished(experiments: Iterable[Any]) -> list[Any]:
@@ -194,6 +189,16 @@ class Syncer:
             self.copied[table] = self.copied.get(table, 0) + rows
         return report
 
+    def retryable(self, exc: BaseException) -> bool:
+        """Return True if retrying may help: a database busy or out of reach, as its engine's writer judges it."""
+        if isinstance(exc, MLPersistenceError):
+            return False
+        if isinstance(exc, storage.database_errors()):
+            for db in (self.args.target, self.args.source):
+                if isinstance(exc, storage.engine(db).ERRORS):
+                    return storage.Database(db).store(0).classify(exc) in (storage.BUSY, storage.ENVIRONMENT)
+        return isinstance(exc, OSError)
+
     def describe(self, exc: BaseException) -> str:
         """Return a one-line, password-free account of an error."""
         text = str(exc).strip()
@@ -305,7 +310,7 @@ class Syncer:
         try:
             report = self.one_pass()
         except Exception as exc:
-            self.fail(exc, "behind" if _retryable(exc) else "failed")
+            self.fail(exc, "behind" if self.retryable(exc) else "failed")
         self.write_status("behind" if self.cut or _unfinished(report.experiments) else "done")
         if self.args.json:
             out.print_json(report.to_dict())
@@ -330,7 +335,7 @@ class Syncer:
             try:
                 report = self.one_pass()
             except Exception as exc:
-                if not _retryable(exc):
+                if not self.retryable(exc):
                     self.fail(exc, "failed")
                 failures += 1
                 self.retrying(exc)
