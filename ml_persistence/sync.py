@@ -66,6 +66,7 @@ class SyncReport:
     dry_run: bool
     experiments: list[ExperimentReport] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: bool = False  # the pass was asked to stop: runs it had not reached are not listed
 
     def totals(self) -> dict[str, int]:
         """Return rows copied (or, in a dry run, to copy) per table over every experiment."""
@@ -80,7 +81,7 @@ class SyncReport:
         totals = self.totals()
         return {
             "source": self.source, "target": self.target, "dry_run": self.dry_run,
-            "seconds": round(self.seconds, 3), "rows": totals, "rows_total": sum(totals.values()),
+            "seconds": round(self.seconds, 3), "stopped": self.stopped, "rows": totals, "rows_total": sum(totals.values()),
             "pending": self.pending(), "experiments": [asdict(e) for e in self.experiments],
         }
 
@@ -98,7 +99,12 @@ def parse_since(text: str) -> str:
 def _open(db: str, create: bool) -> Any:
     engine = storage.engine(db)
     module = __import__(f"{engine.__name__}.sync", fromlist=["side"])
-    return module.side(db, create)
+    try:
+        return module.side(db, create)
+    except storage.database_errors() as exc:
+        if "not a database" in str(exc):  # a file of something else: no retry will help
+            raise SyncError(f"{storage.display(db)} is not an SQLite database") from None
+        raise
 
 
 def _check_pair(source: str, target: str) -> None:
@@ -137,6 +143,7 @@ def sync(
     finally:
         src.close()
     report.seconds = time.monotonic() - started
+    report.stopped = stop is not None and stop.is_set()
     return report
 
 
