@@ -171,18 +171,26 @@ def test_an_uploader_starts_with_the_first_experiment_and_reports_in_status(db_p
 def test_passwords_reach_the_uploader_through_its_environment_only(
     db_path: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    from ml_persistence import upload
+
+    started: list[tuple[list[str], dict[str, str]]] = []
+    popen = subprocess.Popen
+
+    def recording(args: list[str], *rest: object, **kwargs: object) -> subprocess.Popen:
+        if "--exit-with-fd" in args and "sync" in args:  # the uploader (the module is shared: others start processes too)
+            started.append((list(args), dict(kwargs["env"])))  # type: ignore[arg-type]
+        return popen(args, *rest, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upload.subprocess, "Popen", recording)
     monkeypatch.setenv("ML_PERSISTENCE_SYNC_EXIT_TIMEOUT", "1")
     target = "postgresql://mlp:s3cret-pw@127.0.0.1:1/none"
     tracker = ExperimentTracker(db_path, sync_to=target)
     eid = tracker.start_experiment("a")
     pid = tracker.status()["upload"]["pid"]
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        argv = f.read().split(b"\0")
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        environ = f.read().split(b"\0")
-    assert b"s3cret-pw" not in b" ".join(argv)
-    assert b"postgresql://mlp@127.0.0.1:1/none" in argv
-    assert b"PGPASSWORD=s3cret-pw" in environ
+    [(argv, environ)] = started
+    assert "s3cret-pw" not in " ".join(argv)
+    assert argv[argv.index("sync") + 1:][:2] == [os.path.realpath(db_path), "postgresql://mlp@127.0.0.1:1/none"]
+    assert environ["PGPASSWORD"] == "s3cret-pw"
     tracker.end_experiment()
     tracker.close()  # it cannot reach the target: one message, and the uploader is stopped
     err = capfd.readouterr().err
