@@ -9,7 +9,7 @@ PostgreSQL (and into SQLite), against the target's raw binary COPY of the same r
   and schema version (the first build of 10M points takes about a minute).
 - sync: ``ml_persistence.sync.sync(src, url)`` in a child process, into a fresh, empty database
   (mlp_bench_<hex>, dropped afterwards); rows/s counted from the call to its return, and the
-  child's peak RSS (ru_maxrss from wait4). Run at 1M points and at --points, to show the peak
+  child's peak RSS (its own VmHWM). Run at 1M points and at --points, to show the peak
   does not grow with the run.
 - raw COPY (the ceiling): psycopg ``cursor.copy`` in binary format of the same metrics columns,
   read from the same file in chunks of 50,000 rows (one transaction each) into a fresh database
@@ -35,9 +35,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import psycopg  # noqa: E402
+import uuid  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Iterator  # noqa: E402
+from urllib.parse import urlsplit, urlunsplit  # noqa: E402
 
-from bench_pg_copy import fresh_database  # noqa: E402
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
 from ml_persistence.storage import display  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "ml_persistence-bench-sync"
@@ -103,13 +108,37 @@ def source(points: int) -> str:
     return str(path)
 
 
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """Create a scratch database mlp_bench_<hex> through ``admin_url``; yield its URL; drop it.
+
+    A plain DROP first (it stops an autovacuum worker by itself, which a role that is not superuser
+    may not terminate), WITH (FORCE) only if something of ours is still connected.
+    """
+    name = "mlp_bench_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                         "AND usename = current_user AND pid <> pg_backend_pid()", (name,))
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            except psycopg.errors.ObjectInUse:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 CHILD = """
 import json, sys, time
 from ml_persistence.sync import sync
 start = time.perf_counter()
 report = sync(sys.argv[1], sys.argv[2])
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "totals": report.totals()}))
+with open("/proc/self/status") as f:
+    hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), None)
+print(json.dumps({"seconds": seconds, "totals": report.totals(), "vmhwm_kib": hwm}))
 """
 
 
@@ -128,17 +157,23 @@ def run_measured(argv: list[str]) -> tuple[str, str, float]:
 
 
 def timed_sync(src: str, dst: str) -> dict:
+    """sync(src, dst) in a child: its seconds, totals and peak RSS in MiB.
+
+    The peak is the child's own VmHWM (its image after exec); wait4's ru_maxrss would also count the
+    moment between fork and exec, when the child still is a copy of this (possibly large) process.
+    """
     stdout, _, rss = run_measured([sys.executable, "-c", CHILD, src, dst])
     result = json.loads(stdout.strip().splitlines()[-1])
-    result["rss_mib"] = rss
+    result["rss_mib"] = result["vmhwm_kib"] / 1024 if result.get("vmhwm_kib") else rss
     return result
 
 
 def baseline_rss(url: str) -> float:
-    """Peak RSS of a child that imports ml_persistence.sync and opens one PostgreSQL connection: the floor."""
+    """Peak RSS (VmHWM) of a child that imports ml_persistence.sync and opens one PostgreSQL connection: the floor."""
     code = ("import sys, psycopg\nimport ml_persistence.sync\n"
-            "psycopg.connect(sys.argv[1]).close()\n")
-    return run_measured([sys.executable, "-c", code, url])[2]
+            "psycopg.connect(sys.argv[1]).close()\n"
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))\n")
+    return int(run_measured([sys.executable, "-c", code, url])[0].split()[-1]) / 1024
 
 
 def raw_copy_streamed(src: str, url: str) -> float:
@@ -219,34 +254,32 @@ def main() -> None:
     floor = baseline_rss(args.url)
     print(f"\nbaseline: a child importing ml_persistence.sync with one connection: peak RSS {floor:,.0f} MiB")
 
-    print("\nSQLite -> PostgreSQL, ml_persistence.sync.sync() in a child, into a fresh empty database")
-    results = {}
+    print("\nSQLite -> PostgreSQL: ml_persistence.sync.sync() in a child into a fresh empty database, against raw "
+          f"binary COPY\n(psycopg cursor.copy of the same metrics columns, {CHUNK:,}-row transactions, the real schema, "
+          "no ml_persistence code),\nits rows read from the same file as they go, and (up to "
+          f"{MEMORY_ROWS:,} rows) already in memory")
     for n in sizes:
         with fresh_database(args.url) as url:
             r = timed_sync(sources[n], url)
             with psycopg.connect(url, autocommit=True) as conn:
                 landed = conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
         assert landed == n and r["totals"].get("metrics") == n, (landed, r)
-        results[n] = r
-        print(f"  {n:>12,} points: {n / r['seconds']:>10,.0f} rows/s ({r['seconds']:.1f} s), "
-              f"peak RSS {r['rss_mib']:,.0f} MiB", flush=True)
-
-    n = args.points
-    with fresh_database(args.url) as url:
-        with_schema(url)
-        streamed = raw_copy_streamed(sources[n], url)
-    with fresh_database(args.url) as url:
-        with_schema(url)
-        mem_rows, mem_seconds = raw_copy_memory(sources[n], url, MEMORY_ROWS)
-    sync_rate = n / results[n]["seconds"]
-    print(f"\nraw binary COPY (psycopg cursor.copy, {CHUNK:,}-row transactions, real schema, no ml_persistence):")
-    print(f"  rows read from the source file as they go: {n / streamed:>10,.0f} rows/s ({streamed:.1f} s, {n:,} rows)")
-    print(f"  rows already in memory:                    {mem_rows / mem_seconds:>10,.0f} rows/s ({mem_rows:,} rows)")
-    print(f"\nsync / raw COPY (streamed): {sync_rate / (n / streamed):.2f}   "
-          f"sync / raw COPY (memory): {sync_rate / (mem_rows / mem_seconds):.2f}   (goal: >= 0.5)")
-    peaks = [results[s]["rss_mib"] for s in sizes]
-    print(f"peak RSS of sync: {' -> '.join(f'{p:,.0f} MiB at {s:,}' for p, s in zip(peaks, sizes))} "
-          f"(baseline {floor:,.0f} MiB)")
+        sync_rate = n / r["seconds"]
+        print(f"  {n:>12,} points  sync:            {sync_rate:>10,.0f} rows/s ({r['seconds']:.1f} s), "
+              f"peak RSS {r['rss_mib']:,.0f} MiB (baseline {floor:,.0f} MiB)", flush=True)
+        with fresh_database(args.url) as url:
+            with_schema(url)
+            streamed = n / raw_copy_streamed(sources[n], url)
+        print(f"  {n:>12,} points  raw COPY, read: {streamed:>10,.0f} rows/s   sync / raw = {sync_rate / streamed:.2f}",
+              flush=True)
+        if n <= MEMORY_ROWS:
+            with fresh_database(args.url) as url:
+                with_schema(url)
+                mem_rows, mem_seconds = raw_copy_memory(sources[n], url, n)
+            memory = mem_rows / mem_seconds
+            print(f"  {n:>12,} points  raw COPY, mem:  {memory:>10,.0f} rows/s   sync / raw = {sync_rate / memory:.2f}",
+                  flush=True)
+    print("  (goal: sync / raw >= 0.5)")
 
     if not args.no_sqlite:
         print("\nSQLite -> SQLite, ml_persistence.sync.sync() in a child, into a new file")
