@@ -69,6 +69,8 @@ def run_script(cwd: Path, body: str, *args: str, name: str = "script.py", env: O
 
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?")
+# Every experiment's uuid is random: masked wherever outputs of two runs or engines are compared.
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 
 def comparable(value: Any) -> Any:
@@ -80,7 +82,7 @@ def comparable(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     if isinstance(value, str):
-        return _TIME.sub("<time>", value)
+        return _UUID.sub("<uuid>", _TIME.sub("<time>", value))
     return value
 
 
@@ -92,6 +94,7 @@ def normalize_output(text: str, db: str, loose: bool = False) -> str:
     names = {db, redact(db)} | ({os.path.abspath(db), os.path.realpath(db)} if engine_of(db) == "sqlite" else set())
     for name in sorted(names, key=len, reverse=True):
         text = text.replace(name, "<db>")
+    text = _UUID.sub("<uuid>", text)
     if not loose:
         return text
     text = _TIME.sub("<time>", text)

@@ -1079,7 +1079,7 @@ def test_reading_a_database_of_the_original_schema_leaves_it_untouched(tmp_path:
     assert rows(db, "PRAGMA user_version") == [(0,)]
     # A writing command upgrades it, as the library does.
     ok(cli("init", "--db", db, cwd=tmp_path))
-    assert rows(db, "PRAGMA user_version") == [(3,)]
+    assert rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def test_show_an_experiment_without_a_status(copy: str, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import ml_persistence
+from ml_persistence.sqlite.schema import SCHEMA_VERSION
 from contract_helpers import (child_env, children, cli, comparable, db_rows, engine_of,  # noqa: F401
                               normalize_output, ok, pin, run_script)
 from pg import fresh_database, pg_rows
@@ -429,10 +430,10 @@ def test_readme_initialize_database(db: str, tmp_path: Path) -> None:
     created = readme_shell(db, tmp_path, "Initialize Database")
     assert "Created" in created, created
     if engine(db) == "postgresql":
-        assert pg_rows(db, "SELECT version FROM ml_persistence_schema") == [(3,)]
+        assert pg_rows(db, "SELECT version FROM ml_persistence_schema") == [(SCHEMA_VERSION,)]
         assert not (tmp_path / "ml_experiments.db").exists()
     else:
-        assert db_rows(db, "PRAGMA user_version") == [(3,)]
+        assert db_rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def test_readme_sqlite_maintenance_and_pandas_export(db: str, tmp_path: Path) -> None:
@@ -546,9 +547,9 @@ def _version(db: str) -> int:
 
 def test_init_creates_then_reports_up_to_date(db: str, tmp_path: Path) -> None:
     first = ok(cli("init", "--db", db, cwd=tmp_path))
-    assert "Created" in first.stdout and _version(db) == 3, first.stdout
+    assert "Created" in first.stdout and _version(db) == SCHEMA_VERSION, first.stdout
     again = ok(cli("init", "--db", db, cwd=tmp_path))
-    assert "Created" not in again.stdout and _version(db) == 3, again.stdout
+    assert "Created" not in again.stdout and _version(db) == SCHEMA_VERSION, again.stdout
     assert normalize_output(first.stdout, db) and PASSWORD not in first.stdout + first.stderr + again.stdout
     tables = {"experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets",
               "agent_clients", "agent_requests", "legacy_imports"}
@@ -593,7 +594,7 @@ def test_processes_racing_to_create_a_fresh_postgresql_database_all_succeed(post
             for r in racers:
                 assert r.wait() == 0, r.describe()
             assert len(set(ids)) == 4
-            assert pg_rows(url, "SELECT version FROM ml_persistence_schema") == [(3,)]
+            assert pg_rows(url, "SELECT version FROM ml_persistence_schema") == [(SCHEMA_VERSION,)]
             assert pg_rows(url, "SELECT count(*), count(DISTINCT name) FROM experiments") == [(4, 4)]
             assert pg_rows(url, "SELECT count(*) FROM metrics") == [(4,)]
             ml_persistence.shutdown(timeout=30)
@@ -605,7 +606,7 @@ def test_two_inits_racing_on_a_fresh_database(db: str, tmp_path: Path) -> None:
              for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert _version(db) == 3
+    assert _version(db) == SCHEMA_VERSION
     assert sum("Created" in out for out, _ in outs) >= 1, outs
 
 

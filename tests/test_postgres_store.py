@@ -153,7 +153,7 @@ def test_eight_processes_racing_first_use_all_succeed(pg_db: str) -> None:
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0] * 8
-    assert pg_rows(pg_db, "SELECT version FROM ml_persistence_schema") == [(3,)]
+    assert pg_rows(pg_db, "SELECT version FROM ml_persistence_schema") == [(schema.SCHEMA_VERSION,)]
 
 
 # --- events -------------------------------------------------------------------------------------
