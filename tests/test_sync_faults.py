@@ -16,15 +16,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 from contract_helpers import GUARD, child_env, children, engine_of  # noqa: F401
 from pg import SERIAL, restart_postgres
-from test_sync import (ALL_TABLES, assert_same, assert_whole_target, counts, populate, query, uuid_of)
+from test_sync import assert_same, assert_whole_target, counts, populate, query, uuid_of
 from ml_persistence import ExperimentTracker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -268,3 +266,47 @@ def test_postgresql_restart_during_follow_of_a_running_trainer(tmp_path: Path, p
                          "AND metric_name = 'loss'", (dst_id,))[1][0]
     assert steps == (ended["steps"], ended["steps"])
     assert query(pg_db, "SELECT status FROM experiments WHERE id = ?", (dst_id,))[1] == [("completed",)]
+
+
+# -- --follow of a trainer that is SIGKILLed -----------------------------------------------------------------
+
+KILLED = """
+import sys
+from ml_persistence import ExperimentTracker
+t = ExperimentTracker(sys.argv[1])
+exp = t.start_experiment("killed-trainer")
+step = 0
+while True:
+    for _ in range(500):
+        t.log_metrics_batch({"loss": 1.0 / (step + 1), "acc": step / 1e6}, step=step)
+        step += 1
+    t.flush()
+    print("logged", exp, step, flush=True)
+    if sys.stdin.readline().strip() != "more":
+        break
+"""
+
+
+def test_follow_stops_by_itself_when_the_trainer_is_sigkilled(tmp_path: Path, target: str, children) -> None:
+    """A crashed run has ended too: --follow copies what it committed, then stops (exit 0), nothing twice."""
+    src = str(tmp_path / "laptop.db")
+    trainer = children.start(tmp_path, KILLED, src, name="trainer.py", env=child_env())
+    exp, steps = map(int, trainer.line("logged").split())
+    follow = start_sync(src, target, tmp_path, "--follow", "--interval", "0.2", name="follow")
+    try:
+        for _ in range(3):
+            while metric_rows(target) < 2 * steps:  # no event to wait on: read DST
+                assert follow.poll() is None, output(tmp_path, "follow")
+            trainer.send("more")
+            exp, steps = map(int, trainer.line("logged").split())
+        trainer.kill()  # SIGKILL: the run stays 'running' in SRC, its process is gone
+        code = finish(follow, timeout=GUARD)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(GUARD)
+    print(output(tmp_path, "follow"))
+    assert code == 0, output(tmp_path, "follow")
+    assert metric_rows(target) == 2 * steps
+    assert_same(src, target, exp)
+    assert_whole_target(target, [(src, [exp])])
