@@ -171,7 +171,8 @@ class Uploader:
         args = [
             sys.executable, "-c", _BOOTSTRAP, root, "sync", storage.identity(self.source), storage.identity(self.target),
             "--follow", "--all", "--exit-with-fd", str(read_end),
-            "--status-file", os.path.join(directory, "status.json"),
+            "--status-file", os.path.join(directory, "status.json"), "--private-dir", directory,
+            "--owner-process", str(os.getpid()),
             # Its own final deadline comes after the owner's: an owner still there stops it (SIGTERM, no message
             # of its own) and says what is left; after an owner that died it stops by itself and says so.
             "--final-timeout", f"{self.final_timeout + TERM_GRACE + 1:g}", "--quiet",

@@ -500,4 +500,4 @@ def test_follow_gives_up_at_once_on_a_file_that_is_not_a_database(tmp_path: Path
     junk.write_text("not a database, and retrying will not make it one\n" * 100)
     done = cli(str(junk), str(tmp_path / "dst.db"), "--follow", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "not a database" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and f"{junk} is not an SQLite database" in done.stderr

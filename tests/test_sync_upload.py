@@ -294,11 +294,15 @@ def test_a_killed_trainers_uploader_makes_its_final_pass_and_exits(tmp_path: Pat
         upload = json.loads(child.read_line("upload"))
         pid = upload["pid"]
         assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        private = Path(argv[argv.index(b"--private-dir") + 1].decode())
+        assert private.is_dir()
         child.proc.kill()  # SIGKILL: no exit hook runs; the lifeline pipe reads end-of-file
         child.proc.wait(GUARD)
         wait_for_exit(pid)
     finally:
         child.close()
+    assert not private.exists(), "an orphaned uploader leaves its private directory behind"
     source = str(db_path(tmp_path))
     assert metric_keys(target) == metric_keys(source)  # everything committed before the kill, once
     run = subprocess.run([str(CLI), "sync", source, target], env=child_env(tmp_path), capture_output=True, text=True, timeout=GUARD)

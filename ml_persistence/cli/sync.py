@@ -16,6 +16,7 @@ import time
 from typing import Any, Iterable, NoReturn, Optional
 
 from .. import storage
+from ..liveness import process_alive
 from ..errors import MLPersistenceError
 from . import arguments
 from . import output as out
@@ -398,7 +399,13 @@ def run(args: argparse.Namespace) -> int:
     syncer.catch_signals()
     if args.exit_with_fd is not None:
         syncer.watch_owner(args.exit_with_fd)
-    return syncer.follow() if follow else syncer.once()
+    try:
+        return syncer.follow() if follow else syncer.once()
+    finally:
+        # An owner still there reads the status file and removes its directory itself; after an owner
+        # that died nobody else would.
+        if args.private_dir and not (args.owner_process and process_alive(args.owner_process)):
+            shutil.rmtree(args.private_dir, ignore_errors=True)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -425,4 +432,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--status-file", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--owner-pid", type=arguments.positive, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument("--final-timeout", type=arguments.seconds, default=10.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    p.add_argument("--private-dir", metavar="DIR", help=argparse.SUPPRESS)  # removed at exit, unless the owner lives
+    p.add_argument("--owner-process", type=arguments.positive, metavar="PID", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
