@@ -136,6 +136,8 @@ def sync(
     try:
         dst = _open_target(target, dry_run)
         try:
+            if dst is not None and dst.database_uuid() is not None and dst.database_uuid() == src.database_uuid():
+                raise SyncError(f"{report.source} and {report.target} are the same database")
             _Pass(src, dst, report, dry_run, progress, chunk_rows, stop or threading.Event()).run(selection)
         finally:
             if dst is not None:
@@ -212,6 +214,7 @@ class _Pass:
             found = self.dst.find(uuid)
             marks = self.dst.marks(uuid)
             if found is None:
+                self.dst.forget(uuid)  # a copy deleted in the target is copied whole again
                 entry.target_id = self.dst.insert_experiment(values)
                 self.dst.set_mark(uuid, "experiments", self.source_uuid, experiment["id"])
                 entry.action, entry.rows["experiments"] = "created", 1
@@ -245,14 +248,11 @@ class _Pass:
     def _copy_table(self, experiment: dict[str, Any], entry: ExperimentReport, table: str) -> None:
         """Copy the experiment's new rows of ``table``, a chunk of source ids per target transaction."""
         uuid, source_id, copied = experiment["uuid"], experiment["id"], 0
-        low, upto = 0, self.high[table]
         start = self.dst.marks(uuid).get(table, (None, 0))[1]
-        if start == 0:
-            # A first copy starts at the run's first row and stops at its last; later passes go on
-            # from the mark to the newest row (this finds a run's rows by scanning them all).
-            low, high = self.src.id_range(table, source_id)
-            upto = min(high, upto)
-        if max(start, low - 1) >= upto:
+        # Chunks cover the run's own new rows only, not every id since the mark (other runs' rows).
+        low, high = self.src.new_range(table, source_id, start)
+        upto = min(high, self.high[table])
+        if not high or max(start, low - 1) >= upto:
             return
         reader = None
         if table != "models":
@@ -296,6 +296,14 @@ class _Pass:
         mapping = self.dst.model_ids(experiment["uuid"])
         foreign = [m for m in self.src.model_refs(table, experiment["id"], after, upto) if m not in mapping]
         owners = self.src.model_owners(foreign)
+        ahead = [m for m, e in owners.items() if e == experiment["id"]]
+        if ahead:
+            # Models this run registered after the pass began (in the same transaction as a row pointing at
+            # them, on a PostgreSQL source): copied now; their own turn skips them.
+            rows = self.src.rows_by_id("models", ahead)
+            with self.dst.transaction(experiment["uuid"]):
+                self.dst.insert_models(experiment["uuid"], [(row[0], (entry.target_id, *row[2:])) for row in rows])
+            mapping = self.dst.model_ids(experiment["uuid"])
         for owner_id in sorted(set(owners.values()) - {experiment["id"]}):
             owner = self._copy_dependency(owner_id, experiment)
             if owner is not None:
@@ -323,7 +331,8 @@ class _Pass:
         return None if entry.action == "skipped" else found[0]
 
     def _copy_links(self, experiment: dict[str, Any], entry: ExperimentReport) -> None:
-        links = self.src.dataset_links(experiment["id"])
+        # Sorted by dataset key: two syncers lock the datasets they share in one order (no deadlock).
+        links = sorted(self.src.dataset_links(experiment["id"]), key=lambda link: repr(_dataset_key(link[0])))
         if not links:
             return
         with self.dst.transaction(experiment["uuid"]):
@@ -351,7 +360,7 @@ class _Pass:
             entry.rows[table] = self.src.count_after(table, experiment["id"], mark, self.high[table])
         for dataset, usage in self.src.dataset_links(experiment["id"]):
             known = self.dst.find_dataset(dataset) if self.dst is not None else None
-            key = tuple(dataset[i] for i in _DATASET_KEY)
+            key = _dataset_key(dataset)
             if known is None and key not in self.previewed:
                 self.previewed.add(key)
                 entry.rows["datasets"] += 1
@@ -386,6 +395,10 @@ class _ReadAhead:
     def close(self) -> None:
         """Stop reading ahead."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dataset_key(values: Sequence[Any]) -> tuple:
+    return tuple(values[i] for i in _DATASET_KEY)
 
 
 def _same(stored: Sequence[Any], values: Sequence[Any]) -> bool:

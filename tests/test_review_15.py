@@ -54,7 +54,6 @@ def small_run(db: str, name: str, rows: int = 10) -> int:
 
 # -- 1. a run deleted in the target comes back empty -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #1: sync_marks/sync_ids outlive `delete` in DST; the run is re-created with no rows")
 def test_a_run_deleted_in_the_target_is_copied_whole_by_the_next_sync(tmp_path: Path, target: str) -> None:
     src = str(tmp_path / "laptop.db")
     exp = populate(src, "ppo", episodes=30)
@@ -74,8 +73,6 @@ def test_a_run_deleted_in_the_target_is_copied_whole_by_the_next_sync(tmp_path: 
 
 # -- 2. every pass walks every other run's new rows, for every ended run ------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #2: a pass re-scans the whole table's new id range for every selected run, "
-                                       "one target transaction per chunk, even for ended runs with nothing new")
 def test_an_ended_run_costs_nothing_when_only_another_run_logged(tmp_path: Path) -> None:
     from ml_persistence import ExperimentTracker
     from ml_persistence.sync import Selection, sync
@@ -116,8 +113,6 @@ def _dataset_lock_key(name: str, version: str, split: str) -> str:
     return "ml_persistence.sync:dataset:" + repr([name, version, split])
 
 
-@pytest.mark.xfail(strict=True, reason="review-15 #3: dataset advisory locks are taken in each SOURCE's dataset id order; "
-                                       "two syncers into one PostgreSQL DST deadlock, one fails")
 def test_two_machines_linking_the_same_datasets_both_succeed(tmp_path: Path, pg_db: str) -> None:
     import psycopg
 
@@ -164,8 +159,6 @@ def test_two_machines_linking_the_same_datasets_both_succeed(tmp_path: Path, pg_
 
 # -- 4. a PostgreSQL source's in-flight model: the metric's model_id is lost -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #4: models' high water is read before the in-flight transactions end; "
-                                       "a metric committed with its model in one of them is copied with model_id NULL, for good")
 def test_a_model_committed_with_its_metric_during_the_wait_keeps_the_reference(tmp_path: Path, pg_db: str) -> None:
     import psycopg
 

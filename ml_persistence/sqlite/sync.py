@@ -148,10 +148,39 @@ class Side:
         row = self._plain_rows(f"SELECT {parts}", ())[0]
         return {t: value or 0 for t, value in zip(CHILD_TABLES, row)}
 
-    def id_range(self, table: str, experiment_id: int) -> tuple[int, int]:
-        """Return the lowest and highest row id of the experiment's rows in ``table`` ((0, 0) if none)."""
-        low, high = self._plain_rows(f"SELECT min(id), max(id) FROM {table} WHERE experiment_id = ?", (experiment_id,))[0]
+    def new_range(self, table: str, experiment_id: int, after: int) -> tuple[int, int]:
+        """Return the lowest and highest id of the experiment's rows with id > ``after`` ((0, 0) if none).
+
+        Index seeks only, whatever the run's size: metrics are found name by name (a skip scan of
+        the (experiment_id, metric_name) index), the other tables' indexes end in the row id.
+        """
+        if table != "metrics":
+            found = self._plain_rows(
+                f"SELECT min(id), max(id) FROM {table} WHERE experiment_id = ? AND id > ?", (experiment_id, after)
+            )
+        else:
+            found = self._plain_rows(
+                "WITH RECURSIVE names(n) AS ("
+                " SELECT (SELECT min(metric_name) FROM metrics WHERE experiment_id = ?)"
+                " UNION ALL SELECT (SELECT min(metric_name) FROM metrics WHERE experiment_id = ? AND metric_name > names.n)"
+                " FROM names WHERE n IS NOT NULL) "
+                "SELECT min(low), max(high) FROM (SELECT"
+                " (SELECT min(id) FROM metrics WHERE experiment_id = ? AND metric_name = n AND id > ?) AS low,"
+                " (SELECT max(id) FROM metrics WHERE experiment_id = ? AND metric_name = n AND id > ?) AS high"
+                " FROM names WHERE n IS NOT NULL) AS ranges",
+                (experiment_id, experiment_id, experiment_id, after, experiment_id, after),
+            )
+        low, high = found[0]
         return (low or 0, high or 0)
+
+    def rows_by_id(self, table: str, ids: Sequence[int]) -> list[tuple]:
+        """Return (id, *COLUMNS[table]) of the rows with these ids, in id order."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        return self._plain_rows(
+            f"SELECT id, {', '.join(COLUMNS[table])} FROM {table} WHERE id IN ({marks}) ORDER BY id", list(ids)
+        )
 
     def rows_after(self, table: str, experiment_id: int, after: int, upto: int, limit: int) -> list[tuple]:
         """Return (id, *COLUMNS[table]) of the experiment's rows with after < id <= upto, in id order."""
@@ -235,6 +264,11 @@ class Side:
         )
         return {table: (source, last) for table, source, last in found}
 
+    def forget(self, uuid: str) -> None:
+        """Drop what was recorded of copying the experiment (its target copy is gone: deleted there)."""
+        self._run("DELETE FROM sync_marks WHERE experiment_uuid = ?", (uuid,))
+        self._run("DELETE FROM sync_ids WHERE experiment_uuid = ?", (uuid,))
+
     def set_mark(self, uuid: str, table: str, source_uuid: str, last_id: int) -> None:
         """Record that the experiment's ``table`` is copied up to source row ``last_id``."""
         self._run(
@@ -264,10 +298,11 @@ class Side:
         return dict(found)
 
     def insert_models(self, uuid: str, rows: list[tuple[int, tuple]]) -> dict[int, int]:
-        """Insert (source id, COLUMNS['models'] values) rows; record and return their id mapping."""
+        """Insert (source id, COLUMNS['models'] values) rows not copied yet; record and return their id mapping."""
         columns = COLUMNS["models"]
         sql = f"INSERT INTO models ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        mapping = {source_id: self._insert_id(sql, values) for source_id, values in rows}
+        known = self.model_ids(uuid)  # copied ahead of their turn, for a row pointing at them
+        mapping = {source_id: self._insert_id(sql, values) for source_id, values in rows if source_id not in known}
         self._insert_many(
             "sync_ids", ("experiment_uuid", "table_name", "source_id", "target_id"),
             [(uuid, "models", s, t) for s, t in mapping.items()],
