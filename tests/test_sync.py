@@ -467,6 +467,48 @@ def test_datasets_with_null_version_and_split_match_each_other(source: str, targ
     assert counts(target)["datasets"] == 4
 
 
+def test_a_target_holding_the_same_dataset_twice_links_one_of_them(source: str, target: str) -> None:
+    """UNIQUE(name, version, split_type) lets NULLs repeat: DST may hold ('raw-ticks', NULL, NULL) twice already."""
+    t = ExperimentTracker(target, capture_environment=False)
+    t.start_experiment("team run")
+    t.end_experiment()
+    for _ in range(2):
+        execute(target, "INSERT INTO datasets (name, version, split_type) VALUES ('raw-ticks', NULL, NULL)")
+    twins = {i for (i,) in query(target, "SELECT id FROM datasets WHERE name = 'raw-ticks'")[1]}
+    exp = populate(source, "ppo", episodes=5)
+    do_sync(source, target)
+    dst_id = assert_same(source, target, exp, dataset_rows=False)
+    assert query(target, "SELECT COUNT(*) FROM datasets WHERE name = 'raw-ticks'")[1] == [(2,)]
+    (linked,) = query(target, "SELECT dataset_id FROM experiment_datasets WHERE experiment_id = ? AND usage_type = 'raw'",
+                      (dst_id,))[1]
+    assert linked[0] in twins
+
+
+def test_a_seed_original_sqlite_target_is_upgraded_and_keeps_its_rows(source: str, tmp_path: Path) -> None:
+    from test_schema import ORIGINAL
+
+    team = str(tmp_path / "team-v0.db")
+    conn = sqlite3.connect(team)
+    conn.executescript(ORIGINAL)
+    conn.close()
+    old = snapshot(team, 1)
+    old_rows = owned_counts(team, 1)
+    before = counts(team)
+    exp = populate(source, "ppo")
+    report = do_sync(source, team)
+    assert [e.action for e in report.experiments] == ["created"]
+    assert_same(source, team, exp)
+    assert_whole_target(team, [(source, [exp])], before)
+    kept = snapshot(team, 1)
+    assert UUID4.match(kept["experiment"].pop("uuid") or "")
+    for column in set(kept["experiment"]) - set(old["experiment"]):
+        assert kept["experiment"].pop(column) is None, column  # columns the upgrade added: empty
+    assert kept["experiment"] == old["experiment"] and kept["links"] == old["links"]
+    assert owned_counts(team, 1) == old_rows
+    settled = counts(team)
+    assert copied(do_sync(source, team)) == dict.fromkeys(ALL_TABLES, 0) and counts(team) == settled
+
+
 # -- selection ------------------------------------------------------------------------------------------------
 
 SELECTIONS = [
