@@ -132,7 +132,7 @@ def sync(
     _check_pair(source, target)
     started = time.monotonic()
     report = SyncReport(storage.display(source), storage.display(target), dry_run)
-    src = _open(source, create=not dry_run)
+    src = _open_source(source, dry_run)
     try:
         dst = _open_target(target, dry_run)
         try:
@@ -147,6 +147,15 @@ def sync(
     report.seconds = time.monotonic() - started
     report.stopped = stop is not None and stop.is_set()
     return report
+
+
+def _open_source(source: str, dry_run: bool) -> Any:
+    """Open the source without writing to it when it has its uuids already (a file one may only read)."""
+    src = _open(source, create=False)
+    if dry_run or (src.database_uuid() is not None and src.has_uuids and not src.missing_uuids()):
+        return src
+    src.close()
+    return _open(source, create=True)  # gives older files their uuids, in place
 
 
 def _open_target(target: str, dry_run: bool) -> Any:
@@ -209,6 +218,7 @@ class _Pass:
         if self.dry_run:
             self._preview(experiment, entry, values)
             return entry
+        values = self.dst.stored("experiments", values)
         uuid = experiment["uuid"]
         with self.dst.transaction(uuid):
             found = self.dst.find(uuid)

@@ -65,7 +65,8 @@ def target_for(sync_to: Union[str, "os.PathLike[str]", None], source: str, *, en
     Empty means no upload. Raise InvalidValueError for what cannot be a target: an in-memory or URI
     database, a missing directory, a URL whose driver is not installed, or ``source`` itself.
     """
-    if sync_to is None and environment:
+    from_environment = sync_to is None and environment
+    if from_environment:
         sync_to = os.environ.get(SYNC_TO_ENV, "")
     if sync_to is None:
         return None
@@ -94,6 +95,8 @@ def target_for(sync_to: Union[str, "os.PathLike[str]", None], source: str, *, en
         if os.path.isdir(target):
             raise InvalidValueError(f"sync_to: cannot upload to {target}: it is a directory")
     if storage.identity(target) == storage.identity(source):
+        if from_environment:  # set for every job; this one already writes to the target itself
+            return None
         raise InvalidValueError(f"sync_to: {storage.display(target)} is the database this process writes to")
     return target
 

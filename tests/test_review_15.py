@@ -201,8 +201,6 @@ def test_a_model_committed_with_its_metric_during_the_wait_keeps_the_reference(t
 
 # -- 5. one odd cell of a v0 file blocks the whole source ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #5: only metrics rows are coerced to PostgreSQL's types; a text cell in an "
-                                       "INTEGER/REAL column of another table fails the pass, and every run after it")
 def test_a_v0_file_with_text_in_numeric_columns_syncs_to_postgresql(tmp_path: Path, pg_db: str) -> None:
     from test_schema import ORIGINAL
 
@@ -232,8 +230,6 @@ def test_a_v0_file_with_text_in_numeric_columns_syncs_to_postgresql(tmp_path: Pa
 
 # -- 6. a read-only source cannot be synced ----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #6: the source is always opened for writing (create=True), "
-                                       "so an up-to-date file the user may only read fails with 'attempt to write a readonly database'")
 def test_a_read_only_source_file_at_the_current_version_syncs(tmp_path: Path, other_user: Any) -> None:
     import tempfile
 
@@ -335,8 +331,6 @@ def _uploaders_of(db: str) -> list[int]:
 
 # -- 8. $ML_PERSISTENCE_SYNC_TO naming the database itself stops training -----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #8: an environment-wide $ML_PERSISTENCE_SYNC_TO equal to the tracker's "
-                                       "own database raises InvalidValueError from ExperimentTracker()")
 def test_the_environment_naming_the_tracker_database_itself_does_not_break_the_tracker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ml_persistence import ExperimentTracker

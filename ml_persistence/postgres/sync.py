@@ -20,8 +20,30 @@ IN_FLIGHT_WAIT = 30.0  # seconds to wait for the source's open write transaction
 class SourceBusy(psycopg.OperationalError):
     """The source holds write transactions open too long to copy past them: retry later."""
 
-# PostgreSQL's type of each copied metrics column (COLUMNS["metrics"] order).
-_METRIC_TYPES = ("int8", "int8", "text", "text", "int8", "int8", "int8", "float8", "text", "text", "text", "text", "text")
+# The columns PostgreSQL types as bigint and double precision (the rest are text), by table.
+_INTEGERS = {
+    "experiments": {"random_seed", "git_dirty", "pid"},
+    "models": {"experiment_id", "state_dim", "action_dim", "episode_num", "global_step", "is_best"},
+    "metrics": {"experiment_id", "model_id", "episode", "step", "epoch"},
+    "hyperparameters": {"experiment_id", "model_id"},
+    "artifacts": {"experiment_id", "model_id"},
+    "datasets": {"num_samples"},
+}
+_REALS = {
+    "experiments": {"duration_seconds"},
+    "models": {"checkpoint_size_mb", "train_metric", "val_metric", "test_metric"},
+    "metrics": {"value"},
+    "artifacts": {"file_size_mb"},
+}
+# PostgreSQL's type of each copied column, in COLUMNS order.
+_TYPES = {
+    table: tuple(
+        "int8" if c in _INTEGERS.get(table, ()) else "float8" if c in _REALS.get(table, ()) else "text"
+        for c in columns
+    )
+    for table, columns in COLUMNS.items()
+}
+_METRIC_TYPES = _TYPES["metrics"]
 _COPY_METRICS = f"COPY metrics ({', '.join(COLUMNS['metrics'])}) FROM STDIN (FORMAT BINARY)"
 
 
@@ -95,9 +117,13 @@ class Side(SqliteSide):
             finally:
                 self._in_transaction = False
 
+    def stored(self, table: str, values: Sequence[Any]) -> tuple:
+        """Return a row's values as PostgreSQL will hold them (an SQLite cell may hold any type)."""
+        return tuple(_as(kind, value) for kind, value in zip(_TYPES[table], values))
+
     def insert_rows(self, table: str, rows: list[tuple]) -> None:
-        if table != "metrics":
-            return super().insert_rows(table, rows)
+        if table != "metrics":  # few rows: each converted to the column types
+            return super().insert_rows(table, [self.stored(table, row) for row in rows])
         try:
             with self._conn().transaction():  # a savepoint: a row COPY cannot type is retried coerced
                 self._copy_metrics(rows)
@@ -114,20 +140,27 @@ class Side(SqliteSide):
 
 
 def _coerced(row: tuple) -> tuple:
-    """Return a metrics row with each value in its column's PostgreSQL type, as SQLite's affinity would read it."""
+    """Return a metrics row with each value in its column's PostgreSQL type."""
     return tuple(_as(kind, value) for kind, value in zip(_METRIC_TYPES, row))
 
 
 def _as(kind: str, value: Any) -> Any:
+    """Return ``value`` in PostgreSQL type ``kind``: numbers from numeric text, NULL for what is no number."""
     if value is None:
         return None
     if kind == "text":
+        if isinstance(value, str):
+            return value.replace("\x00", "\ufffd") if "\x00" in value else value  # text cannot hold NUL
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        return text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+        return text.replace("\x00", "\ufffd")
+    if kind == "int8" and type(value) is int and abs(value) < 2**63:
+        return value
+    if kind == "float8" and type(value) is float:
+        return value
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return None if kind == "int8" else math.nan
+        return None
     if kind == "float8":
         return number
     return int(number) if math.isfinite(number) and number == int(number) and abs(number) < 2**63 else None

@@ -22,7 +22,8 @@ def connect_read_only(path: str) -> sqlite3.Connection:
     """Open an existing file read-only, without looking at what it holds (a damaged file opens too)."""
     require_file(path)
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    # check_same_thread off: sync reads its next chunk on a second thread (one at a time).
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA user_version").fetchone()
     except sqlite3.OperationalError:
@@ -31,7 +32,7 @@ def connect_read_only(path: str) -> sqlite3.Connection:
             raise
         # A WAL file on a read-only medium: no writer can be active (it would have a -wal file), so
         # the file can be read as immutable instead of failing to create its shared-memory index.
-        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
     return conn
 
 

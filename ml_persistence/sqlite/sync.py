@@ -117,6 +117,10 @@ class Side:
         found = self._plain_rows("SELECT database_uuid FROM database_identity LIMIT 1", ())
         return found[0][0] if found else None
 
+    def missing_uuids(self) -> bool:
+        """Return True if some experiment has no uuid yet (a file not upgraded to version 4)."""
+        return bool(self._plain_rows("SELECT 1 FROM experiments WHERE uuid IS NULL LIMIT 1", ()))
+
     def experiments(
         self, ids: Sequence[int], since: Optional[str], tags: Sequence[str], owner: Optional[tuple[int, str]]
     ) -> list[dict[str, Any]]:
@@ -278,6 +282,10 @@ class Side:
             (uuid, table, source_uuid, last_id),
         )
 
+    def stored(self, table: str, values: Sequence[Any]) -> tuple:
+        """Return a row's values as this database will hold them (SQLite: as they are)."""
+        return tuple(values)
+
     def insert_experiment(self, values: Sequence[Any]) -> int:
         """Insert an experiment row (COLUMNS['experiments'] values); return its id."""
         columns = COLUMNS["experiments"]
@@ -302,7 +310,9 @@ class Side:
         columns = COLUMNS["models"]
         sql = f"INSERT INTO models ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         known = self.model_ids(uuid)  # copied ahead of their turn, for a row pointing at them
-        mapping = {source_id: self._insert_id(sql, values) for source_id, values in rows if source_id not in known}
+        mapping = {
+            source_id: self._insert_id(sql, self.stored("models", values)) for source_id, values in rows if source_id not in known
+        }
         self._insert_many(
             "sync_ids", ("experiment_uuid", "table_name", "source_id", "target_id"),
             [(uuid, "models", s, t) for s, t in mapping.items()],
@@ -315,7 +325,7 @@ class Side:
 
     def find_dataset(self, values: Sequence[Any]) -> Optional[int]:
         """Return the id of the dataset with the same name, version and split as ``values``, or None."""
-        columns = COLUMNS["datasets"]
+        columns, values = COLUMNS["datasets"], self.stored("datasets", values)
         key = (values[columns.index("name")], values[columns.index("version")], values[columns.index("split_type")])
         same = self.reader._is_param()
         found = self._plain_rows(
@@ -331,7 +341,7 @@ class Side:
         if found is not None:
             return found, False
         sql = f"INSERT INTO datasets ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        return self._insert_id(sql, values), True
+        return self._insert_id(sql, self.stored("datasets", values)), True
 
     def linked(self, experiment_id: int, dataset_id: int, usage_type: Any) -> bool:
         """Return True if the experiment is linked to the dataset for ``usage_type``."""
