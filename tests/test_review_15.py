@@ -281,8 +281,6 @@ print("closed", flush=True)
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="review-15 #7: with the target refusing connections, the exit still waits the "
-                                       "whole $ML_PERSISTENCE_SYNC_EXIT_TIMEOUT retrying it")
 def test_an_offline_trainer_exits_without_waiting_out_the_upload_timeout(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(TRAINER_WITH_UPLOAD)

@@ -140,9 +140,11 @@ def test_sync_to_is_checked_when_the_tracker_is_made(db_path: str, tmp_path: Pat
             ExperimentTracker(db_path, sync_to=bad)
     with pytest.raises(InvalidValueError, match="--sync-to"):
         ExperimentTracker(agent="unix:///nonexistent/a.sock", sync_to=str(tmp_path / "t.db"))
-    monkeypatch.setenv("ML_PERSISTENCE_SYNC_TO", db_path)  # the environment is checked too
+    monkeypatch.setenv("ML_PERSISTENCE_SYNC_TO", str(tmp_path / "no" / "such.db"))  # the environment is checked too
     with pytest.raises(InvalidValueError):
         ExperimentTracker(db_path)
+    monkeypatch.setenv("ML_PERSISTENCE_SYNC_TO", db_path)  # set for every job; this one writes there itself
+    assert ExperimentTracker(db_path).status()["upload"] is None
     tracker = ExperimentTracker(db_path, sync_to="")  # the argument wins; empty means off
     assert tracker.status()["upload"] is None
     monkeypatch.setenv("ML_PERSISTENCE_SYNC_TO", "")

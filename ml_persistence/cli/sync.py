@@ -200,6 +200,15 @@ class Syncer:
                     return storage.Database(db).store(0).classify(exc) in (storage.BUSY, storage.ENVIRONMENT)
         return isinstance(exc, OSError)
 
+    def out_of_reach(self, exc: BaseException) -> bool:
+        """Return True for a server or network that cannot be reached (not a database that is only busy)."""
+        if isinstance(exc, OSError):
+            return True
+        for db in (self.args.target, self.args.source):
+            if isinstance(exc, storage.engine(db).ERRORS):
+                return storage.Database(db).store(0).classify(exc) == storage.ENVIRONMENT
+        return False
+
     def describe(self, exc: BaseException) -> str:
         """Return a one-line, password-free account of an error."""
         text = str(exc).strip()
@@ -341,6 +350,8 @@ class Syncer:
                 failures += 1
                 self.retrying(exc)
                 delay = min(LAST_RETRY, FIRST_RETRY * 2 ** (failures - 1))
+                if deadline is not None and failures >= 2 and self.out_of_reach(exc):
+                    break  # offline at exit: the owner is waiting, and the next `sync` uploads the rest
             else:
                 if failures:
                     print(f"ml-persistence: {out.printable(storage.display(self.args.target))} is reachable again",
@@ -378,7 +389,8 @@ class Syncer:
             print(f"Stopped following ({reason}): {out.plural(sum(self.copied.values()), 'row')} copied in "
                   f"{self.passes} pass{'' if self.passes == 1 else 'es'}" + (f" ({copied})" if copied else ""))
         if final and behind:
-            print(self.not_uploaded(), file=sys.stderr)
+            if not (self.args.owner_process and process_alive(self.args.owner_process)):
+                print(self.not_uploaded(), file=sys.stderr)  # an owner still there says it once, itself
             return 1
         return self.exit_code()
 
