@@ -51,7 +51,7 @@ class ExperimentReport:
     name: str
     status: str
     ended: bool
-    action: str = "unchanged"  # created | updated | unchanged | skipped
+    action: str = "unchanged"  # created | updated | unchanged | skipped | refused
     reason: Optional[str] = None
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COPIED_TABLES, 0))
     pending: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COPIED_TABLES, 0))
@@ -138,7 +138,8 @@ def sync(
         try:
             if dst is not None and dst.database_uuid() is not None and dst.database_uuid() == src.database_uuid():
                 raise SyncError(f"{report.source} and {report.target} are the same database")
-            _Pass(src, dst, report, dry_run, progress, chunk_rows, stop or threading.Event()).run(selection)
+            work = _Pass(src, dst, report, dry_run, progress, chunk_rows, stop or threading.Event())
+            work.run(selection)
         finally:
             if dst is not None:
                 dst.close()
@@ -146,6 +147,8 @@ def sync(
         src.close()
     report.seconds = time.monotonic() - started
     report.stopped = stop is not None and stop.is_set()
+    if work.refused:
+        raise SyncError("; ".join(f"experiment {e.source_id} not copied further: {e.reason}" for e in work.refused))
     return report
 
 
@@ -184,6 +187,7 @@ class _Pass:
         self.chunk_rows, self.stop = chunk_rows, stop
         self.previewed: set[tuple] = set()  # datasets a dry run has counted as new
         self.copying: dict[int, dict[str, Any]] = {}  # source id -> row, of every run this pass has begun
+        self.refused: list[ExperimentReport] = []  # runs whose source no longer matches what was copied
 
     def run(self, selection: Selection) -> None:
         owner = None
@@ -242,10 +246,15 @@ class _Pass:
                     self.dst.update_experiment(found[0], values)
                     entry.action, entry.rows["experiments"] = "updated", 1
         self.progress(entry, "experiments", entry.rows["experiments"])
-        for table in CHILD_TABLES:
-            if self.stop.is_set():
-                break
-            self._copy_table(experiment, entry, table)
+        try:
+            for table in CHILD_TABLES:
+                if self.stop.is_set():
+                    break
+                self._copy_table(experiment, entry, table)
+        except _Diverged as exc:
+            entry.action, entry.reason = "refused", str(exc)
+            self.refused.append(entry)
+            return entry
         if not self.stop.is_set():
             self._copy_links(experiment, entry)
         for table in CHILD_TABLES:
@@ -259,11 +268,19 @@ class _Pass:
         """Copy the experiment's new rows of ``table``, a chunk of source ids per target transaction."""
         uuid, source_id, copied = experiment["uuid"], experiment["id"], 0
         start = self.dst.marks(uuid).get(table, (None, 0))[1]
+        copied_last = self.dst.last_row(uuid, table)
+        if copied_last is not None and self.src.fingerprint(table, copied_last[0]) != copied_last[1]:
+            raise _Diverged(
+                f"the source's {table} row {copied_last[0]} is not the one copied from it (restored from an "
+                "older copy, or copied from another machine?): new rows there may reuse ids already copied"
+            )
         # Chunks cover the run's own new rows only, not every id since the mark (other runs' rows).
         low, high = self.src.new_range(table, source_id, start)
         upto = min(high, self.high[table])
         if not high or max(start, low - 1) >= upto:
             return
+        last = high if high <= upto else self.src.new_range(table, source_id, start, upto)[1]
+        last_row = (last, self.src.fingerprint(table, last))
         reader = None
         if table != "models":
             models = self._model_map(experiment, entry, table, max(start, low - 1), upto) if "model_id" in COLUMNS[table] else {}
@@ -287,7 +304,7 @@ class _Pass:
                         found, end = reader.take(mark)
                         if found:
                             self.dst.insert_rows(table, found)
-                    self.dst.set_mark(uuid, table, self.source_uuid, end)
+                    self.dst.set_mark(uuid, table, self.source_uuid, end, last_row if end >= last else None)
                 copied += len(found)
                 entry.rows[table] = copied
                 self.progress(entry, table, copied)
@@ -378,6 +395,10 @@ class _Pass:
                 entry.rows["experiment_datasets"] += 1
         if entry.action == "unchanged" and any(entry.rows.values()):
             entry.action = "updated"
+
+
+class _Diverged(Exception):
+    """The source no longer holds a row copied from it: copying on could skip or repeat rows."""
 
 
 class _ReadAhead:

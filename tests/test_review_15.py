@@ -346,8 +346,6 @@ def test_the_environment_naming_the_tracker_database_itself_does_not_break_the_t
 
 # -- 9. a restored backup of the source: new rows below the mark are never copied ---------------------------
 
-@pytest.mark.xfail(strict=True, reason="review-15 #9: marks are source row ids; a source restored from a backup reuses ids "
-                                       "already marked copied, and its new rows are skipped with nothing said")
 def test_rows_logged_after_restoring_a_backup_of_the_source_are_copied_or_refused(tmp_path: Path) -> None:
     from ml_persistence import ExperimentTracker
 

@@ -227,6 +227,8 @@ CREATE TABLE IF NOT EXISTS sync_marks (
     table_name TEXT COLLATE "C" NOT NULL,
     source_uuid TEXT COLLATE "C" NOT NULL,
     last_id BIGINT NOT NULL,
+    last_row_id BIGINT,
+    last_row TEXT COLLATE "C",
     updated_at TEXT COLLATE "C" DEFAULT {_UTC_NOW},
     PRIMARY KEY (experiment_uuid, table_name)
 );

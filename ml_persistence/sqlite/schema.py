@@ -241,7 +241,8 @@ UUID_SQL = (
 
 # Version 4 gives every experiment a global identity (``uuid``) and the database one of its own, and
 # keeps sync's bookkeeping: in a target, how far each table of each experiment was copied (by source
-# row id, from which source database), and which target model each source model became.
+# row id, from which source database, with the last row copied as it read then), and which target
+# model each source model became.
 ADDED_COLUMNS_V4 = [("experiments", "uuid", "TEXT")]
 
 SYNC_TABLES_V4 = f"""
@@ -254,6 +255,8 @@ CREATE TABLE IF NOT EXISTS sync_marks (
     table_name TEXT NOT NULL,
     source_uuid TEXT NOT NULL,
     last_id INTEGER NOT NULL,
+    last_row_id INTEGER,
+    last_row TEXT,
     updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (experiment_uuid, table_name)
 ) WITHOUT ROWID;

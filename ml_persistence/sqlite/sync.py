@@ -40,6 +40,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "end_date", "feature_columns", "target_columns", "metadata", "created_at",
     ),
 }
+# What identifies a row of a child table when it is read again: rows are never changed in place, so a
+# source whose row differs under the same id is not the one copied from (an older copy restored).
+FINGERPRINT = {
+    "models": ("name", "checkpoint_path", "created_at"),
+    "hyperparameters": ("param_name", "param_value", "created_at"),
+    "metrics": ("metric_name", "step", "timestamp"),
+    "artifacts": ("artifact_path", "created_at"),
+}
 # The tables an experiment owns row by row, in copy order: models first, since the others point at them.
 CHILD_TABLES = ("models", "hyperparameters", "metrics", "artifacts")
 SYNC_TABLES = ("database_identity", "sync_marks", "sync_ids")
@@ -152,15 +160,17 @@ class Side:
         row = self._plain_rows(f"SELECT {parts}", ())[0]
         return {t: value or 0 for t, value in zip(CHILD_TABLES, row)}
 
-    def new_range(self, table: str, experiment_id: int, after: int) -> tuple[int, int]:
-        """Return the lowest and highest id of the experiment's rows with id > ``after`` ((0, 0) if none).
+    def new_range(self, table: str, experiment_id: int, after: int, upto: Optional[int] = None) -> tuple[int, int]:
+        """Return the lowest and highest id of the experiment's rows with after < id (<= upto) ((0, 0) if none).
 
         Index seeks only, whatever the run's size: metrics are found name by name (a skip scan of
         the (experiment_id, metric_name) index), the other tables' indexes end in the row id.
         """
+        upto = 2**63 - 1 if upto is None else upto
         if table != "metrics":
             found = self._plain_rows(
-                f"SELECT min(id), max(id) FROM {table} WHERE experiment_id = ? AND id > ?", (experiment_id, after)
+                f"SELECT min(id), max(id) FROM {table} WHERE experiment_id = ? AND id > ? AND id <= ?",
+                (experiment_id, after, upto),
             )
         else:
             found = self._plain_rows(
@@ -169,13 +179,19 @@ class Side:
                 " UNION ALL SELECT (SELECT min(metric_name) FROM metrics WHERE experiment_id = ? AND metric_name > names.n)"
                 " FROM names WHERE n IS NOT NULL) "
                 "SELECT min(low), max(high) FROM (SELECT"
-                " (SELECT min(id) FROM metrics WHERE experiment_id = ? AND metric_name = n AND id > ?) AS low,"
-                " (SELECT max(id) FROM metrics WHERE experiment_id = ? AND metric_name = n AND id > ?) AS high"
+                " (SELECT min(id) FROM metrics WHERE experiment_id = ? AND metric_name = n AND id > ? AND id <= ?) AS low,"
+                " (SELECT max(id) FROM metrics WHERE experiment_id = ? AND metric_name = n AND id > ? AND id <= ?) AS high"
                 " FROM names WHERE n IS NOT NULL) AS ranges",
-                (experiment_id, experiment_id, experiment_id, after, experiment_id, after),
+                (experiment_id, experiment_id, experiment_id, after, upto, experiment_id, after, upto),
             )
         low, high = found[0]
         return (low or 0, high or 0)
+
+    def fingerprint(self, table: str, row_id: int) -> Optional[str]:
+        """Return what identifies row ``row_id`` of ``table`` (its key columns, as JSON), or None if it is gone."""
+        columns = FINGERPRINT[table]
+        found = self._plain_rows(f"SELECT {', '.join(columns)} FROM {table} WHERE id = ?", (row_id,))
+        return json.dumps([str(v) if v is not None else None for v in found[0]]) if found else None
 
     def rows_by_id(self, table: str, ids: Sequence[int]) -> list[tuple]:
         """Return (id, *COLUMNS[table]) of the rows with these ids, in id order."""
@@ -273,14 +289,27 @@ class Side:
         self._run("DELETE FROM sync_marks WHERE experiment_uuid = ?", (uuid,))
         self._run("DELETE FROM sync_ids WHERE experiment_uuid = ?", (uuid,))
 
-    def set_mark(self, uuid: str, table: str, source_uuid: str, last_id: int) -> None:
-        """Record that the experiment's ``table`` is copied up to source row ``last_id``."""
+    def set_mark(self, uuid: str, table: str, source_uuid: str, last_id: int,
+                 last_row: Optional[tuple[int, str]] = None) -> None:
+        """Record that the experiment's ``table`` is copied up to source row ``last_id``; ``last_row`` is
+        the (id, fingerprint) of the last row copied, kept until a later one is given."""
+        row_id, row = last_row or (None, None)
         self._run(
-            "INSERT INTO sync_marks (experiment_uuid, table_name, source_uuid, last_id, updated_at) "
-            "VALUES (?, ?, ?, ?, CURRENT_TIMESTAMP) ON CONFLICT (experiment_uuid, table_name) DO UPDATE SET "
-            "source_uuid = excluded.source_uuid, last_id = excluded.last_id, updated_at = excluded.updated_at",
-            (uuid, table, source_uuid, last_id),
+            "INSERT INTO sync_marks (experiment_uuid, table_name, source_uuid, last_id, last_row_id, last_row, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP) ON CONFLICT (experiment_uuid, table_name) "
+            "DO UPDATE SET source_uuid = excluded.source_uuid, last_id = excluded.last_id, "
+            "last_row_id = COALESCE(excluded.last_row_id, sync_marks.last_row_id), "
+            "last_row = COALESCE(excluded.last_row, sync_marks.last_row), updated_at = excluded.updated_at",
+            (uuid, table, source_uuid, last_id, row_id, row),
         )
+
+    def last_row(self, uuid: str, table: str) -> Optional[tuple[int, str]]:
+        """Return the (source id, fingerprint) of the last row of the experiment's ``table`` copied, or None."""
+        found = self._plain_rows(
+            "SELECT last_row_id, last_row FROM sync_marks WHERE experiment_uuid = ? AND table_name = ? "
+            "AND last_row_id IS NOT NULL", (uuid, table),
+        )
+        return (found[0][0], found[0][1]) if found else None
 
     def stored(self, table: str, values: Sequence[Any]) -> tuple:
         """Return a row's values as this database will hold them (SQLite: as they are)."""
