@@ -310,3 +310,64 @@ def test_follow_stops_by_itself_when_the_trainer_is_sigkilled(tmp_path: Path, ta
     assert metric_rows(target) == 2 * steps
     assert_same(src, target, exp)
     assert_whole_target(target, [(src, [exp])])
+
+
+# -- two ranks writing one run of a PostgreSQL source while --follow copies it -----------------------------
+
+RANK = """
+import sys
+from ml_persistence import ExperimentTracker
+db, rank = sys.argv[1], int(sys.argv[2])
+t = ExperimentTracker(db, capture_environment=False)
+if rank == 0:
+    exp = t.start_experiment("ddp")
+    print("exp", exp, flush=True)
+else:
+    exp = t.resume_experiment(int(sys.stdin.readline()), claim=False)  # joins, rank 0 ends it
+    print("joined", flush=True)
+sys.stdin.readline()  # go
+for step in range(N_STEPS):
+    t.log_metrics_batch({f"loss_rank{rank}": 1.0 / (step + 1), f"grad_rank{rank}": float(step)}, step=step)
+    if step % 20 == 19:
+        t.flush()
+t.flush()
+print("done", flush=True)
+if rank == 0:
+    sys.stdin.readline()  # rank 1 is done too
+    t.end_experiment()
+    print("ended", flush=True)
+""".replace("N_STEPS", "6000")
+
+
+def test_follow_of_two_ranks_writing_one_postgresql_run_copies_every_row_once(tmp_path: Path, pg_db: str,
+                                                                               children) -> None:
+    """Two processes' writers commit interleaved ids into one run: no row committed late may be passed over."""
+    from contract_helpers import steps_once
+
+    ranks = [children.start(tmp_path, RANK, pg_db, "0", name="rank0.py", env=child_env())]
+    exp = int(ranks[0].line("exp"))
+    ranks.append(children.start(tmp_path, RANK, pg_db, "1", name="rank1.py", env=child_env()))
+    ranks[1].send(str(exp))
+    ranks[1].line("joined")
+    dst = str(tmp_path / "copy.db")
+    follow = start_sync(pg_db, dst, tmp_path, "--follow", "--interval", "0.05", name="follow")
+    try:
+        for r in ranks:
+            r.send("go")
+        for r in ranks:
+            r.line("done")
+        ranks[0].send("end")
+        ranks[0].line("ended")
+        for r in ranks:
+            assert r.wait() == 0, r.describe()
+        code = finish(follow, timeout=120)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(GUARD)
+    print(output(tmp_path, "follow"))
+    assert code == 0, output(tmp_path, "follow")
+    dst_id = assert_same(pg_db, dst, exp)
+    for rank in range(2):
+        for name in (f"loss_rank{rank}", f"grad_rank{rank}"):
+            steps_once(dst, dst_id, name, range(6000))
