@@ -137,7 +137,10 @@ def sync(
         dst = _open_target(target, dry_run)
         try:
             if dst is not None and dst.database_uuid() is not None and dst.database_uuid() == src.database_uuid():
-                raise SyncError(f"{report.source} and {report.target} are the same database")
+                raise SyncError(
+                    f"{report.source} and {report.target} are one database (the same, under two names, or a copy "
+                    "of the other): nothing to sync"
+                )
             work = _Pass(src, dst, report, dry_run, progress, chunk_rows, stop or threading.Event())
             work.run(selection)
         finally:

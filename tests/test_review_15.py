@@ -183,7 +183,7 @@ def test_a_model_committed_with_its_metric_during_the_wait_keeps_the_reference(t
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + GUARD
-    while not pg_rows(pg_db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_snapshot_xip%%' "
+    while not pg_rows(pg_db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_locks AS r%%' "
                              "AND pid <> pg_backend_pid()")[0][0]:  # the syncer waits for writer A
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline

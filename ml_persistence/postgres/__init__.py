@@ -55,6 +55,10 @@ def describe(exc: BaseException, db: str) -> Optional[str]:
 
     if isinstance(exc, ConnectError):
         return redact(str(exc))
+    from .sync import SourceBusy
+
+    if isinstance(exc, SourceBusy):
+        return f"{display(db)}: {exc}"
     if not isinstance(exc, psycopg.Error):
         return None
     first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)

@@ -9,12 +9,22 @@ from typing import Any, Iterator, Sequence
 
 import psycopg
 
-from ..sqlite.sync import COLUMNS, Side as SqliteSide
+from ..sqlite.sync import CHILD_TABLES, COLUMNS, Side as SqliteSide
 from . import schema
 from .connect import translated
 from .schema import LOCK_SQL
 
 IN_FLIGHT_WAIT = 30.0  # seconds to wait for the source's open write transactions before giving up the pass
+
+
+# The transactions (server pid, transaction id) holding a write lock on one of these tables of this database.
+_WRITERS = (
+    "SELECT DISTINCT x.pid, x.transactionid::text FROM pg_locks AS r "
+    "JOIN pg_locks AS x ON x.pid = r.pid AND x.locktype = 'transactionid' AND x.mode = 'ExclusiveLock' AND x.granted "
+    "WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.pid <> pg_backend_pid() "
+    "AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND r.relation IN (SELECT c.oid FROM pg_class AS c WHERE c.oid = ANY (SELECT to_regclass(t) FROM unnest(?::text[]) AS t))"
+)
 
 
 class SourceBusy(psycopg.OperationalError):
@@ -54,26 +64,24 @@ class Side(SqliteSide):
         """Return each child table's highest row id once no row at or below it can still arrive.
 
         Concurrent transactions commit ids out of order: a snapshot can see id 300 while 200 is still
-        on its way. Every transaction that took an id below the highest was running when it was read,
-        so this waits until each transaction that had written anything then has ended.
+        on its way. Every transaction that took an id below the highest was writing to that table when
+        it was read, so this waits until each transaction then holding a write lock on one has ended.
         """
         found = super().high_water()
-        (snapshot,) = self._plain_rows("SELECT pg_current_snapshot()::text", ())[0]
+        writers = set(self._plain_rows(_WRITERS, (list(CHILD_TABLES),)))
         deadline = time.monotonic() + IN_FLIGHT_WAIT
-        while True:
-            (running,) = self._plain_rows(
-                "SELECT count(*) FROM pg_snapshot_xip(?::pg_snapshot) AS x(xid) "
-                "WHERE pg_xact_status(x.xid) = 'in progress'",
-                (snapshot,),
-            )[0]
-            if not running:
-                return found
+        while writers:
+            writers &= set(self._plain_rows(_WRITERS, (list(CHILD_TABLES),)))  # (pid, xid): that transaction
+            if not writers:
+                break
             if time.monotonic() > deadline:
                 raise SourceBusy(
-                    f"{running} write transaction(s) on the source have been open for {IN_FLIGHT_WAIT:.0f} s; "
+                    f"{len(writers)} write transaction(s) on the source have been open for {IN_FLIGHT_WAIT:.0f} s "
+                    f"(server pids {', '.join(str(pid) for pid, _ in sorted(writers))}); "
                     "rows they hold cannot be copied in order yet"
                 )
             time.sleep(0.05)
+        return found
 
     # Every statement runs on the connection as it is: inside a transaction, a lost connection must
     # fail the transaction, never be replaced by a fresh one (the Reader's reads reconnect; ours don't).
