@@ -94,10 +94,10 @@ def test_schema_matches_sqlite(pg_db: str, tmp_path: Path) -> None:
     from ml_persistence.sqlite import schema as sqlite_schema
 
     first = postgres.ensure(pg_db)
-    assert first["created"] and (first["before"], first["after"]) == (0, 3)
+    assert first["created"] and (first["before"], first["after"]) == (0, schema.SCHEMA_VERSION)
     assert first["counts"] == dict.fromkeys(schema.TABLES, 0)
     again = postgres.ensure(pg_db)
-    assert not again["created"] and again["done"] == [] and (again["before"], again["after"]) == (3, 3)
+    assert not again["created"] and again["done"] == [] and (again["before"], again["after"]) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
 
     lite = sqlite_schema.connect(str(tmp_path / "x.db"))
     with connect.connect(pg_db) as conn:
