@@ -14,7 +14,6 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -23,12 +22,12 @@ try:
 except ImportError:  # not on Windows
     _resource = None  # type: ignore[assignment]
 
+from . import lifeline
 from .address import Address
 from .errors import MLPersistenceError
 
 START_TIMEOUT = 60.0  # seconds for the writer process to say it is ready (a cold start takes ~0.3 s)
 MAX_FRAME_MB = 2048  # only this process talks to it: take any event the writer thread would store
-_BOOTSTRAP = "import sys; sys.path[0] = sys.argv.pop(1); from agent.cli import main; sys.exit(main(sys.argv[1:]))"
 _released: list[subprocess.Popen] = []  # let go, maybe still draining: reaped when next looked at
 
 
@@ -65,32 +64,23 @@ class PrivateWriter:
     def _start(self) -> Address:
         if not sys.executable or getattr(sys, "frozen", False):
             raise SpawnError("no Python interpreter to start a writer process with (a frozen application)")
-        root = _library_root()
+        root = lifeline.library_root()
         if not os.path.isfile(os.path.join(root, "agent", "cli.py")):
             raise SpawnError(f"the agent program is not installed next to ml_persistence (in {root})")
-        directory = tempfile.mkdtemp(prefix="ml_persistence-writer-")  # mode 0700
-        path = os.path.join(directory, "writer.sock")
-        read_end, write_end = os.pipe()  # both close on exec; the child is handed the read end only
         try:
-            self._process = subprocess.Popen(
-                # Not `-m agent`: that would first look in the working directory, where a project may have an
-                # agent.py of its own. Our installation's directory goes first on the path instead.
-                [sys.executable, "-c", _BOOTSTRAP, root, "--listen", f"unix://{path}", "--exit-with-fd", str(read_end),
-                 "--status-file", os.path.join(directory, "status.json"), "--private-dir", directory,
-                 "--stop-timeout", str(_exit_timeout()), "--max-frame-mb", str(MAX_FRAME_MB), "--log-level", "WARNING"],
-                env=_child_environment(self.db),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                pass_fds=(read_end,),
-                start_new_session=True,  # a Ctrl-C in the terminal is the trainer's to handle, not its writer's
+            child = lifeline.spawn(
+                lambda fd, directory: [
+                    *lifeline.program("agent.cli"), "--listen", f"unix://{os.path.join(directory, 'writer.sock')}",
+                    "--exit-with-fd", str(fd), "--status-file", os.path.join(directory, "status.json"),
+                    "--private-dir", directory, "--stop-timeout", str(_exit_timeout()),
+                    "--max-frame-mb", str(MAX_FRAME_MB), "--log-level", "WARNING",
+                ],
+                _child_environment(self.db), "ml_persistence-writer-", stdout=subprocess.PIPE,
             )
         except OSError as exc:
-            os.close(write_end)
-            shutil.rmtree(directory, ignore_errors=True)
             raise SpawnError(f"cannot start a writer process ({exc})") from exc
-        finally:
-            os.close(read_end)
-        self._lifeline, self._directory = write_end, directory
+        self._process, self._lifeline, self._directory = child.process, child.lifeline, child.directory
+        path = os.path.join(child.directory, "writer.sock")
         self._limits = None
         self._await_ready()
         self.starts += 1
@@ -177,11 +167,6 @@ def _exit_timeout() -> float:
     from .lifecycle import exit_timeout
 
     return exit_timeout()
-
-
-def _library_root() -> str:
-    """Return the directory this ml_persistence (and the agent installed with it) was imported from."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child_environment(db: str) -> dict[str, str]:

@@ -26,13 +26,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Iterable, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from . import storage
+from . import lifeline, storage
 from .errors import InvalidTypeError, InvalidValueError, MLPersistenceError
 
 log = logging.getLogger("ml_persistence")
@@ -41,10 +40,6 @@ SYNC_TO_ENV = "ML_PERSISTENCE_SYNC_TO"
 SYNC_EXIT_TIMEOUT_ENV = "ML_PERSISTENCE_SYNC_EXIT_TIMEOUT"
 DEFAULT_SYNC_EXIT_TIMEOUT = 10.0
 TERM_GRACE = 2.0  # seconds a late uploader has, after SIGTERM, to stop between chunks and write its state
-_BOOTSTRAP = (
-    "import sys; root = sys.argv.pop(1); sys.path[:] = [root] + [p for p in sys.path if p not in ('', '.')]; "
-    "from ml_persistence.cli import main; sys.exit(main(sys.argv[1:]))"
-)
 
 
 class UploadStartError(MLPersistenceError):
@@ -168,36 +163,25 @@ class Uploader:
     def _start(self) -> None:
         if not sys.executable or getattr(sys, "frozen", False):
             raise UploadStartError("no Python interpreter to start an uploader with (a frozen application)")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        directory = tempfile.mkdtemp(prefix="ml_persistence-upload-")  # mode 0700
-        read_end, write_end = os.pipe()  # both close on exec; the child is handed the read end only
-        args = [
-            sys.executable, "-c", _BOOTSTRAP, root, "sync", storage.identity(self.source), storage.identity(self.target),
-            "--follow", "--all", "--exit-with-fd", str(read_end),
-            "--status-file", os.path.join(directory, "status.json"), "--private-dir", directory,
-            "--owner-process", str(os.getpid()),
-            # Its own final deadline comes after the owner's: an owner still there stops it (SIGTERM, no message
-            # of its own) and says what is left; after an owner that died it stops by itself and says so.
-            "--final-timeout", f"{self.final_timeout + TERM_GRACE + 1:g}", "--quiet",
-        ]
-        if self.owner_pid is not None:
-            args += ["--owner-pid", str(self.owner_pid)]
+
+        def arguments(fd: int, directory: str) -> list[str]:
+            args = [
+                *lifeline.program("ml_persistence.cli"), "sync",
+                storage.identity(self.source), storage.identity(self.target), "--follow", "--all",
+                "--exit-with-fd", str(fd), "--status-file", os.path.join(directory, "status.json"),
+                "--private-dir", directory, "--owner-process", str(os.getpid()),
+                # Its own final deadline comes after the owner's: an owner still there stops it (SIGTERM, no
+                # message of its own) and says what is left; after an owner that died it stops by itself.
+                "--final-timeout", f"{self.final_timeout + TERM_GRACE + 1:g}", "--quiet",
+            ]
+            return args + (["--owner-pid", str(self.owner_pid)] if self.owner_pid is not None else [])
+
         try:
-            self._process = subprocess.Popen(
-                args,
-                env=self._environment(directory),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # its summary is for people; its state is in the status file
-                pass_fds=(read_end,),
-                start_new_session=True,  # a Ctrl-C in the terminal is the owner's to handle
-            )
+            # stdout to /dev/null: its summary is for people; its state is in the status file.
+            child = lifeline.spawn(arguments, self._environment, "ml_persistence-upload-")
         except OSError as exc:
-            os.close(write_end)
-            shutil.rmtree(directory, ignore_errors=True)
             raise UploadStartError(f"cannot start the uploader ({exc})") from exc
-        finally:
-            os.close(read_end)
-        self._lifeline, self._directory = write_end, directory
+        self._process, self._lifeline, self._directory = child.process, child.lifeline, child.directory
         self.starts += 1
 
     def _environment(self, directory: str) -> dict[str, str]:

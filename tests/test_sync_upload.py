@@ -202,20 +202,20 @@ def test_passwords_reach_the_uploader_through_its_environment_only(
     wait_for_exit(pid)
 
 
-def test_two_passwords_go_to_a_private_password_file() -> None:
+def test_two_passwords_go_to_a_private_password_file(tmp_path: Path) -> None:
     from ml_persistence import upload
 
     uploader = upload.Uploader(
         "postgresql://alice:pw-a@db1:5433/runs", "postgresql://bob:p%3Aw@db2/team", owner_pid=None, final_timeout=1
     )
-    directory = Path(upload.tempfile.mkdtemp())
+    directory = tmp_path / "private"
+    directory.mkdir(mode=0o700)
     env = uploader._environment(str(directory))
     assert "PGPASSWORD" not in env
     path = Path(env["PGPASSFILE"])
     assert path.parent == directory and path.stat().st_mode & 0o777 == 0o600
     lines = path.read_text().splitlines()
     assert lines[:2] == ["db1:5433:runs:alice:pw-a", "db2:*:team:bob:p\\:w"]
-    upload.shutil.rmtree(directory)
 
 
 # -- trainers in real processes ---------------------------------------------------------------------
