@@ -139,6 +139,13 @@ class _Primitives(SqliteReader):
         """Return the column names of ``table`` (a name from schema.TABLES)."""
         return schema.columns(self._live(), table)
 
+    _aliases_seen = False  # model_aliases exists (once it does, it stays)
+
+    def _has_aliases(self) -> bool:
+        if not self._aliases_seen:
+            self._aliases_seen = bool(self._first("SELECT to_regclass('model_aliases') IS NOT NULL")[0])
+        return self._aliases_seen
+
     _wide = False  # average in numeric: set while a float8 sum has overflowed
 
     def _averaged(self) -> tuple[str, str]:

@@ -18,11 +18,12 @@ from typing import Any
 from ..errors import SchemaError
 from ..sqlite import schema as sqlite_schema
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 TABLES = ("experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets")
 OUR_TABLES = frozenset(TABLES) | {
     "agent_clients", "agent_requests", "legacy_imports", "database_identity", "sync_marks", "sync_ids",
+    "model_aliases",
 }
 VERSION_TABLE = "ml_persistence_schema"
 
@@ -241,6 +242,18 @@ CREATE TABLE IF NOT EXISTS sync_ids (
 )
 """
 
+# Version 5 (see the SQLite schema): model aliases, one model per alias in the whole database.
+ALIAS_TABLES_V5 = """
+CREATE TABLE IF NOT EXISTS model_aliases (
+    alias TEXT COLLATE "C" PRIMARY KEY,
+    model_id BIGINT NOT NULL,
+    experiment_id BIGINT NOT NULL,
+    created_at TEXT COLLATE "C",
+    updated_at TEXT COLLATE "C"
+);
+CREATE INDEX IF NOT EXISTS idx_model_aliases_model ON model_aliases(model_id)
+"""
+
 # The views are SQLite's, word for word: experiment_summary groups by e.id alone, which PostgreSQL
 # allows too since id is the key of experiments.
 VIEWS = sqlite_schema.VIEWS
@@ -278,7 +291,12 @@ def _migrate_to_4(conn: Any) -> list[str]:
     return ["added column experiments.uuid", "created tables database_identity, sync_marks, sync_ids"]
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+def _migrate_to_5(conn: Any) -> list[str]:
+    _run(conn, ALIAS_TABLES_V5)
+    return ["created table model_aliases"]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5}
 
 
 def tables(conn: Any) -> list[str]:

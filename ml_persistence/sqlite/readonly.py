@@ -62,6 +62,12 @@ def _read_as_current(conn: sqlite3.Connection, path: str) -> None:
     for table, names in added.items():
         nulls = ", ".join(f"NULL AS {name}" for name in names)
         conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {nulls} FROM main.{table}")
+    # A table a newer version adds reads as empty, the same way.
+    if "model_aliases" not in tables:
+        conn.execute(
+            "CREATE TEMP VIEW model_aliases AS SELECT NULL AS alias, NULL AS model_id, NULL AS experiment_id, "
+            "NULL AS created_at, NULL AS updated_at WHERE 0"
+        )
 
 
 def open_read_only(path: str) -> sqlite3.Connection:

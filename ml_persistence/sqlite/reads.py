@@ -270,20 +270,64 @@ class Reader(Views, Exports, Maintenance):
 
     # -- models ----------------------------------------------------------------------------------
 
+    def _has_aliases(self) -> bool:
+        """True if the database has the model_aliases table (an older one read as it is may not)."""
+        return True
+
+    def _with_aliases(self, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add each model's alias names, sorted, as "aliases" (one query for all of them); return ``models``."""
+        by_id = {m["id"]: m for m in models}
+        for m in models:
+            m["aliases"] = []
+        if by_id and self._has_aliases():
+            for model_id, alias in self._tuples(
+                f"SELECT model_id, alias FROM model_aliases WHERE {self._in_list('model_id')} ORDER BY alias",
+                [self._list_param(by_id)],
+            ):
+                by_id[model_id]["aliases"].append(alias)
+        return models
+
+    def _model(self, sql: str, params: Sequence[Any]) -> Optional[dict[str, Any]]:
+        """Return the one model row ``sql`` finds, with its aliases, or None."""
+        found = self._one(sql, params)
+        return None if found is None else self._with_aliases([found])[0]
+
     def get_model(self, model_id: int) -> Optional[dict[str, Any]]:
         """Return one model row, or None."""
-        return self._one("SELECT * FROM models WHERE id = ?", (model_id,))
+        return self._model("SELECT * FROM models WHERE id = ?", (model_id,))
+
+    def get_model_by_alias(self, alias: str, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """Return the model ``alias`` names (if it is one of ``experiment_id``'s, when given), or None."""
+        if not self._has_aliases():
+            return None
+        scope, params = ("AND m.experiment_id = ?", [alias, experiment_id]) if experiment_id is not None else ("", [alias])
+        return self._model(
+            f"SELECT m.* FROM model_aliases a JOIN models m ON m.id = a.model_id WHERE a.alias = ? {scope}", params
+        )
+
+    def list_aliases(self, experiment_id: Optional[int] = None) -> list[dict[str, Any]]:
+        """Return every alias by name, with its model's experiment, name, version and checkpoint."""
+        if not self._has_aliases():
+            return []
+        scope, params = ("WHERE m.experiment_id = ?", [experiment_id]) if experiment_id is not None else ("", [])
+        return self._rows(
+            "SELECT a.alias, a.model_id, m.experiment_id, e.name AS experiment_name, m.name AS model_name, "
+            "m.version AS model_version, m.checkpoint_path, a.created_at, a.updated_at FROM model_aliases a "
+            f"LEFT JOIN models m ON m.id = a.model_id LEFT JOIN experiments e ON e.id = m.experiment_id {scope} "
+            "ORDER BY a.alias",
+            params,
+        )
 
     def get_best_model(self, experiment_id: Optional[int]) -> Optional[dict[str, Any]]:
         """Return the newest model marked best; failing that, the highest val_metric; else None."""
         scope, params = ("WHERE experiment_id = ?", [experiment_id]) if experiment_id is not None else ("", [])
         joiner = "AND" if scope else "WHERE"
-        marked = self._one(
+        marked = self._model(
             f"SELECT * FROM models {scope} {joiner} is_best = 1 ORDER BY created_at DESC, id DESC LIMIT 1", params
         )
         if marked is not None:
             return marked
-        return self._one(
+        return self._model(
             f"SELECT * FROM models {scope} {joiner} val_metric IS NOT NULL ORDER BY val_metric DESC, id DESC LIMIT 1",
             params,
         )
@@ -312,7 +356,7 @@ class Reader(Views, Exports, Maintenance):
             "SELECT * FROM models" + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY {order_by} IS NULL, {order_by} {direction}, id {direction} LIMIT ?"
         )
-        return self._rows(sql, [*params, self._limit(limit)])
+        return self._with_aliases(self._rows(sql, [*params, self._limit(limit)]))
 
     def rank_models(
         self,
@@ -335,7 +379,7 @@ class Reader(Views, Exports, Maintenance):
             + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY m.{by} IS NULL, m.{by} DESC, m.id DESC LIMIT ?"
         )
-        return self._rows(sql, [*params, self._limit(limit)])
+        return self._with_aliases(self._rows(sql, [*params, self._limit(limit)]))
 
     # -- datasets --------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The tables as the seed's original implementation wrote them (user_version 0), constraints included.
 # Local-time text timestamps, as the original wrote them with datetime.now().
@@ -295,7 +295,29 @@ def _migrate_to_4(conn: sqlite3.Connection) -> list[str]:
     return done + ["created tables database_identity, sync_marks, sync_ids"]
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+# Version 5: model aliases. An alias names one model of the whole database at a time; moving it is
+# one upsert on the key. experiment_id is the model's, kept with it so deleting an experiment
+# deletes its models' aliases like its other rows. Nothing enforces the references (as elsewhere).
+ALIAS_TABLES_V5 = """
+CREATE TABLE IF NOT EXISTS model_aliases (
+    alias TEXT PRIMARY KEY,
+    model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    created_at TIMESTAMP,
+    updated_at TIMESTAMP
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_model_aliases_model ON model_aliases(model_id)
+"""
+
+
+def _migrate_to_5(conn: sqlite3.Connection) -> list[str]:
+    for statement in ALIAS_TABLES_V5.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    return ["created table model_aliases"]
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -312,6 +334,7 @@ def configure(conn: sqlite3.Connection, busy_timeout_ms: int = 5000) -> None:
 # Every table some version of ml_persistence creates: a file holding one of them is ours.
 OUR_TABLES = frozenset(TABLES) | {
     "agent_clients", "agent_requests", "legacy_imports", "database_identity", "sync_marks", "sync_ids",
+    "model_aliases",
 }
 
 
