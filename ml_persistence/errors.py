@@ -61,3 +61,7 @@ class ReadError(MLPersistenceError):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+class MissingDependencyError(MLPersistenceError, ImportError):
+    """A feature was asked for whose optional dependency is not installed (the message names the extra)."""

@@ -16,6 +16,7 @@ from . import environment, lifecycle, upload
 from . import validate as v
 from .backend import Backend, backend_for
 from .errors import ClosedError, InvalidTypeError, InvalidValueError, NoActiveExperimentError
+from .system_metrics import SystemSampler, interval_for
 from .events import (
     ArtifactLogged,
     Environment,
@@ -98,6 +99,7 @@ class ExperimentTracker:
         self.capture_environment = capture_environment
         self._experiment_id: Optional[int] = None
         self._closed = False
+        self._sampler: Optional[SystemSampler] = None  # system metrics of the current experiment, if asked for
         self._lifecycle_lock = threading.Lock()  # start/resume/end change the current experiment atomically
         _trackers.add(self)
 
@@ -126,6 +128,7 @@ class ExperimentTracker:
         metadata: Optional[Mapping[str, Any]] = None,
         *,
         seed_everything: bool = False,
+        system_metrics: Union[bool, float, None] = None,
     ) -> int:
         """Create an experiment (capturing git, Python, host, command, packages) and return its id.
 
@@ -133,8 +136,11 @@ class ExperimentTracker:
         "completed", also when threads start at once (one run stays open, the others end).
         With ``seed_everything=True`` and a ``random_seed``, random/numpy/torch are seeded.
         Names and tags must not contain NUL; metadata nests at most 100 levels deep.
+        ``system_metrics`` (True, or seconds between samples; None: $ML_PERSISTENCE_SYSTEM_METRICS)
+        samples CPU, memory, disk, network and GPUs into ``system/`` metrics until the run ends.
         """
         self._check_open()
+        sampling = interval_for(system_metrics)
         if not isinstance(name, str) or not name:
             raise InvalidTypeError(f"name: expected a non-empty string, got {name!r:.60}")
         event = ExperimentStarted(
@@ -148,6 +154,7 @@ class ExperimentTracker:
             ts=time.time(),
         )
         with self._lifecycle_lock:
+            self._stop_sampler()
             previous = self._experiment_id
             if previous is not None and self._backend.running.pop(previous, None) == os.getpid():
                 # Ours to end (a forked child leaves its parent's run alone); queued, not waited for.
@@ -158,23 +165,30 @@ class ExperimentTracker:
             experiment_id = self._backend.request(encode(event))
             self._backend.running[experiment_id] = os.getpid()
             self._experiment_id = experiment_id
+            if sampling is not None:
+                self._sampler = SystemSampler.start(self._backend, experiment_id, sampling)
         if self._sync_to is not None:
             upload.start(self._backend.db, self._sync_to, experiment_id, self)
         return experiment_id
 
-    def resume_experiment(self, experiment_id: int, *, claim: bool = True) -> int:
+    def resume_experiment(
+        self, experiment_id: int, *, claim: bool = True, system_metrics: Union[bool, float, None] = None
+    ) -> int:
         """Make an existing experiment the one log calls go to (e.g. after a restart).
 
         The experiment becomes this process's: it is running (an ended one is reopened), shows
         this pid, and is ended at this process's exit unless ended before. ``claim=False`` only
         joins it, leaving its status and owner as they are (another rank or process ends it).
+        ``system_metrics`` is as for start_experiment; a run joined with ``claim=False`` is not sampled.
         """
         self._check_open()
+        sampling = interval_for(system_metrics) if claim else None
         experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
         found = None if experiment_id is None else self._backend.read("get_experiment", experiment_id)
         if found is None:
             raise InvalidValueError(f"no experiment with id {experiment_id} in {self.db_path}")
         with self._lifecycle_lock:
+            self._stop_sampler()
             if claim:
                 # This process now owns the run: it shows as alive, and is ended at exit like a started one.
                 # An ended run is reopened by its own event, which an agent too old to know refuses visibly.
@@ -182,6 +196,8 @@ class ExperimentTracker:
                 self._backend.append(encode(event(experiment_id, socket.gethostname(), os.getpid(), time.time())))
                 self._backend.running[experiment_id] = os.getpid()
             self._experiment_id = experiment_id
+            if sampling is not None:
+                self._sampler = SystemSampler.start(self._backend, experiment_id, sampling)
         if self._sync_to is not None:
             upload.start(self._backend.db, self._sync_to, experiment_id, self)
         return experiment_id
@@ -195,6 +211,7 @@ class ExperimentTracker:
         notes = v.optional_str("notes", notes)
         with self._lifecycle_lock:
             experiment_id = self._require_experiment()  # another thread may have ended it meanwhile
+            self._stop_sampler()  # its last sample lands before the end
             self._backend.append(encode(ExperimentEnded(experiment_id, status, notes, time.time())))
             self._backend.running.pop(experiment_id, None)
             self._experiment_id = None
@@ -210,6 +227,8 @@ class ExperimentTracker:
             return
         self._closed = True
         self._experiment_id = None
+        with self._lifecycle_lock:
+            self._stop_sampler()
         self._backend.flush()
         if self._sync_to is not None:
             busy = os.getpid() in self._backend.running.values()
@@ -412,6 +431,11 @@ class ExperimentTracker:
                 raise InvalidValueError("sync_to: an agent writes this tracker's runs; start the agent with --sync-to instead")
             return None  # $ML_PERSISTENCE_SYNC_TO is the agent's business too
         return upload.target_for(sync_to, self._backend.db)
+
+    def _stop_sampler(self) -> None:
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
 
     def _check_open(self) -> None:
         if self._closed:
