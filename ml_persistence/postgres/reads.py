@@ -135,6 +135,26 @@ class _Primitives(SqliteReader):
     def _contains(self, column: str) -> str:
         return f"strpos({column}, ?) > 0"
 
+    def _real(self, column: str, kind: str) -> str:
+        # A cast PostgreSQL cannot make raises, so only text that is a number of the kind is cast.
+        if kind == "int":
+            return (f"CASE WHEN {column} ~ '^-{{0,1}}[0-9]+$' AND length(ltrim({column}, '-')) <= 308 "
+                    f"THEN CAST({column} AS double precision) END")
+        return (
+            f"CASE WHEN {column} ~ '^-{{0,1}}([0-9]+(\\.[0-9]*){{0,1}}(e[-+][0-9]+){{0,1}}|inf|nan)$' "
+            f"THEN NULLIF(CAST({column} AS double precision), 'NaN') END"
+        )
+
+    def _mean(self, column: str) -> str:
+        # In numeric: a float8 sum raises where it would overflow; NaN (inf + -inf) is no number.
+        return f"NULLIF(AVG({column}::numeric)::double precision, 'NaN')"
+
+    def _like(self, column: str) -> str:
+        return f"{column} LIKE ? ESCAPE '\\'"
+
+    def _like_param(self, pattern: str) -> Any:
+        return pattern
+
     def columns(self, table: str) -> list[str]:
         """Return the column names of ``table`` (a name from schema.TABLES)."""
         return schema.columns(self._live(), table)

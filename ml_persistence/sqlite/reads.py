@@ -1,8 +1,9 @@
 """The read side: every query the library, the CLI, the UI and export run, written once.
 
 SQL here uses ``?`` placeholders and only what SQLite and PostgreSQL both understand, except
-where a dialect hook (``_LIMIT_ALL``, ``_is_param``, ``_has_tag``, ``_in_list``, ``_contains``)
-says it differently; the PostgreSQL Reader subclasses this one and overrides only those.
+where a dialect hook (``_LIMIT_ALL``, ``_is_param``, ``_has_tag``, ``_in_list``, ``_contains``, and
+the filter language's ``_real``, ``_mean``, ``_like``) says it differently; the PostgreSQL Reader
+subclasses this one and overrides only those.
 """
 
 from __future__ import annotations
@@ -52,16 +53,18 @@ _BEST = (
     "ORDER BY m.id DESC LIMIT 1), (SELECT MAX(m.{0}) FROM models m WHERE m.experiment_id = e.id))"
 )
 # As get_best_model: the newest best-marked model's figure (a loss falls as bests come), else the highest.
-SUMMARY_FIGURES = (
-    "(SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id) AS num_checkpoints, "
-    + _BEST.format("val_metric") + " AS best_val_metric, "
-    + _BEST.format("test_metric") + " AS best_test_metric"
-)
+FIGURES = {
+    "num_checkpoints": "(SELECT COUNT(*) FROM models m WHERE m.experiment_id = e.id)",
+    "best_val_metric": _BEST.format("val_metric"),
+    "best_test_metric": _BEST.format("test_metric"),
+}
+SUMMARY_FIGURES = ", ".join(f"{sql} AS {name}" for name, sql in FIGURES.items())
 
-_SUMMARY = f"""
+_SUMMARY_COLUMNS = f"""
 SELECT e.id, e.name, e.description, e.experiment_type, e.status, e.start_time, e.end_time,
        e.duration_seconds, e.tags, e.notes, e.random_seed, e.git_commit, e.git_branch,
-       e.hostname, e.pid, e.metadata, e.updated_at, {SUMMARY_FIGURES}
+       e.hostname, e.pid, e.metadata, e.updated_at, {SUMMARY_FIGURES}"""
+_SUMMARY = _SUMMARY_COLUMNS + """
 FROM experiments e
 """
 
@@ -181,6 +184,34 @@ class Reader(Views, Exports, Maintenance):
         """SQL for a metric value and a bound number inside AVG(); SQLite's sum overflows to inf by itself."""
         return "value", "?"
 
+    def _real(self, column: str, kind: str) -> str:
+        """SQL for a hyperparameter's stored text of type ``kind`` ('int' or 'float') as a number, NULL for NaN."""
+        if kind == "int":  # beyond a float's range: no number (PostgreSQL would raise)
+            return f"CASE WHEN length(ltrim({column}, '-')) <= 308 THEN CAST({column} AS REAL) END"
+        # repr() spells the special floats inf, -inf and nan, which CAST reads as 0.0.
+        return f"CASE {column} WHEN 'inf' THEN 9e999 WHEN '-inf' THEN -9e999 WHEN 'nan' THEN NULL ELSE CAST({column} AS REAL) END"
+
+    def _mean(self, column: str) -> str:
+        """SQL for the mean of a metric's values (NULLs, i.e. NaNs, skipped)."""
+        return f"AVG({column})"
+
+    def _like(self, column: str) -> str:
+        """SQL true when ``column`` matches the bound _like_param(pattern), case-sensitively."""
+        return f"{column} GLOB ?"
+
+    def _like_param(self, pattern: str) -> Any:
+        """Bind a LIKE pattern (% and _ wildcards, backslash before a literal %, _ or backslash) as a GLOB."""
+        out, i = [], 0
+        while i < len(pattern):
+            ch = pattern[i]
+            if ch == "\\":
+                ch, i = pattern[i + 1], i + 1
+                out.append({"*": "[*]", "?": "[?]", "[": "[[]"}.get(ch, ch))
+            else:
+                out.append({"%": "*", "_": "?", "*": "[*]", "?": "[?]", "[": "[[]"}.get(ch, ch))
+            i += 1
+        return "".join(out)
+
     def _limit(self, limit: Optional[int]) -> Any:
         return self._LIMIT_ALL if limit is None else int(limit)
 
@@ -215,6 +246,25 @@ class Reader(Views, Exports, Maintenance):
         sql = (
             _SUMMARY + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY e.start_time DESC, e.id DESC LIMIT ?"
+        )
+        return self._rows(sql, [*params, self._limit(limit)])
+
+    def search_experiments(
+        self, filter: Optional[str] = None, order_by: Any = None, limit: Optional[int] = None
+    ) -> list[dict[str, Any]]:
+        """Return experiments matching a filter-language ``filter``, ordered by ``order_by`` (ml_persistence.filtering)."""
+        from ..filtering import search
+
+        return search(self, filter, order_by, limit)
+
+    def select_experiments(
+        self, columns: str, where: str, order: str, params: Sequence[Any], limit: Optional[int]
+    ) -> list[dict[str, Any]]:
+        """Return experiment summaries plus ``columns`` WHERE ``where`` ORDER BY ``order``: SQL that
+        ml_persistence.filtering built from whitelisted names, every value bound in ``params``."""
+        sql = (
+            _SUMMARY_COLUMNS + (", " + columns if columns else "") + " FROM experiments e"
+            + (" WHERE " + where if where else "") + " ORDER BY " + order + " LIMIT ?"
         )
         return self._rows(sql, [*params, self._limit(limit)])
 

@@ -1,0 +1,216 @@
+"""Turn parsed conditions and order keys into SQL over ``experiments e``: whitelisted names, bound values.
+
+Engine differences come from the Reader's dialect hooks (``_real``, ``_mean``, ``_like``,
+``_like_param``, ``_has_tag``, ``_in_list``, ``_list_param``). Every condition is true or false,
+never unknown: a comparison with a missing value is false, so ``not`` is a plain negation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+from ..sqlite.reads import FIGURES
+from .columns import COLUMNS
+from .nodes import And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey, Param, Ref
+
+_SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_METRIC_SCOPE = "FROM metrics fm WHERE fm.experiment_id = e.id AND fm.metric_name = ?"
+_PARAM_SCOPE = "FROM hyperparameters fh WHERE fh.experiment_id = e.id AND fh.param_name = ? ORDER BY fh.id DESC LIMIT 1"
+_NOT_TEXT = "('int', 'float', 'bool', 'NoneType')"  # param_type values whose text is no string
+
+
+class Sql(NamedTuple):
+    """A fragment of SQL and the values its ``?`` placeholders take, in order."""
+
+    text: str
+    params: tuple = ()
+
+
+def _joined(separator: str, parts: Iterable[Sql]) -> Sql:
+    parts = list(parts)
+    return Sql(separator.join(p.text for p in parts), tuple(v for p in parts for v in p.params))
+
+
+def _bound(value: Any) -> Any:
+    # Booleans compare as 1 and 0 (PostgreSQL has no bigint = boolean).
+    return int(value) if isinstance(value, bool) else value
+
+
+def like_pattern(pattern: str) -> str:
+    """Return ``pattern`` with its escapes made canonical: a backslash only before a literal %, _ or backslash."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            literal = pattern[i + 1] if i + 1 < len(pattern) else "\\"
+            out.append("\\" + literal if literal in "%_\\" else literal)
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _false(condition: Sql) -> Sql:
+    """Read unknown (a missing value) as false."""
+    return Sql(f"COALESCE(({condition.text}), FALSE)", condition.params)
+
+
+class Compiler:
+    """SQL for one search; ``statuses`` maps stored-'running' ids to their effective status."""
+
+    def __init__(self, reader: Any, statuses: Optional[Mapping[int, str]] = None) -> None:
+        self.reader = reader
+        self.statuses = statuses or {}
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def column(self, name: str) -> Sql:
+        assert name in COLUMNS  # only whitelisted names reach SQL
+        if name == "status":
+            return self.status()
+        if name == "stored_status":
+            return Sql("e.status")
+        if name in FIGURES:
+            return Sql(FIGURES[name])
+        return Sql(f"e.{name}")
+
+    def status(self) -> Sql:
+        """The effective status: derived ones (crashed, stale) by id, else the stored one."""
+        derived: dict[str, list[int]] = {}
+        for experiment_id, status in sorted(self.statuses.items()):
+            if status != "running":
+                derived.setdefault(status, []).append(experiment_id)
+        if not derived:
+            return Sql("e.status")
+        whens = [Sql(f"WHEN {self.reader._in_list('e.id')} THEN ?", (self.reader._list_param(ids), status))
+                 for status, ids in sorted(derived.items())]
+        case = _joined(" ", whens)
+        return Sql(f"(CASE {case.text} ELSE e.status END)", case.params)
+
+    def metric(self, ref: Metric) -> Sql:
+        scope = _METRIC_SCOPE
+        text = {
+            "last": f"(SELECT fm.value {scope} ORDER BY fm.id DESC LIMIT 1)",
+            "first": f"(SELECT fm.value {scope} ORDER BY fm.id ASC LIMIT 1)",
+            "min": f"(SELECT MIN(fm.value) {scope})",
+            "max": f"(SELECT MAX(fm.value) {scope})",
+            "count": f"(SELECT COUNT(*) {scope})",
+            "mean": f"(SELECT {self.reader._mean('fm.value')} {scope})",
+        }[ref.aggregate]
+        return Sql(text, (ref.name,))
+
+    def param_number(self, ref: Param) -> Sql:
+        """The parameter as a number: int, float and bool (1/0) parameters; NULL for the others and NaN."""
+        real = self.reader._real
+        return Sql(
+            f"(SELECT CASE fh.param_type WHEN 'int' THEN {real('fh.param_value', 'int')} "
+            f"WHEN 'float' THEN {real('fh.param_value', 'float')} "
+            f"WHEN 'bool' THEN (CASE fh.param_value WHEN 'True' THEN 1.0 WHEN 'False' THEN 0.0 END) END {_PARAM_SCOPE})",
+            (ref.name,),
+        )
+
+    def param_text(self, ref: Param) -> Sql:
+        """The parameter's stored text when it is a string (or a list/dict as JSON); NULL for numbers."""
+        return Sql(
+            f"(SELECT CASE WHEN fh.param_type IN {_NOT_TEXT} THEN NULL ELSE fh.param_value END {_PARAM_SCOPE})",
+            (ref.name,),
+        )
+
+    def param_present(self, ref: Param) -> Sql:
+        """1 when the parameter's last logged value is not None, else 0."""
+        return Sql(
+            f"COALESCE((SELECT CASE fh.param_type WHEN 'NoneType' THEN 0 ELSE 1 END {_PARAM_SCOPE}), 0)", (ref.name,)
+        )
+
+    def value(self, ref: Ref) -> Sql:
+        """The SQL value of a column or metric (parameters have two: param_number, param_text)."""
+        if isinstance(ref, Column):
+            return self.column(ref.name)
+        if isinstance(ref, Metric):
+            return self.metric(ref)
+        raise TypeError(f"no single value for {ref!r}")
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def where(self, node: Optional[Node]) -> Sql:
+        """Return the condition as SQL (empty for no condition)."""
+        return Sql("") if node is None else self.condition(node)
+
+    def condition(self, node: Node) -> Sql:
+        if isinstance(node, (And, Or)):
+            joined = _joined(" AND " if isinstance(node, And) else " OR ", map(self.condition, node.items))
+            return Sql(f"({joined.text})", joined.params)
+        if isinstance(node, Not):
+            inner = self.condition(node.item)
+            return Sql(f"(NOT {inner.text})", inner.params)
+        if isinstance(node, HasTag):
+            return _false(Sql(self.reader._has_tag("e.tags"), (node.ref.name,)))
+        if isinstance(node, IsNull):
+            if isinstance(node.ref, Param):
+                present = self.param_present(node.ref)
+                return Sql(f"({present.text} = 0)", present.params)
+            value = self.value(node.ref)
+            return Sql(f"({value.text} IS NULL)", value.params)
+        if isinstance(node, Compare):
+            return self._sides(node.ref, [node.value], lambda side, values: _false(
+                Sql(f"{side.text} {_SQL_OPS[node.op]} ?", (*side.params, _bound(values[0])))))
+        if isinstance(node, In):
+            return self._sides(node.ref, list(node.values), lambda side, values: _false(
+                Sql(f"{side.text} IN ({', '.join('?' * len(values))})", (*side.params, *map(_bound, values)))))
+        if isinstance(node, Like):
+            side = self.param_text(node.ref) if isinstance(node.ref, Param) else self.value(node.ref)
+            return _false(Sql(self.reader._like(side.text),
+                              (*side.params, self.reader._like_param(like_pattern(node.pattern)))))
+        raise TypeError(f"not a filter node: {node!r}")
+
+    def _sides(self, ref: Ref, values: list[Any], build: Any) -> Sql:
+        """Compare ``ref`` with ``values``: a parameter's numbers with the numbers, its text with the strings."""
+        if not isinstance(ref, Param):
+            return build(self.value(ref), values)
+        numbers = [v for v in values if not isinstance(v, str)]
+        texts = [v for v in values if isinstance(v, str)]
+        parts = ([build(self.param_number(ref), numbers)] if numbers else []) + (
+            [build(self.param_text(ref), texts)] if texts else [])
+        return parts[0] if len(parts) == 1 else self._or(parts)
+
+    @staticmethod
+    def _or(parts: list[Sql]) -> Sql:
+        joined = _joined(" OR ", parts)
+        return Sql(f"({joined.text})", joined.params)
+
+    # -- order ---------------------------------------------------------------------------------
+
+    def order(self, keys: Sequence[OrderKey]) -> Sql:
+        """Return the ORDER BY list: each key with NULLs last, then id descending; default newest first."""
+        if not keys:
+            return Sql("e.start_time DESC, e.id DESC")
+        parts: list[Sql] = []
+        for key in keys:
+            direction = "DESC" if key.descending else "ASC"
+            # A parameter orders its numbers first, then its strings, then the runs without it.
+            sides = [self.param_number(key.ref), self.param_text(key.ref)] if isinstance(key.ref, Param) else [
+                self.value(key.ref)]
+            for side in sides:
+                parts.append(Sql(f"{side.text} IS NULL, {side.text} {direction}", side.params * 2))
+        parts.append(Sql("e.id DESC"))
+        return _joined(", ", parts)
+
+    # -- shown values --------------------------------------------------------------------------
+
+    def selected(self, refs: Sequence[Ref]) -> tuple[Sql, list[tuple[Ref, list[str]]]]:
+        """Return extra select columns for the parameters and metrics in ``refs`` and, per ref, its aliases."""
+        columns: list[Sql] = []
+        shown: list[tuple[Ref, list[str]]] = []
+        for ref in dict.fromkeys(r for r in refs if isinstance(r, (Param, Metric))):
+            n = len(columns)
+            if isinstance(ref, Param):
+                sources = [Sql(f"(SELECT fh.param_value {_PARAM_SCOPE})", (ref.name,)),
+                           Sql(f"(SELECT fh.param_type {_PARAM_SCOPE})", (ref.name,))]
+            else:
+                sources = [self.metric(ref)]
+            aliases = [f"_filter_value_{n + i}" for i in range(len(sources))]
+            columns += [Sql(f"{s.text} AS {alias}", s.params) for s, alias in zip(sources, aliases)]
+            shown.append((ref, aliases))
+        return _joined(", ", columns), shown
