@@ -90,7 +90,7 @@ class AsyncExperimentTracker(_AsyncFacade):
     _sync_cls = ExperimentTracker
     _awaitables = (
         "start_experiment", "resume_experiment", "end_experiment", "log_artifact", "flush",
-        "list_experiments", "get_experiment", "get_hyperparameters", "list_artifacts",
+        "list_experiments", "get_experiment", "get_hyperparameters", "list_artifacts", "search_experiments",
     )
     _immediates = ("log_hyperparameter", "log_hyperparameters_batch", "log_metric", "log_metrics_batch", "status")
 

@@ -97,6 +97,7 @@ REMOTE_READS = frozenset({
     "get_best_model", "list_models", "get_dataset", "find_dataset", "list_datasets", "experiment_datasets",
     "dataset_experiments", "list_artifacts", "metric_history", "metric_stats", "metric_names",
     "compare_metrics", "metrics_summary",
+    "search_experiments",
 })
 
 

@@ -422,6 +422,25 @@ class ExperimentTracker:
             experiment_id = self._require_experiment()
         return self._backend.read("list_artifacts", experiment_id, artifact_type)
 
+    def search_experiments(
+        self,
+        filter: Optional[str] = None,
+        order_by: Union[str, Iterable[str], None] = None,
+        limit: Optional[int] = None,
+    ) -> list[dict[str, Any]]:
+        """Return experiments matching ``filter`` (the filter language) in ``order_by`` order, effective status.
+
+        E.g. ``search_experiments('params.lr < 1e-3 and metrics.val_sharpe > 1.5', ["metrics.val_sharpe desc"])``.
+        A filter that does not parse raises FilterError here, before any read.
+        """
+        from .filtering import parse, parse_order
+        from .filtering.parse import check_limit
+
+        parse(filter)
+        parse_order(order_by)
+        order = [order_by] if isinstance(order_by, str) else None if order_by is None else list(order_by)
+        return self._backend.read("search_experiments", filter, order, check_limit(limit))
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _upload_target(self, sync_to: Optional[str | os.PathLike[str]]) -> Optional[str]:
