@@ -103,7 +103,10 @@ class AsyncModelRegistry(_AsyncFacade):
     """ModelRegistry for async code."""
 
     _sync_cls = ModelRegistry
-    _awaitables = ("register_model", "get_model", "get_best_model", "list_models", "flush")
+    _awaitables = (
+        "register_model", "get_model", "get_best_model", "list_models", "set_alias", "delete_alias",
+        "get_model_by_alias", "list_aliases", "flush",
+    )
 
 
 class AsyncDatasetManager(_AsyncFacade):

@@ -11,6 +11,10 @@ class InvalidValueError(MLPersistenceError, ValueError):
     """A logged value has the right type but an unusable value."""
 
 
+class ModelNotFoundError(InvalidValueError, LookupError):
+    """A model id names no model in the database (set_alias); nothing was changed."""
+
+
 class InvalidTypeError(MLPersistenceError, TypeError):
     """A logged value has a type that cannot be stored."""
 

@@ -145,6 +145,43 @@ class ExperimentReopened(Event, tag="ExperimentReopened"):
     ts: float
 
 
+class AliasSet(Event, tag="AliasSet"):
+    """An alias now names this model, moved from any model it named before.
+
+    Answered with the model's id, or None (nothing changed) if the database holds no such model.
+    """
+
+    alias: str
+    model_id: int
+    ts: float
+
+
+class AliasDeleted(Event, tag="AliasDeleted"):
+    """An alias names no model any more; answered with 1 if it named one, else 0."""
+
+    alias: str
+
+
+MAX_ALIAS_LENGTH = 255
+
+
+def alias_problem(alias: str) -> Optional[str]:
+    """Return why ``alias`` cannot name a model, or None: it must be printable text, 1 to 255 characters,
+    without surrounding spaces, and not all digits (those read as a model id)."""
+    if not alias:
+        return "an alias must not be empty"
+    if len(alias) > MAX_ALIAS_LENGTH:
+        return f"an alias has at most {MAX_ALIAS_LENGTH} characters, got {len(alias)}"
+    if not alias.isprintable():
+        bad = next(c for c in alias if not c.isprintable())
+        return f"{alias!r:.60} contains {bad!r}, a control, format or non-space separator character"
+    if alias != alias.strip():
+        return f"{alias!r:.60} starts or ends with a space"
+    if alias.isascii() and alias.isdigit():
+        return f"{alias!r:.60} is all digits, which reads as a model id; give it a name (e.g. 'v{alias}')"
+    return None
+
+
 AnyEvent = Union[
     ExperimentStarted,
     ExperimentEnded,
@@ -156,6 +193,8 @@ AnyEvent = Union[
     ArtifactLogged,
     ExperimentResumed,
     ExperimentReopened,
+    AliasSet,
+    AliasDeleted,
 ]
 
 def check(event: Event) -> None:
@@ -166,6 +205,10 @@ def check(event: Event) -> None:
     elif type(event) is HyperparametersLogged:
         if not len(event.names) == len(event.values) == len(event.types):
             raise ValueError("hyperparameter names, values and types differ in length")
+    elif type(event) is AliasSet or type(event) is AliasDeleted:
+        problem = alias_problem(event.alias)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 encode = msgspec.msgpack.Encoder().encode

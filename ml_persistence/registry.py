@@ -8,8 +8,8 @@ from typing import Any, Mapping, Optional, Union
 
 from . import validate as v
 from .backend import backend_for
-from .errors import InvalidTypeError
-from .events import ModelRegistered, encode
+from .errors import InvalidTypeError, ModelNotFoundError
+from .events import AliasDeleted, AliasSet, ModelRegistered, encode
 from .tracker import file_size_mb
 
 
@@ -99,6 +99,34 @@ class ModelRegistry:
     ) -> list[dict[str, Any]]:
         """Return models; ``order_by`` must be a column of the models table (else ValueError)."""
         return self._backend.read("list_models", experiment_id, is_best, order_by, ascending, limit)
+
+    def set_alias(self, alias: str, model_id: int) -> None:
+        """Make ``alias`` name the model ``model_id``, moving it from any other model in one transaction.
+
+        An alias names one model of the database at a time. Raises ModelNotFoundError (nothing
+        changed) if there is no such model.
+        """
+        alias = v.alias_name(alias)
+        model_id = v.optional_int("model_id", model_id)  # type: ignore[assignment]
+        if model_id is None:
+            raise InvalidTypeError("model_id is required")
+        if self._backend.request(encode(AliasSet(alias, model_id, time.time()))) is None:
+            raise ModelNotFoundError(f"no model with id {model_id} in {self.db_path}; alias {alias!r} not set")
+
+    def delete_alias(self, alias: str) -> bool:
+        """Remove ``alias``; return True if it named a model."""
+        return bool(self._backend.request(encode(AliasDeleted(v.alias_name(alias)))))
+
+    def get_model_by_alias(self, alias: str, experiment_id: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """Return the model ``alias`` names, or None; with ``experiment_id``, None unless it is that experiment's."""
+        alias = v.alias_name(alias)
+        experiment_id = v.optional_int("experiment_id", experiment_id)
+        return self._backend.read("get_model_by_alias", alias, experiment_id)
+
+    def list_aliases(self, experiment_id: Optional[int] = None) -> list[dict[str, Any]]:
+        """Return every alias (of ``experiment_id``'s models, if given) by name, with the model it names."""
+        experiment_id = v.optional_int("experiment_id", experiment_id)
+        return self._backend.read("list_aliases", experiment_id)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until everything logged so far to this database is committed."""

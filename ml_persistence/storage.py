@@ -96,7 +96,7 @@ REMOTE_READS = frozenset({
     "list_experiments", "get_experiment", "experiment_exists", "get_hyperparameters", "get_model",
     "get_best_model", "list_models", "get_dataset", "find_dataset", "list_datasets", "experiment_datasets",
     "dataset_experiments", "list_artifacts", "metric_history", "metric_stats", "metric_names",
-    "compare_metrics", "metrics_summary",
+    "compare_metrics", "metrics_summary", "get_model_by_alias", "list_aliases",
     "search_experiments",
 })
 

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import msgspec
 
 from .errors import InvalidTypeError, InvalidValueError
+from .events import alias_problem
 from .storage import redact
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -148,6 +149,15 @@ def name_text(name: str, value: Any) -> str:
 def optional_name(name: str, value: Any) -> Optional[str]:
     """Like name_text(), but None passes through."""
     return None if value is None else name_text(name, value)
+
+
+def alias_name(value: Any, argument: str = "alias") -> str:
+    """Return a model alias: printable text, 1 to 255 characters, no surrounding spaces, not all digits."""
+    text = name_text(argument, value)
+    problem = alias_problem(text)
+    if problem is not None:
+        raise InvalidValueError(f"{argument}: {problem}")
+    return text
 
 
 def metric_name(name: Any, argument: str = "metric_name") -> str:

@@ -577,7 +577,7 @@ def test_show_prints_every_section_with_the_values(sample: str, tmp_path: Path) 
         ["train_return", "3", "0.1", "0.35", "0.1", "0.35"],
         ["val_sharpe", "3", "1.25", "2", "-0.5", "2"]]
     models = parts["Models (* = best)"]
-    assert models[0].split() == ["ID", "BEST", "EPISODE", "STEP", "TRAIN", "VAL", "TEST", "CHECKPOINT"]
+    assert models[0].split() == ["ID", "BEST", "ALIASES", "EPISODE", "STEP", "TRAIN", "VAL", "TEST", "CHECKPOINT"]
     assert [line.split() for line in models[1:]] == [
         ["1", "0", "100", "0.1", "1.5", "0.7", "models/e1_ep0.pth"],
         ["2", "*", "1", "200", "-", "2.5", "0.2", "models/e1_ep1.pth"],
@@ -725,7 +725,8 @@ def test_best_json_and_table(sample: str, tmp_path: Path) -> None:
     assert (top["experiment_id"], top["experiment_name"], top["val_metric"], top["is_best"], top["checkpoint_path"]) == (
         2, "ppo-tuned-lr", 3.0, True, "models/e2_ep0.pth")
     lines = ok(cli("best", "--db", sample, "--by", "test_metric", cwd=tmp_path)).stdout.splitlines()
-    assert lines[0].split() == ["MODEL", "EXP", "EXPERIMENT", "BEST", "EPISODE", "STEP", "TEST", "METRIC", "CHECKPOINT"]
+    assert lines[0].split() == ["MODEL", "EXP", "EXPERIMENT", "BEST", "ALIASES", "EPISODE", "STEP", "TEST", "METRIC",
+                                "CHECKPOINT"]
     assert [line.split()[0] for line in lines[1:]] == ["6", "5", "3", "1", "2", "4"]
     assert lines[1].split() == ["6", "4", "lstm-forecast", "-", "-", "9", "models/lstm.pth"]
     at = lines[0].index("BEST")

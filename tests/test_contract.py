@@ -552,7 +552,7 @@ def test_init_creates_then_reports_up_to_date(db: str, tmp_path: Path) -> None:
     assert "Created" not in again.stdout and _version(db) == SCHEMA_VERSION, again.stdout
     assert normalize_output(first.stdout, db) and PASSWORD not in first.stdout + first.stderr + again.stdout
     tables = {"experiments", "models", "datasets", "metrics", "hyperparameters", "artifacts", "experiment_datasets",
-              "agent_clients", "agent_requests", "legacy_imports"}
+              "agent_clients", "agent_requests", "legacy_imports", "model_aliases"}
     if engine(db) == "postgresql":
         found = {t for (t,) in pg_rows(db, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
     else:

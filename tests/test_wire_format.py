@@ -185,6 +185,14 @@ EVENTS: list[tuple[ev.Event, str]] = [
         ev.ExperimentReopened(experiment_id=7, hostname=None, pid=4242, ts=TS),
         "95b24578706572696d656e7452656f70656e656407c0cd1092cb41d954fc40100000",
     ),
+    (
+        ev.AliasSet(alias="production", model_id=7, ts=TS),
+        "94a8416c696173536574aa70726f64756374696f6e07cb41d954fc40100000",
+    ),
+    (
+        ev.AliasDeleted(alias="champion"),
+        "92ac416c69617344656c65746564a86368616d70696f6e",
+    ),
 ]
 
 LINKED = ev.encode(ev.DatasetLinked(experiment_id=7, dataset_id=8, usage_type="train"))
@@ -292,6 +300,8 @@ EVENT_TAGS = [
     "ArtifactLogged",
     "ExperimentResumed",
     "ExperimentReopened",
+    "AliasSet",
+    "AliasDeleted",
 ]
 CLIENT_TAGS = ["Hello", "Events", "Call", "Flush", "Read"]
 AGENT_TAGS = ["Welcome", "Refused", "Committed", "Flushed", "Answer", "ReadAnswer"]

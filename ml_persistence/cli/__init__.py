@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from .. import storage
 from ..backend import default_db_path
 from ..errors import MLPersistenceError, ReadError
-from . import browse, follow, maintain, programs, sync, transfer
+from . import aliases, browse, follow, maintain, programs, sync, transfer
 from .database import CLIError
 from .output import printable
 
@@ -25,6 +25,7 @@ examples:
   ml-persistence show 3                    # everything about experiment 3
   ml-persistence compare 3 4 --metric val_sharpe
   ml-persistence best --limit 5
+  ml-persistence alias set production 7    # name model 7 "production" (moved from its last model)
   ml-persistence tail 3                    # follow experiment 3's metrics live
   ml-persistence export --what metrics --experiment 3 --out metrics.csv
   ml-persistence backup backups/
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=None, metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (programs, browse, follow, transfer, sync, maintain):
+    for module in (programs, browse, aliases, follow, transfer, sync, maintain):
         module.register(sub, common)
     return parser
 

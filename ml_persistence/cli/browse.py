@@ -66,6 +66,10 @@ def _show_text(exp: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _aliases(model: dict[str, Any]) -> str:
+    return ", ".join(model.get("aliases") or ())
+
+
 def _indented(block: str) -> str:
     return "\n".join("  " + line for line in block.splitlines())
 
@@ -93,10 +97,11 @@ def _tables(exp: dict[str, Any]) -> list[str]:
     lines.append(out.section("Models (* = best)"))
     models = exp["models"]
     lines.append(_indented(out.table(
-        ["ID", "BEST", "EPISODE", "STEP", "TRAIN", "VAL", "TEST", "CHECKPOINT"],
-        [[str(m["id"]), "*" if m["id"] == exp["best_model_id"] else "", out.text(m["episode_num"]), out.text(m["global_step"]),
-          out.number(m["train_metric"]), out.number(m["val_metric"]), out.number(m["test_metric"]),
-          out.text(m["checkpoint_path"])] for m in models], right=(0, 2, 3, 4, 5, 6), flexible=(7,), width=width))
+        ["ID", "BEST", "ALIASES", "EPISODE", "STEP", "TRAIN", "VAL", "TEST", "CHECKPOINT"],
+        [[str(m["id"]), "*" if m["id"] == exp["best_model_id"] else "", _aliases(m), out.text(m["episode_num"]),
+          out.text(m["global_step"]), out.number(m["train_metric"]), out.number(m["val_metric"]),
+          out.number(m["test_metric"]), out.text(m["checkpoint_path"])] for m in models],
+        right=(0, 3, 4, 5, 6, 7), flexible=(8, 2), width=width))
         if models else "  (none)")
     lines.append(out.section("Artifacts"))
     arts = exp["artifacts"]
@@ -197,11 +202,13 @@ def best(args: argparse.Namespace) -> int:
         print("no models")
         return 0
     print(out.table(
-        ["MODEL", "EXP", "EXPERIMENT", "BEST", "EPISODE", "STEP", args.by.upper().replace("_", " "), "CHECKPOINT"],
+        ["MODEL", "EXP", "EXPERIMENT", "BEST", "ALIASES", "EPISODE", "STEP", args.by.upper().replace("_", " "),
+         "CHECKPOINT"],
         [[str(m["id"]), str(m["experiment_id"]), out.text(m["experiment_name"]), "*" if m["is_best"] else "",
-          out.text(m["episode_num"]), out.text(m["global_step"]), out.number(m[args.by]), out.text(m["checkpoint_path"])]
+          _aliases(m), out.text(m["episode_num"]), out.text(m["global_step"]), out.number(m[args.by]),
+          out.text(m["checkpoint_path"])]
          for m in models],
-        right=(0, 1, 4, 5, 6), flexible=(2, 7),
+        right=(0, 1, 5, 6, 7), flexible=(2, 8, 4),
     ))
     return 0
 
@@ -272,7 +279,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser("show", parents=[common], help="everything about one experiment",
                        description="Reproducibility, hyperparameters, datasets, per-metric summary, models "
-                       "(best marked *), artifacts and notes of one experiment.")
+                       "(best marked *, with their aliases), artifacts and notes of one experiment.")
     p.add_argument("id", type=arguments.row_id, metavar="ID", help="experiment id")
     p.add_argument("--split", help="summarize only metric rows of this split")
     p.add_argument("--json", action="store_true", help="print one JSON object")

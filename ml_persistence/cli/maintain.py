@@ -15,7 +15,8 @@ from . import output as out
 from .database import CLIError, experiment, open_read, open_write
 
 OWNED_NOUNS = {"metrics": "metric row", "hyperparameters": "hyperparameter", "artifacts": "artifact",
-               "experiment_datasets": "dataset link", "legacy_imports": "legacy import record", "models": "model"}
+               "experiment_datasets": "dataset link", "legacy_imports": "legacy import record",
+               "model_aliases": "model alias", "models": "model"}
 
 
 def _mb(n: int) -> str:
@@ -97,6 +98,11 @@ def check(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _owned(count: int, noun: str) -> str:
+    """Return '1 model alias', '2 model aliases', '3 models'."""
+    return out.plural(count, noun) if not noun.endswith("s") or count == 1 else f"{count} {noun}es"
+
+
 def _confirm(prompt: str) -> bool:
     print(prompt + " [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline()
@@ -118,7 +124,7 @@ def delete(args: argparse.Namespace) -> int:
                                f"on {exp.get('hostname')}); end it first or pass --force")
             plan.append((exp, reader.owned_counts(i)))
         for exp, counts in plan:
-            owned = ", ".join(out.plural(n, OWNED_NOUNS[t]) for t, n in counts.items() if n) or "nothing else"
+            owned = ", ".join(_owned(n, OWNED_NOUNS[t]) for t, n in counts.items() if n) or "nothing else"
             print(f"experiment {exp['id']} '{out.text(exp['name'])}' ({exp['status']}): {owned}", file=sys.stderr)
         if not args.yes and not _confirm(f"Delete {out.plural(len(plan), 'experiment')} and everything above?"):
             raise CLIError("aborted; nothing deleted")

@@ -30,6 +30,8 @@ REFERENCES = (
     ("experiment_datasets", "dataset_id", "datasets",
      "'experiment_id=' || experiment_id || ', dataset_id=' || dataset_id || ', usage_type=' || COALESCE(usage_type, 'NULL')"),
     ("legacy_imports", "experiment_id", "experiments", "legacy_key"),
+    ("model_aliases", "model_id", "models", "alias"),
+    ("model_aliases", "experiment_id", "experiments", "alias"),
 )
 FUNCTIONS = ("ml_persistence_jsonb", "ml_persistence_julianday")
 # The connection parameters handed to pg_dump: those every libpq since 10 knows (a newer libpq's

@@ -23,6 +23,8 @@ from . import connect, schema
 from .connect import translated
 from ..sqlite import store as sqlite_store
 from ..events import (
+    AliasDeleted,
+    AliasSet,
     ArtifactLogged,
     DatasetRegistered,
     Event,
@@ -381,8 +383,24 @@ class Store:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 rows.artifact_values(event),
             )
+        if type(event) is AliasSet:
+            stamp = local_text(event.ts)
+            cursor = await conn.execute(SET_ALIAS_SQL, (event.alias, stamp, stamp, event.model_id))
+            return event.model_id if cursor.rowcount else None
+        if type(event) is AliasDeleted:
+            cursor = await conn.execute("DELETE FROM model_aliases WHERE alias = %s", (event.alias,))
+            return cursor.rowcount
         await self._apply(conn, [event])
         return None
+
+
+# As on SQLite: one statement moves the alias, or (no such model) changes nothing.
+SET_ALIAS_SQL = (
+    "INSERT INTO model_aliases (alias, model_id, experiment_id, created_at, updated_at) "
+    "SELECT %s::text, id, experiment_id, %s::text, %s::text FROM models WHERE id = %s "
+    "ON CONFLICT (alias) DO UPDATE SET model_id = EXCLUDED.model_id, experiment_id = EXCLUDED.experiment_id, "
+    "updated_at = EXCLUDED.updated_at"
+)
 
 
 _UNSET: Any = object()

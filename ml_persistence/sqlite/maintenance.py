@@ -12,8 +12,10 @@ from typing import Any, Sequence
 
 from ..errors import ReadError
 
-# What belongs to an experiment, children first (models last: metrics and artifacts may point at them).
-OWNED_TABLES = ("metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "models")
+# What belongs to an experiment, children first (models last: metrics, artifacts and aliases point at them).
+OWNED_TABLES = (
+    "metrics", "hyperparameters", "artifacts", "experiment_datasets", "legacy_imports", "model_aliases", "models",
+)
 MODEL_REFERENCES = ("metrics", "hyperparameters", "artifacts")
 
 

@@ -14,6 +14,8 @@ from .. import rows
 from ..rows import local_text, split_of
 from ..storage import BUSY, ENVIRONMENT, FATAL, REFUSED
 from ..events import (
+    AliasDeleted,
+    AliasSet,
     ArtifactLogged,
     DatasetRegistered,
     Event,
@@ -406,6 +408,13 @@ class Store:
                 rows.artifact_values(event),
             )
             return cursor.lastrowid
+        if type(event) is AliasSet:
+            stamp = local_text(event.ts)
+            cursor = await self.conn.execute(SET_ALIAS_SQL, (event.alias, stamp, stamp, event.model_id))
+            return event.model_id if cursor.rowcount else None
+        if type(event) is AliasDeleted:
+            cursor = await self.conn.execute("DELETE FROM model_aliases WHERE alias = ?", (event.alias,))
+            return cursor.rowcount
         await self._apply([event])
         return None
 
@@ -421,6 +430,14 @@ def _chunk_sizes(rows: int, full: int) -> list[int]:
 _MARK_SQL = (
     "INSERT INTO agent_clients (client_id, last_seq, updated_at) VALUES (?, ?, CURRENT_TIMESTAMP) "
     "ON CONFLICT (client_id) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq), "
+    "updated_at = excluded.updated_at"
+)
+
+# Moving an alias is this one statement: it names the model, or (no such model) nothing changes.
+SET_ALIAS_SQL = (
+    "INSERT INTO model_aliases (alias, model_id, experiment_id, created_at, updated_at) "
+    "SELECT ?, id, experiment_id, ?, ? FROM models WHERE id = ? "
+    "ON CONFLICT (alias) DO UPDATE SET model_id = excluded.model_id, experiment_id = excluded.experiment_id, "
     "updated_at = excluded.updated_at"
 )
 
