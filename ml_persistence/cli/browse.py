@@ -11,32 +11,43 @@ from typing import Any, Iterator
 
 from .. import liveness, storage
 from ..compare import hyperparameter_grid
-from . import arguments
+from . import arguments, selection
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
 
 
 
+def _cell(value: Any) -> str:
+    return out.number(value) if isinstance(value, (int, float)) else out.text(value)
+
+
 def ls(args: argparse.Namespace) -> int:
-    """List experiments, newest first."""
+    """List experiments, newest first (or as --filter and --order-by say)."""
     if args.limit is not None and args.limit < 0:
         raise CLIError("--limit must be >= 0", USAGE)
+    node = selection.condition(args) if selection.selecting(args) else None  # checked before the database opens
     with closing(open_read(args.db)) as reader:
-        found = liveness.list_experiments(reader, args.type, args.status, args.tag or (), args.name, args.limit)
+        if selection.selecting(args):
+            found = selection.search(reader, node, args.order_by, args.limit)
+        else:
+            found = liveness.list_experiments(reader, args.type, args.status, args.tag or (), args.name, args.limit)
     if args.json:
         out.print_json(found)
         return 0
     if not found:
-        print("no experiments" + (" match" if any((args.type, args.status, args.tag, args.name)) else ""))
+        print("no experiments" + (" match" if any((args.type, args.status, args.tag, args.name, args.filter)) else ""))
         return 0
-    headers = ["ID", "NAME", "TYPE", "STATUS", "START", "DURATION", "CKPTS", "BEST VAL", "TAGS"]
+    # The params and metrics the filter and order name, as columns of their own.
+    shown = list(found[0].get("values", {}))
+    headers = ["ID", "NAME", "TYPE", "STATUS", "START", "DURATION", "CKPTS", "BEST VAL", *shown, "TAGS"]
     rows = [
         [str(e["id"]), out.text(e["name"]), out.text(e["experiment_type"]), out.text(e["status"]),
          out.moment(e["start_time"]), out.duration(out.run_duration(e)), str(e["num_checkpoints"]),
-         out.number(e["best_val_metric"]), out.text(e["tags"])]
+         out.number(e["best_val_metric"]), *(_cell(e["values"][k]) for k in shown), out.text(e["tags"])]
         for e in found
     ]
-    print(out.table(headers, rows, right=(0, 5, 6, 7), flexible=(1, 8), optional=(8, 4)))
+    tags = 8 + len(shown)
+    print(out.table(headers, rows, right=(0, 5, 6, 7, *range(8, tags)), flexible=(1, tags), optional=(tags, 4)))
     return 0
 
 
@@ -138,12 +149,30 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compared_ids(reader: Any, args: argparse.Namespace, node: Any) -> list[int]:
+    """The ids given, then (with --filter) the first --limit runs it matches; --order-by orders each part."""
+    ids = list(dict.fromkeys(args.ids))
+    if ids and args.order_by:
+        ordered = [e["id"] for e in selection.search(reader, selection.ids_condition(ids), args.order_by)]
+        ids = ordered + [i for i in ids if i not in ordered]  # unknown ids stay, to be reported
+    if args.filter is not None:
+        matched = [e["id"] for e in selection.search(reader, node, args.order_by, args.limit + 1)]
+        if len(matched) > args.limit:
+            print(f"ml-persistence: compare: the filter matches more than {args.limit} experiments; "
+                  f"comparing the first {args.limit} (see --limit)", file=sys.stderr)
+        ids += [i for i in matched[:args.limit] if i not in ids]
+    return ids
+
+
 def compare(args: argparse.Namespace) -> int:
     """Show hyperparameters and metric summaries of several experiments side by side."""
-    ids = list(dict.fromkeys(args.ids))
-    if len(ids) < 2:
-        raise CLIError("compare needs at least two different experiment ids", USAGE)
+    if args.filter is None and len(set(args.ids)) < 2:
+        raise CLIError("compare needs at least two different experiment ids, or --filter", USAGE)
+    node = selection.condition(args) if selection.selecting(args) else None  # checked before the database opens
     with closing(open_read(args.db)) as reader:
+        ids = _compared_ids(reader, args, node)
+        if len(ids) < 2:
+            raise CLIError(f"compare needs at least two experiments; the filter selects {len(ids)}")
         exps = [experiment(reader, i) for i in ids]
         known = sorted({n for i in ids for n in reader.metric_names(i)})
         unknown = [n for n in args.metric or () if n not in known]
@@ -273,8 +302,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--status", help="only this status: running, completed, failed, crashed, stale, ...")
     p.add_argument("--tag", action="append", help="only experiments with this tag (repeat: all of them)")
     p.add_argument("--name", help="only names containing this text")
+    selection.add_arguments(p)
     p.add_argument("--limit", type=arguments.count, help="at most this many")
-    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table (with --filter/--order-by, "
+                   "each row's \"values\" holds the params and metrics they name)")
     p.set_defaults(run=ls)
 
     p = sub.add_parser("show", parents=[common], help="everything about one experiment",
@@ -288,7 +319,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("compare", parents=[common], help="experiments side by side",
                        description="Hyperparameters side by side (differing ones marked *) and per-metric "
                        "summaries side by side.")
-    p.add_argument("ids", type=arguments.row_id, nargs="+", metavar="ID", help="two or more experiment ids")
+    p.add_argument("ids", type=arguments.row_id, nargs="*", metavar="ID",
+                   help="two or more experiment ids (or fewer, with --filter: these come first)")
+    selection.add_arguments(p)
+    p.add_argument("--limit", type=arguments.positive, default=20,
+                   help="with --filter: compare at most this many of the runs it matches (default: 20)")
     p.add_argument("--metric", action="append", metavar="NAME", help="only this metric (repeatable; default: all)")
     p.add_argument("--split", help="only metric rows of this split")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,7 +8,8 @@ import sys
 from typing import BinaryIO
 
 from .. import storage
-from . import arguments
+from ..filtering.nodes import And
+from . import arguments, selection
 from . import output as out
 from .database import CLIError, open_read
 
@@ -32,15 +33,23 @@ def export(args: argparse.Namespace) -> int:
         raise CLIError("parquet is binary: pass --out FILE or redirect stdout", 2)
     if args.metric and args.what != "metrics":
         raise CLIError("--metric only applies to --what metrics", 2)
+    choosing = selection.selecting(args) or args.limit is not None
+    node = selection.condition(args) if choosing else None  # checked before the database opens
     reader = open_read(args.db)
     try:
-        for i in args.experiment or ():
+        ids = list(args.experiment or ())
+        for i in ids:
             if not reader.experiment_exists(i):
                 raise CLIError(f"no experiment {i}")
+        if choosing:
+            if ids:
+                node = selection.ids_condition(ids) if node is None else And((selection.ids_condition(ids), node))
+            # No experiment has id 0 (ids start at 1): a selection of none exports no rows, not all.
+            ids = [e["id"] for e in selection.search(reader, node, args.order_by, args.limit)] or [0]
 
         def write(target: BinaryIO) -> int:
             try:
-                return export_rows(reader, args.what, target, fmt, args.experiment or (), args.metric or ())
+                return export_rows(reader, args.what, target, fmt, ids, args.metric or ())
             except ExportError as exc:
                 raise CLIError(str(exc)) from exc
 
@@ -95,6 +104,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--what", choices=WHATS, default="experiments", help="what to export (default: experiments)")
     p.add_argument("--experiment", type=arguments.row_id, action="append", metavar="ID", help="only this experiment (repeatable)")
     p.add_argument("--metric", action="append", metavar="NAME", help="with --what metrics: only this metric (repeatable)")
+    selection.add_arguments(p)
+    p.add_argument("--limit", type=arguments.count,
+                   help="only the first N experiments selected (by --order-by; rows are still written in id order)")
     p.add_argument("--format", choices=FORMATS,
                    help="csv, jsonl or parquet (default: from --out's extension, else csv); "
                    "parquet needs `pip install 'ml_persistence[parquet]'`")
