@@ -1,8 +1,8 @@
-"""Side-by-side comparison of runs' hyperparameters: which settings differ between them."""
+"""Side-by-side comparison of runs: which hyperparameters differ between them, which metric to show first."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 
 def _kind(value: Any) -> Any:
@@ -31,3 +31,27 @@ def hyperparameter_grid(experiments: Sequence[dict[str, Any]]) -> list[dict[str,
             "values": {e["id"]: v for e, v in zip(experiments, values) if v is not unset},
         })
     return rows
+
+
+SYSTEM_PREFIX = "system/"  # system metrics (CPU, memory, GPU samples), shown apart from training metrics
+
+
+def is_system_metric(name: str) -> bool:
+    """Return True for a system metric's name (``system/...``)."""
+    return name.startswith(SYSTEM_PREFIX)
+
+
+def default_metric(counts: Mapping[Any, Mapping[str, int]]) -> Optional[str]:
+    """Return the metric to show first for runs whose per-metric row counts are ``counts`` ({run: {name: count}}).
+
+    The one with the most points that every run has: among the metrics all runs logged, the largest
+    smallest count. With none shared, the metric the most runs logged, again by its smallest count.
+    Ties go by name; a ``system/`` metric only when the runs have no other. None: no metrics at all.
+    """
+    have: dict[str, list[int]] = {}
+    for per_run in counts.values():
+        for name, count in per_run.items():
+            have.setdefault(name, []).append(count)
+    if not have:
+        return None
+    return min(have, key=lambda n: (is_system_metric(n), -len(have[n]), -min(have[n]), n))

@@ -486,9 +486,8 @@ def test_compare(driver: Any, server: str, database: Database) -> None:
     assert re.search(rf"#/compare\?ids={min(first, database.hostile)},{max(first, database.hostile)}$",
                      driver.current_url), driver.current_url
 
-    before = updated(driver)
-    Select(driver.find_element(By.ID, "compare-metric")).select_by_value("val_sharpe")
-    wait_page(driver, "compare", before)
+    # The default metric is the one both runs logged (val_sharpe), not the alphabetically first
+    assert Select(driver.find_element(By.ID, "compare-metric")).first_selected_option.get_attribute("value") == "val_sharpe"
     traces = js(driver, "return document.getElementById('compare-chart').data.map(t => t.x.length)")
     assert traces == [30, 5] or traces == [5, 30], traces
 
@@ -502,10 +501,21 @@ def test_compare(driver: Any, server: str, database: Database) -> None:
     assert error_box(driver) == ""
     screenshot(driver, "compare.png")
 
-    # two demo runs: the default metric, one trace each
+    # two demo runs: the default metric is one of those with the most points both share, one trace each
     a, b = database.demo
     open_fresh(driver, f"{server}/#/compare?ids={a},{b}", "compare")
     assert js(driver, "return document.getElementById('compare-chart').data.length") == 2
+    assert js(driver, "return document.getElementById('compare-chart').data.map(t => t.x.length)") == [600, 600]
+    assert Select(driver.find_element(By.ID, "compare-metric")).first_selected_option.get_attribute("value") == "approx_kl"
+
+    # the metric chosen is kept in the URL: loading it shows that metric
+    before = updated(driver)
+    Select(driver.find_element(By.ID, "compare-metric")).select_by_value("val_sharpe")
+    wait_page(driver, "compare", before)
+    assert driver.current_url.endswith(f"#/compare?ids={a},{b}&metric=val_sharpe")
+    open_fresh(driver, driver.current_url, "compare")
+    assert js(driver, "return document.getElementById('compare-chart').dataset.metric") == "val_sharpe"
+    assert js(driver, "return document.getElementById('compare-chart').data.map(t => t.x.length)") == [30, 30]
     assert not driver.find_elements(By.CSS_SELECTOR, "#compare-hyperparameters tr.differs")
 
 

@@ -7,9 +7,10 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from .. import liveness
-from ..compare import hyperparameter_grid
+from .. import filtering, liveness
+from ..compare import default_metric, hyperparameter_grid, is_system_metric
 from ..liveness import with_liveness
+from . import queries
 from .artifacts import ArtifactRoots
 
 AXES = ("episode", "step", "time")  # what a curve can be drawn against (Reader.metric_points)
@@ -29,10 +30,37 @@ def finite(value: Any) -> Any:
     return value
 
 
-def experiments(reader: Any, experiment_type: Optional[str], status: Optional[str],
-                tags: Sequence[str], name: Optional[str]) -> dict[str, Any]:
-    """Return the filtered run list (effective statuses) and the filter choices."""
-    found = liveness.list_experiments(reader, experiment_type, status, tags, name)
+class Selection:
+    """Which runs a page lists: a filter expression and its order, and the type, status, tag and name controls."""
+
+    def __init__(self, filter: Optional[str] = None, order: Optional[str] = None, experiment_type: Optional[str] = None,
+                 status: Optional[str] = None, tags: Sequence[str] = (), name: Optional[str] = None) -> None:
+        self.filter, self.order = filter, order
+        self.experiment_type, self.status, self.tags, self.name = experiment_type, status, list(tags), name
+
+    def runs(self, reader: Any) -> list[dict[str, Any]]:
+        """Return the selected runs (effective statuses), in the order asked for, else newest first.
+
+        With a filter or an order, each row has ``values``: the params./metrics. values they name
+        (filtering.search). A malformed filter or order raises filtering.FilterError.
+        """
+        if self.filter is None and self.order is None:
+            return liveness.list_experiments(reader, self.experiment_type, self.status, self.tags, self.name)
+        found = filtering.search(reader, self.filter, self.order)
+        return [e for e in found if self._controls_match(e)]
+
+    def _controls_match(self, run: dict[str, Any]) -> bool:
+        # The same tests as Reader.list_experiments and liveness.list_experiments, on a filtered row.
+        tags = run.get("tags") if isinstance(run.get("tags"), list) else []
+        return ((self.experiment_type is None or run.get("experiment_type") == self.experiment_type)
+                and (self.status is None or run.get("status") == self.status)
+                and all(t in tags for t in self.tags)
+                and (self.name is None or self.name in (run.get("name") or "")))
+
+
+def experiments(reader: Any, selection: Selection) -> dict[str, Any]:
+    """Return the selected runs (effective statuses) and the filter choices."""
+    found = selection.runs(reader)
     facets = reader.facets()
     for e in found:
         e.pop("metadata", None)
@@ -52,7 +80,8 @@ def _catalog(reader: Any, experiment_id: int) -> list[dict[str, Any]]:
         # The axes a metric was logged against, judged by its first and last rows.
         axes = [a for a in ("episode", "step") if first[a] is not None or last[a] is not None]
         out.append({"name": m["name"], "count": m["count"], "first": finite(first["value"]),
-                    "last": finite(last["value"]), "axes": [*axes, "time"], "last_id": last["id"]})
+                    "last": finite(last["value"]), "axes": [*axes, "time"], "last_id": last["id"],
+                    "system": is_system_metric(m["name"])})
     return out
 
 
@@ -159,8 +188,9 @@ def compare(reader: Any, ids: Sequence[int]) -> Optional[dict[str, Any]]:
         exp.pop("packages", None)
         runs.append(exp)
     rows = hyperparameter_grid(runs)  # a run that never set a parameter has no key for it
-    metrics = sorted({n for i in ids for n in reader.metric_names(i)})
-    return {"experiments": runs, "hyperparameters": rows, "metrics": metrics}
+    counts = queries.metric_counts(reader, ids)
+    metrics = sorted({n for per_run in counts.values() for n in per_run})
+    return {"experiments": runs, "hyperparameters": rows, "metrics": metrics, "default_metric": default_metric(counts)}
 
 
 def artifact_path(reader: Any, experiment_id: int, artifact_id: int) -> Optional[str]:

@@ -9,7 +9,8 @@ from .data import POINTS
 MAX_ID = 2**63 - 1  # sqlite3 cannot bind a larger id, and no row has one
 MAX_TAGS = 32  # each tag is one more condition in the query: SQLite caps an expression's depth
 MAX_COMPARED = 64
-MAX_TEXT = 1000  # a filter longer than this matches nothing anyone typed
+MAX_TEXT = 1000  # a name or tag filter longer than this matches nothing anyone typed
+MAX_FILTER = 4000  # a filter expression: room for a long `in (...)` list
 DEFAULT_POINTS = 2000
 
 
@@ -39,13 +40,13 @@ def points(text: Optional[str]) -> int:
     return min(POINTS, key=lambda p: (abs(p - wanted), -p))
 
 
-def ids(text: Optional[str]) -> list[Optional[int]]:
+def ids(text: Optional[str], most: int = MAX_COMPARED, verb: str = "compared") -> list[Optional[int]]:
     """Return the distinct ids of ``ids=1,2,...`` in order (None: one no run can have); malformed: BadRequest."""
     parts = [p.strip() for p in (text or "").split(",") if p.strip()]
     if not parts:
         raise BadRequest("ids=1,2,... is required")
-    if len(parts) > MAX_COMPARED:
-        raise BadRequest(f"at most {MAX_COMPARED} runs can be compared")
+    if len(parts) > most:
+        raise BadRequest(f"at most {most} runs can be {verb}")
     if not all(p.isascii() and p.isdigit() for p in parts):
         raise BadRequest("ids must be run ids: ids=1,2,...")
     return list(dict.fromkeys(row_id(p) for p in parts))
@@ -61,12 +62,21 @@ def tags(given: Sequence[str]) -> list[str]:
     return found
 
 
-def text(value: Optional[str], name: str) -> Optional[str]:
-    """Return a text filter (empty: None); longer than MAX_TEXT: BadRequest."""
+def text(value: Optional[str], name: str, most: int = MAX_TEXT) -> Optional[str]:
+    """Return a text filter (empty: None); longer than ``most``: BadRequest."""
     if not value:
         return None
-    if len(value) > MAX_TEXT:
-        raise BadRequest(f"{name} is longer than {MAX_TEXT} characters")
+    if len(value) > most:
+        raise BadRequest(f"{name} is longer than {most} characters")
     if "\x00" in value:
         raise BadRequest(f"{name} must not contain a NUL character")
+    return value
+
+
+def choice(value: Optional[str], name: str, allowed: Sequence[str]) -> str:
+    """Return ``value`` when it is one of ``allowed`` (empty: the first), else BadRequest."""
+    if not value:
+        return allowed[0]
+    if value not in allowed:
+        raise BadRequest(f"{name} must be one of {', '.join(allowed)}")
     return value

@@ -19,9 +19,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import storage
-from ..errors import ReadError
+from ..errors import InvalidValueError, ReadError
 from ..strictjson import json_safe
-from . import data, params
+from . import data, params, queries, sweep
 from .artifacts import ArtifactRoots
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -37,11 +37,10 @@ SECURITY_HEADERS = {
 }
 
 
-def plotly_js() -> str:
-    """Return the path of plotly.min.js inside the installed plotly package."""
-    import plotly
-
-    return os.path.join(os.path.dirname(plotly.__file__), "package_data", "plotly.min.js")
+# Plotly's "strict" bundle (npm: plotly.js-strict-dist-min 4.1.1, MIT, beside it with its LICENSE): the WebGL charts
+# (parcoords) of the plotly package's own plotly.min.js compile shader code with new Function(), which the
+# policy above refuses; the strict bundle carries that code precompiled. Same plotly.js version, otherwise alike.
+PLOTLY_JS = os.path.join(STATIC, "plotly-strict.min.js")
 
 
 class StrictJSON(JSONResponse):
@@ -58,6 +57,24 @@ def _error(status: int, message: str) -> StrictJSON:
 def _bad_request(request: Request, exc: Exception) -> Response:
     """The answer to a params.BadRequest raised by a route: a 400 with its message."""
     return _error(400, str(exc))
+
+
+def _bad_filter(exc: InvalidValueError) -> StrictJSON:
+    """A 400 for a filter or order the filter language refused: its message, where (``position``, 0-based, else
+    null) and in which (``what``: "filter" or "order_by")."""
+    position = getattr(exc, "position", None)
+    return StrictJSON({"error": str(exc), "position": position if isinstance(position, int) else None,
+                       "what": getattr(exc, "what", None)}, status_code=400)
+
+
+def _selection(request: Request) -> data.Selection:
+    """Return the runs a URL selects: filter=, order=, type=, status=, tag= (repeatable), q= (name contains)."""
+    q = request.query_params
+    experiment_type, status, name = (params.text(q.get(k), k) for k in ("type", "status", "q"))
+    expression, order = (params.text(q.get(k), k, params.MAX_FILTER) for k in ("filter", "order"))
+    return data.Selection(expression if expression and expression.strip() else None,
+                          order if order and order.strip() else None,
+                          experiment_type, status, params.tags(q.getlist("tag")), name)
 
 
 _CONTINUE = ('<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={0}">'
@@ -134,6 +151,8 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
                 reader.close()
         except ReadError as exc:
             return _error(503, storage.redact(exc))
+        except InvalidValueError as exc:  # the filter language's FilterError among them
+            return _bad_filter(exc)
         except storage.database_errors() as exc:
             return _error(503, storage.redact(engine.describe(exc, storage.display(db_path)) or exc))
 
@@ -141,10 +160,8 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
 
     def list_experiments(request: Request) -> Response:
-        q = request.query_params
-        experiment_type, status, name = (params.text(q.get(k), k) for k in ("type", "status", "q"))
-        tags = params.tags(q.getlist("tag"))
-        return read(lambda reader: StrictJSON(data.experiments(reader, experiment_type, status, tags, name)))
+        selection = _selection(request)
+        return read(lambda reader: StrictJSON(data.experiments(reader, selection)))
 
     def experiment(request: Request) -> Response:
         exp_id = params.row_id(request.path_params["experiment_id"])
@@ -185,6 +202,26 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
 
         return read(work)
 
+    def sweep_runs(request: Request) -> Response:
+        selection = _selection(request)
+        q = request.query_params
+        given = params.ids(q.get("ids"), sweep.MAX_SWEPT, "swept") if q.get("ids") else None
+        metric = params.text(q.get("metric"), "metric")
+        aggregate = params.choice(q.get("agg"), "agg", tuple(queries.AGGREGATES))
+
+        def work(reader: Any) -> Response:
+            runs = selection.runs(reader)
+            missing: list[Any] = []
+            if given is not None:
+                found = {e["id"] for e in runs}
+                runs = [e for e in runs if e["id"] in given]
+                missing = [i for i in given if i is not None and i not in found]
+            out = sweep.sweep(reader, runs, metric, aggregate)
+            out.update(total=len(runs), truncated=len(runs) > sweep.MAX_SWEPT, missing=missing)
+            return StrictJSON(out)
+
+        return read(work)
+
     def artifact(request: Request) -> Response:
         exp_id, art_id = (params.row_id(request.path_params[k]) for k in ("experiment_id", "artifact_id"))
         missing = _error(404, "no such artifact file for this experiment, or outside the served directories")
@@ -204,7 +241,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         return response
 
     def plotly(request: Request) -> Response:
-        return FileResponse(plotly_js(), media_type="text/javascript")
+        return FileResponse(PLOTLY_JS, media_type="text/javascript")
 
     def no_icon(request: Request) -> Response:
         # A browser asks for one on pages without <link rel="icon"> (an error page): no content, not a 404.
@@ -217,6 +254,7 @@ def create_app(db_path: str, token: Optional[str] = None, hosts: Optional[set[st
         Route("/api/experiments/{experiment_id}/metric", metric),
         Route("/api/experiments/{experiment_id}/artifacts/{artifact_id}", artifact),
         Route("/api/compare", compare),
+        Route("/api/sweep", sweep_runs),
         Route("/static/plotly.min.js", plotly),
         Route("/favicon.ico", no_icon),
         Mount("/static", StaticFiles(directory=STATIC)),

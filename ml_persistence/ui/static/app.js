@@ -206,9 +206,10 @@
   // ---------------------------------------------------------------- API
 
   class ApiError extends Error {
-    constructor(message, status) {
+    constructor(message, status, body) {
       super(message);
       this.status = status;
+      this.body = body || null;   // the error answer's JSON (a filter error's position is there)
     }
   }
 
@@ -224,7 +225,7 @@
     try { body = await resp.json(); } catch (e) { body = null; }
     if (!resp.ok) {
       const msg = body && typeof body.error === 'string' ? body.error : 'HTTP ' + resp.status + ' ' + resp.statusText;
-      throw new ApiError(msg, resp.status);
+      throw new ApiError(msg, resp.status, body);
     }
     if (body === null) throw new ApiError('The server sent an unreadable answer for ' + path + '.', resp.status);
     return body;
@@ -350,6 +351,8 @@
       runPage(ctx, id);
     } else if (path === '/compare' || path === '/compare/') {
       comparePage(ctx, params);
+    } else if (path === '/sweep' || path === '/sweep/') {
+      sweepPage(ctx, params);
     } else {
       setCrumbs({ text: 'Runs', href: '#/' }, { text: 'Not found' });
       document.title = 'Not found — ml_persistence';
@@ -380,6 +383,12 @@
       : el('span', { class: 'tag' }, t))));
   }
 
+  /** A model's aliases ("champion", "production") as badges; a row without the key (an older server) shows a dash. */
+  function aliasBadges(aliases) {
+    if (!Array.isArray(aliases) || !aliases.length) return el('span', { class: 'muted' }, '—');
+    return el('span', { class: 'alias-list' }, aliases.map((a) => el('span', { class: 'alias', title: 'Alias ' + a }, String(a))));
+  }
+
   function numCell(v, raw) {
     return el('td', { class: 'num', title: raw === undefined ? null : formatValue(raw) }, v);
   }
@@ -399,6 +408,11 @@
           ? el('th', null, h)
           : el('th', { class: h.num ? 'num' : null }, h.text))))),
         el('tbody', null, rows)));
+  }
+
+  /** A system metric (CPU, memory, GPU samples: `system/...`): drawn on the System panel against time. */
+  function isSystemMetric(m) {
+    return !!m && (m.system === true || String(m.name).startsWith('system/'));
   }
 
   function chooseDefaultAxis(metrics) {
@@ -514,6 +528,39 @@
 
   // ================================================================= RUNS PAGE
 
+  // What selects runs, in a page's URL and in the API's: a filter expression, its order, and the list's controls.
+  const SELECTION_KEYS = ['filter', 'order', 'type', 'status', 'tag', 'q'];
+
+  function readSelection(params) {
+    const out = {};
+    for (const k of SELECTION_KEYS) out[k] = params.get(k) || '';
+    return out;
+  }
+
+  /** 'k=v&...' for the selection's non-empty keys (the same in the page's hash and the API's query). */
+  function selectionQuery(selection) {
+    return SELECTION_KEYS.filter((k) => selection[k]).map((k) => k + '=' + encodeURIComponent(selection[k])).join('&');
+  }
+
+  /** A filter error from the API (400 with a position) shown in `box`; returns true when it was one. */
+  function showFilterError(box, e) {
+    const body = e && e.body;
+    if (!(e instanceof ApiError) || e.status !== 400 || !body || !('position' in body)) return false;
+    box.dataset.position = body.position === null || body.position === undefined ? '' : String(body.position);
+    box.dataset.what = body.what === 'order_by' ? 'order' : 'filter';
+    setChildren(box,
+      el('strong', null, body.what === 'order_by' ? 'The order could not be read:' : 'The filter could not be read:'),
+      el('pre', { class: 'filter-message' }, String(body.error || '')));
+    box.hidden = false;
+    return true;
+  }
+
+  function clearFilterError(box) {
+    box.hidden = true;
+    box.textContent = '';
+    delete box.dataset.position;
+  }
+
   const SORTERS = {
     id: (e) => toNumber(e.id),
     name: (e) => e.name,
@@ -546,9 +593,24 @@
     return String(a).localeCompare(String(b), undefined, { numeric: true, sensitivity: 'base' });
   }
 
+  /** A column of the values a filter or order names ("metrics.val_sharpe"): its sort key is 'v:' + that name. */
+  const VALUE_SORT = 'v:';
+
+  function sorterFor(key) {
+    if (typeof key === 'string' && key.startsWith(VALUE_SORT)) {
+      const name = key.slice(VALUE_SORT.length);
+      return (e) => {
+        const v = e.values && typeof e.values === 'object' ? e.values[name] : null;
+        const n = toNumber(v);
+        return n === null ? (v === null || v === undefined ? null : formatValue(v)) : n;
+      };
+    }
+    return SORTERS[key] || null;
+  }
+
   function sortRuns(runs, sort) {
-    if (!sort.key || !SORTERS[sort.key]) return runs.slice();
-    const get = SORTERS[sort.key];
+    const get = sorterFor(sort.key);
+    if (!get) return runs.slice();
     const sign = sort.dir === 'desc' ? -1 : 1;
     return runs.slice().sort((x, y) => {
       const a = get(x);
@@ -563,14 +625,9 @@
   function runsPage(ctx, params) {
     document.title = 'Runs — ml_persistence';
     setCrumbs({ text: 'Runs' });
-    const filters = {
-      type: params.get('type') || '',
-      status: params.get('status') || '',
-      tag: params.get('tag') || '',
-      q: params.get('q') || '',
-    };
+    const filters = readSelection(params);
     const sort = {
-      key: SORTERS[params.get('sort')] ? params.get('sort') : null,
+      key: sorterFor(params.get('sort')) ? params.get('sort') : null,
       dir: params.get('dir') === 'desc' ? 'desc' : 'asc',
     };
     const checked = new Set();   // run ids ticked for comparison (a fresh Runs page starts empty)
@@ -578,10 +635,13 @@
     let seq = 0;
     let refreshTimer = null;
     let searchTimer = null;
+    let filterFailed = false;   // the last answer was a filter error: the list shows why it is empty
+    let focusError = false;     // put the caret at the error's position once (after Apply, not on refreshes)
 
     function rememberInHash() {
       const parts = [];
-      for (const k of ['type', 'status', 'tag', 'q']) if (filters[k]) parts.push(k + '=' + encodeURIComponent(filters[k]));
+      const selected = selectionQuery(filters);
+      if (selected) parts.push(selected);
       if (sort.key) parts.push('sort=' + encodeURIComponent(sort.key), 'dir=' + sort.dir);
       const hash = '#/' + (parts.length ? '?' + parts.join('&') : '');
       if (location.hash !== hash && !(hash === '#/' && location.hash === '')) {
@@ -598,7 +658,7 @@
     const statusLabel = filterSelect('filter-status', 'status', 'Status');
     const tagLabel = filterSelect('filter-tag', 'tag', 'Tag');
     const search = el('input', {
-      id: 'search', type: 'search', placeholder: 'Filter by name…', value: filters.q, autocomplete: 'off',
+      id: 'search', type: 'search', placeholder: 'Name contains…', value: filters.q, autocomplete: 'off',
       'aria-label': 'Filter runs by name',
       oninput: (ev) => {
         ctx.clear(searchTimer);
@@ -609,6 +669,46 @@
         }, 200);
       },
     });
+    const filterInput = el('input', {
+      id: 'filter', type: 'text', class: 'filter-input', value: filters.filter, autocomplete: 'off', spellcheck: 'false',
+      placeholder: 'params.learning_rate < 1e-3 and metrics.val_sharpe > 1.5',
+      'aria-label': 'Filter expression', 'aria-describedby': 'filter-error',
+    });
+    const orderInput = el('input', {
+      id: 'order', type: 'text', class: 'order-input', value: filters.order, autocomplete: 'off', spellcheck: 'false',
+      placeholder: 'metrics.val_sharpe desc', 'aria-label': 'Order by',
+    });
+    const filterError = el('div', { id: 'filter-error', class: 'filter-error', role: 'alert', hidden: true });
+    const filterForm = el('form', {
+      id: 'filter-form', class: 'filter-bar', autocomplete: 'off',
+      onsubmit: (ev) => { ev.preventDefault(); applyFilter(filterInput.value, orderInput.value); },
+    },
+    el('label', { class: 'filter-label', for: 'filter' }, 'Filter'), filterInput,
+    el('label', { class: 'filter-label', for: 'order' }, 'Order by'), orderInput,
+    el('button', { type: 'submit', id: 'filter-apply', class: 'primary' }, 'Apply'),
+    el('button', { type: 'button', id: 'filter-clear', onclick: () => applyFilter('', '') }, 'Clear'));
+
+    function applyFilter(expression, order) {
+      filters.filter = expression.trim();
+      filters.order = order.trim();
+      filterInput.value = filters.filter;
+      orderInput.value = filters.order;
+      if (filters.order) sort.key = null;   // the order asked for, not a column's
+      focusError = true;
+      rememberInHash();
+      load();
+    }
+
+    const sweepButton = el('button', {
+      id: 'sweep-button', type: 'button',
+      title: 'Hyperparameters against a metric, for the ticked runs (or, with none ticked, every run listed)',
+      onclick: () => {
+        const ids = [...checked].sort((a, b) => a - b);
+        const query = ids.length >= 2 ? 'ids=' + ids.join(',') : selectionQuery(filters);
+        location.hash = '#/sweep' + (query ? '?' + query : '');
+      },
+    }, 'Sweep');
+
     const compareButton = el('button', {
       id: 'compare-button', type: 'button', class: 'primary', disabled: true,
       onclick: () => {
@@ -633,14 +733,39 @@
       onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); toggleSort(c.key); } },
     }, c.text, el('span', { class: 'sort-indicator', 'aria-hidden': 'true' })));
     const tbody = el('tbody');
-    const table = el('table', { id: 'runs-table', class: 'data runs' },
-      el('thead', null, el('tr', null, el('th', { class: 'col-check' }, selectAll), headerCells)),
-      tbody);
+    const headRow = el('tr', null, el('th', { class: 'col-check' }, selectAll), headerCells);
+    const table = el('table', { id: 'runs-table', class: 'data runs' }, el('thead', null, headRow), tbody);
+    let valueNames = [];   // the params./metrics. values the filter and order name, one column each
+    let valueCells = [];
+
+    function sortableHeader(key, text, num, extra) {
+      return el('th', Object.assign({
+        dataset: { sort: key }, class: ['sortable', num ? 'num' : null], tabindex: '0', scope: 'col',
+        onclick: () => toggleSort(key),
+        onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); toggleSort(key); } },
+      }, extra || {}), text, el('span', { class: 'sort-indicator', 'aria-hidden': 'true' }));
+    }
+
+    /** One column per value the filter or order names, after the fixed ones. */
+    function syncValueColumns(runs) {
+      const names = [];
+      for (const e of runs) {
+        for (const k of Object.keys(e.values && typeof e.values === 'object' ? e.values : {})) if (!names.includes(k)) names.push(k);
+      }
+      if (JSON.stringify(names) === JSON.stringify(valueNames)) return;
+      for (const th of valueCells) th.remove();
+      valueNames = names;
+      valueCells = names.map((n) => sortableHeader(VALUE_SORT + n, n, true, { title: 'From the filter or order: ' + n }));
+      for (const th of valueCells) headRow.appendChild(th);
+      if (sort.key && sort.key.startsWith(VALUE_SORT) && !names.includes(sort.key.slice(VALUE_SORT.length))) sort.key = null;
+    }
 
     setChildren(appEl(),
       el('div', { class: 'page-head' }, el('h1', null, 'Runs'), count),
+      filterForm,
+      filterError,
       el('div', { class: 'toolbar' }, search, typeLabel, statusLabel, tagLabel,
-        el('span', { class: 'spacer' }), compareButton),
+        el('span', { class: 'spacer' }), sweepButton, compareButton),
       el('div', { class: 'table-wrap' }, table));
 
     function toggleSort(key) {
@@ -664,7 +789,7 @@
     }
 
     function updateHeaders() {
-      for (const th of headerCells) {
+      for (const th of headerCells.concat(valueCells)) {
         const active = th.dataset.sort === sort.key;
         th.classList.toggle('sorted', active);
         th.setAttribute('aria-sort', active ? (sort.dir === 'asc' ? 'ascending' : 'descending') : 'none');
@@ -677,6 +802,7 @@
       compareButton.disabled = n < 2;
       compareButton.textContent = n ? 'Compare (' + n + ')' : 'Compare';
       compareButton.title = n < 2 ? 'Tick two or more runs to compare them' : '';
+      sweepButton.textContent = n >= 2 ? 'Sweep (' + n + ')' : 'Sweep';
     }
 
     function onTag(tag) {
@@ -686,6 +812,7 @@
     }
 
     function renderBody() {
+      syncValueColumns(data ? data.experiments : []);
       updateHeaders();
       const runs = sortRuns(data ? data.experiments : [], sort);
       const rows = runs.map((e) => {
@@ -714,16 +841,22 @@
           el('td', { class: 'nowrap', title: e.start_time || null }, fmtTime(e.start_time)),
           el('td', { class: ['num', 'nowrap', running ? 'live' : null] }, formatDuration(effectiveDuration(e))),
           numCell(fmtInt(e.num_checkpoints)),
-          numCell(fmtNum(best), best === null || best === undefined ? undefined : best));
+          numCell(fmtNum(best), best === null || best === undefined ? undefined : best),
+          valueNames.map((n) => {
+            const v = e.values && typeof e.values === 'object' ? e.values[n] : null;
+            return v === null || v === undefined ? el('td', { class: 'num missing' }, '—')
+              : toNumber(v) !== null ? numCell(fmtNum(v), v) : el('td', { class: 'value' }, formatValue(v));
+          }));
       });
       if (!rows.length) {
-        const filtered = filters.type || filters.status || filters.tag || filters.q;
-        rows.push(el('tr', { class: 'empty-row' }, el('td', { colspan: String(RUN_COLUMNS.length + 1) },
-          filtered ? 'No runs match these filters.' : 'No runs recorded yet.')));
+        const filtered = SELECTION_KEYS.some((k) => k !== 'order' && filters[k]);
+        rows.push(el('tr', { class: 'empty-row' }, el('td', { colspan: String(RUN_COLUMNS.length + valueNames.length + 1) },
+          filterFailed ? 'No runs listed: the filter above has an error.'
+            : filtered ? 'No runs match these filters.' : 'No runs recorded yet.')));
       }
       setChildren(tbody, ...rows);
       const total = data ? data.experiments.length : 0;
-      count.textContent = total === 1 ? '1 run' : total + ' runs';
+      count.textContent = filterFailed ? '' : total === 1 ? '1 run' : total + ' runs';
       updateCompareButton();
       syncSelectAll(runs);
     }
@@ -742,15 +875,16 @@
     async function load() {
       const mine = ++seq;
       ctx.clear(refreshTimer);
-      const parts = [];
-      if (filters.type) parts.push('type=' + encodeURIComponent(filters.type));
-      if (filters.status) parts.push('status=' + encodeURIComponent(filters.status));
-      if (filters.tag) parts.push('tag=' + encodeURIComponent(filters.tag));
-      if (filters.q) parts.push('q=' + encodeURIComponent(filters.q));
+      const query = selectionQuery(filters);
       try {
-        const res = await api('/api/experiments' + (parts.length ? '?' + parts.join('&') : ''), ctx.signal);
+        const res = await api('/api/experiments' + (query ? '?' + query : ''), ctx.signal);
         if (ctx.disposed || mine !== seq) return;
         clearError();
+        clearFilterError(filterError);
+        filterInput.removeAttribute('aria-invalid');
+        orderInput.removeAttribute('aria-invalid');
+        filterFailed = false;
+        focusError = false;
         data = { experiments: Array.isArray(res.experiments) ? res.experiments : [] };
         const visible = new Set(data.experiments.map((e) => Number(e.id)));
         for (const id of [...checked]) if (!visible.has(id)) checked.delete(id);
@@ -761,6 +895,23 @@
         markRendered('runs');
       } catch (e) {
         if (isAbort(e) || ctx.disposed || mine !== seq) return;
+        if (showFilterError(filterError, e)) {
+          clearError();
+          filterFailed = true;
+          const input = e.body.what === 'order_by' ? orderInput : filterInput;
+          input.setAttribute('aria-invalid', 'true');
+          const at = e.body.position;
+          if (focusError && typeof at === 'number') {
+            focusError = false;
+            input.focus();
+            input.setSelectionRange(Math.min(at, input.value.length), Math.min(at + 1, input.value.length));
+          }
+          data = null;
+          checked.clear();
+          renderBody();
+          markRendered('runs');
+          return;
+        }
         showError('Could not load the runs: ' + e.message);
         if (!data) renderBody();
         markRendered('runs');
@@ -803,7 +954,7 @@
 
     const state = {
       detail,
-      x: chooseDefaultAxis(detail.metrics),
+      x: chooseDefaultAxis((detail.metrics || []).filter((m) => !isSystemMetric(m))),
       userX: false,
       smoothing: 0,
       log: false,
@@ -822,13 +973,18 @@
     const facts = el('dl', { id: 'run-facts', class: 'facts' });
     const chartsDiv = el('div', { id: 'charts', class: 'charts' });
     const chartsEmpty = emptyNote('No metrics logged yet.');
+    const systemCharts = el('div', { id: 'system-charts', class: 'charts system-charts' });
+    const systemSection = el('section', { id: 'system', class: 'panel wide system-panel', hidden: true },
+      el('div', { class: 'panel-head' }, el('h2', null, 'System'),
+        el('span', { class: 'muted' }, 'CPU, memory, disk, network and GPU samples, against time')),
+      systemCharts);
     const redrawAll = perFrame(() => { drawAll(); markRendered('run'); });
 
     const controls = el('div', { class: 'toolbar chart-controls' },
       axisSelect(state.x, async (v) => {
         state.x = v;
         state.userX = true;
-        await loadSeries(metricList().map((m) => m.name), true);
+        await loadSeries(metricList().filter((m) => !isSystemMetric(m)).map((m) => m.name), true);
         if (!ctx.disposed) markRendered('run');
       }),
       smoothingControl(state.smoothing, (v) => { state.smoothing = v; redrawAll(); }),
@@ -851,6 +1007,7 @@
       el('div', { class: 'charts-head' }, el('h2', null, 'Charts'), controls),
       chartsEmpty,
       chartsDiv,
+      systemSection,
       el('div', { class: 'panels' },
         sections.hyperparameters, sections.repro, sections.metricsSummary, sections.datasets,
         sections.models, sections.artifacts, sections.notes, sections.metadata));
@@ -960,7 +1117,7 @@
         const ms = Array.isArray(d.models) ? d.models : [];
         if (!ms.length) return emptyNote('No checkpoints saved.');
         return simpleTable('models-table',
-          [{ text: '' }, { text: 'ID', num: true }, 'Name', 'Version', { text: 'Episode', num: true },
+          [{ text: '' }, { text: 'ID', num: true }, 'Name', 'Version', 'Aliases', { text: 'Episode', num: true },
             { text: 'Step', num: true }, { text: 'Train', num: true }, { text: 'Val', num: true },
             { text: 'Test', num: true }, 'Checkpoint', 'Saved'],
           ms.map((m) => {
@@ -968,6 +1125,7 @@
             return el('tr', { dataset: { id: m.id }, class: best ? 'best' : null },
               el('td', { class: 'star', title: best ? 'Best model' : null }, best ? '★' : ''),
               numCell(fmtInt(m.id)), el('td', null, textOrDash(m.name)), el('td', null, textOrDash(m.version)),
+              el('td', { class: 'aliases' }, aliasBadges(m.aliases)),
               numCell(fmtInt(m.episode_num)), numCell(fmtInt(m.global_step)),
               numCell(fmtNum(m.train_metric), m.train_metric), numCell(fmtNum(m.val_metric), m.val_metric),
               numCell(fmtNum(m.test_metric), m.test_metric),
@@ -1018,20 +1176,27 @@
     // ---- charts
     function ensureChartDivs() {
       const ms = metricList();
-      chartsEmpty.hidden = ms.length > 0;
+      const system = ms.filter(isSystemMetric);
+      chartsEmpty.hidden = ms.length > system.length;
+      systemSection.hidden = !system.length;
       for (const m of ms) {
         if (state.charts.has(m.name)) continue;
-        const div = el('div', { class: 'chart', dataset: { metric: m.name } });
+        const div = el('div', { class: ['chart', isSystemMetric(m) ? 'system-chart' : null], dataset: { metric: m.name } });
         state.charts.set(m.name, div);
-        chartsDiv.appendChild(div);
+        (isSystemMetric(m) ? systemCharts : chartsDiv).appendChild(div);
       }
+    }
+
+    /** The axis a chart is drawn against: system samples always against time. */
+    function chartAxis(metric) {
+      return isSystemMetric(metric) ? 'time' : axisFor(metric, state.x);
     }
 
     async function loadSeries(names, force) {
       const byName = new Map(metricList().map((m) => [m.name, m]));
       await pool(names, SERIES_CONCURRENCY, async (name) => {
         const metric = byName.get(name);
-        const axis = axisFor(metric, state.x);
+        const axis = chartAxis(metric);
         const sig = metric ? [metric.count, metric.last, metric.max, metric.min, axis].join('|') : axis;
         const have = state.series.get(name);
         if (!force && have && have.sig === sig && have.axis === axis) return;
@@ -1061,7 +1226,7 @@
       const layout = baseLayout(name, s.axis, state.log);
       const notes = [];
       if (s.error) notes.push('Could not load: ' + s.error);
-      if (s.axis !== state.x) notes.push('no ' + state.x + ' values; plotted against ' + s.axis);
+      if (s.axis !== state.x && !isSystemMetric({ name })) notes.push('no ' + state.x + ' values; plotted against ' + s.axis);
       if (s.downsampled) notes.push('downsampled from ' + s.total + ' points');
       if (!s.xs.length && !s.error) {
         layout.annotations = [{ text: 'no data', showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5,
@@ -1124,7 +1289,7 @@
       if (changed) renderSections();
       if (metricsChanged) {
         if (!state.userX) {
-          const x = chooseDefaultAxis(d.metrics);
+          const x = chooseDefaultAxis((d.metrics || []).filter((m) => !isSystemMetric(m)));
           if (x !== state.x) {
             state.x = x;
             const sel = document.getElementById('x-axis');
@@ -1191,8 +1356,11 @@
     const metrics = Array.isArray(data.metrics) ? data.metrics : [];
     const runLabel = (r) => '#' + r.id + ' ' + (isBlank(r.name) ? '(unnamed)' : String(r.name));
 
+    const asked = params.get('metric');
     const state = {
-      metric: metrics.length ? metrics[0] : null,
+      // The metric in the URL, else the server's default: the one with the most points all these runs share.
+      metric: metrics.includes(asked) ? asked : metrics.includes(data.default_metric) ? data.default_metric
+        : metrics.length ? metrics[0] : null,
       x: 'step',
       userX: false,
       smoothing: 0,
@@ -1222,6 +1390,8 @@
       id: 'compare-metric',
       onchange: async (ev) => {
         state.metric = ev.target.value;
+        const hash = '#/compare?ids=' + ids.map((i) => encodeURIComponent(i)).join(',') + '&metric=' + encodeURIComponent(state.metric);
+        history.replaceState(history.state, '', location.pathname + location.search + hash);
         if (!state.userX) {
           state.x = defaultAxisFor(state.metric);
           document.getElementById('x-axis').value = state.x;
@@ -1373,6 +1543,356 @@
     }
 
     await loadAndDraw();
+  }
+
+
+  // ================================================================= SWEEP PAGE
+
+  const AGGREGATES = ['last', 'min', 'max', 'first', 'mean'];
+  const SWEEP_COLORSCALE = 'Viridis';
+  const UNSET = '(unset)';
+
+  /** Distinct values, sorted as numbers when they all are, else as text. */
+  function distinctSorted(values) {
+    const seen = new Map();
+    for (const v of values) seen.set(typeof v === 'number' ? 'n' + v : 's' + formatValue(v), v);
+    return [...seen.values()].sort((a, b) => compareValues(typeof a === 'number' ? a : formatValue(a),
+      typeof b === 'number' ? b : formatValue(b)));
+  }
+
+  /**
+   * One hyperparameter as a chart axis over `runs`: numbers as they are (on log10 when all positive and spread over
+   * 1.5 decades or more), anything else a category. A run that never set it sits on an "(unset)" tick.
+   * Returns {name, kind, log, values (per run, plot units), tickvals, ticktext, text (per run, shown)}.
+   */
+  function parameterAxis(param, runs) {
+    const has = (r) => Object.prototype.hasOwnProperty.call(r.params || {}, param.name);
+    const raw = runs.map((r) => (has(r) ? r.params[param.name] : undefined));
+    const set = raw.filter((v) => v !== undefined);
+    const text = raw.map((v) => (v === undefined ? UNSET : formatValue(v)));
+    const axis = { name: param.name, kind: param.kind, log: false, text };
+    if (param.kind === 'numeric' && set.length) {
+      const lo = Math.min(...set);
+      const hi = Math.max(...set);
+      axis.log = lo > 0 && hi / lo >= Math.pow(10, 1.5);
+      const plot = (v) => (axis.log ? Math.log10(v) : v);
+      const distinct = distinctSorted(set);
+      let unsetAt = null;
+      if (set.length < raw.length) {
+        const span = (plot(hi) - plot(lo)) || 1;
+        unsetAt = plot(lo) - 0.15 * span;   // below every value, on a tick of its own
+      }
+      axis.values = raw.map((v) => (v === undefined ? unsetAt : plot(v)));
+      if (distinct.length <= 12 || axis.log) {
+        const ticks = distinct.length <= 12 ? distinct
+          : Array.from({ length: Math.floor(Math.log10(hi)) - Math.ceil(Math.log10(lo)) + 1 }, (_, i) => Math.pow(10, Math.ceil(Math.log10(lo)) + i));
+        axis.tickvals = ticks.map(plot);
+        axis.ticktext = ticks.map((v) => escapeForPlotly(fmtNum(v)));
+      }
+      if (unsetAt !== null) {
+        axis.tickvals = (axis.tickvals || []).concat([unsetAt]);
+        axis.ticktext = (axis.ticktext || []).concat([UNSET]);
+      }
+      axis.range = spanOf(axis.values);
+    } else {
+      axis.kind = 'categorical';
+      const categories = distinctSorted(set).map(formatValue);
+      if (set.length < raw.length) categories.push(UNSET);
+      const index = new Map(categories.map((c, i) => [c, i]));
+      axis.values = text.map((t) => index.get(t));
+      axis.tickvals = categories.map((_, i) => i);
+      axis.ticktext = categories.map((c) => escapeForPlotly(c.length > 24 ? c.slice(0, 23) + '…' : c));
+      axis.range = [0, Math.max(categories.length - 1, 1)];
+    }
+    return axis;
+  }
+
+  /** [min, max] of finite numbers, or undefined (Plotly's own) when there are none or they are all equal. */
+  function spanOf(values) {
+    const finite = values.filter((v) => typeof v === 'number' && Number.isFinite(v));
+    if (!finite.length) return undefined;
+    const lo = Math.min(...finite);
+    const hi = Math.max(...finite);
+    return lo < hi ? [lo, hi] : undefined;
+  }
+
+  async function sweepPage(ctx, params) {
+    setCrumbs({ text: 'Runs', href: '#/' }, { text: 'Sweep' });
+    document.title = 'Sweep — ml_persistence';
+    const selection = readSelection(params);
+    const seen = new Set();
+    const ids = (params.get('ids') || '').split(',').map((x) => x.trim())
+      .filter((x) => /^\d+$/.test(x) && !seen.has(x) && seen.add(x));
+    const state = {
+      metric: params.get('metric') || '',
+      agg: AGGREGATES.includes(params.get('agg')) ? params.get('agg') : 'last',
+      x: params.get('x') || '',
+      dir: params.get('dir') === 'asc' ? 'asc' : 'desc',
+    };
+    let data = null;
+    let seq = 0;
+
+    function selectionPart() {
+      return ids.length ? 'ids=' + ids.join(',') : selectionQuery(selection);
+    }
+
+    function rememberInHash() {
+      const parts = [selectionPart()];
+      if (state.metric) parts.push('metric=' + encodeURIComponent(state.metric));
+      if (state.agg !== 'last') parts.push('agg=' + state.agg);
+      if (state.x) parts.push('x=' + encodeURIComponent(state.x));
+      if (state.dir !== 'desc') parts.push('dir=' + state.dir);
+      const hash = '#/sweep?' + parts.filter(Boolean).join('&');
+      if (location.hash !== hash) history.replaceState(history.state, '', location.pathname + location.search + hash);
+    }
+
+    // ---- skeleton
+    const what = ids.length ? 'runs ' + ids.map((i) => '#' + i).join(', ')
+      : selection.filter ? 'runs matching ' + selection.filter : 'every run listed';
+    const backQuery = ids.length ? '' : selectionQuery(selection);
+    const metricSelect = el('select', {
+      id: 'sweep-metric',
+      onchange: (ev) => { state.metric = ev.target.value; rememberInHash(); load(); },
+    });
+    const aggSelect = el('select', {
+      id: 'sweep-agg',
+      onchange: (ev) => { state.agg = ev.target.value; rememberInHash(); load(); },
+    }, AGGREGATES.map((a) => el('option', { value: a, selected: a === state.agg }, a)));
+    const xSelect = el('select', {
+      id: 'sweep-x',
+      onchange: (ev) => { state.x = ev.target.value; rememberInHash(); drawScatter(); markRendered('sweep'); },
+    });
+    const summary = el('p', { id: 'sweep-summary', class: 'muted' });
+    const filterError = el('div', { id: 'filter-error', class: 'filter-error', role: 'alert', hidden: true });
+    const parcoordsDiv = el('div', { id: 'sweep-parcoords', class: 'sweep-chart parcoords-chart' });
+    const scatterDiv = el('div', { id: 'sweep-scatter', class: 'sweep-chart scatter-chart' });
+    const chartNote = el('p', { id: 'sweep-note', class: 'chart-caption muted', hidden: true });
+    const tableWrap = el('div', { class: 'table-wrap' });
+
+    setChildren(appEl(),
+      el('div', { class: 'page-head' }, el('h1', null, 'Sweep'),
+        el('span', { class: 'muted sweep-what', title: what }, what),
+        el('a', { id: 'sweep-edit', href: '#/' + (backQuery ? '?' + backQuery : '') }, 'change the selection')),
+      filterError,
+      el('div', { class: 'toolbar chart-controls' },
+        el('label', { class: 'control' }, 'metric ', metricSelect),
+        el('label', { class: 'control' }, 'aggregate ', aggSelect),
+        el('label', { class: 'control' }, 'scatter x ', xSelect)),
+      summary,
+      el('section', { class: 'panel wide' }, el('h2', null, 'Hyperparameters against the metric'), parcoordsDiv),
+      chartNote,
+      el('div', { class: 'sweep-lower' },
+        el('section', { class: 'panel' }, el('h2', null, 'One hyperparameter'), scatterDiv),
+        el('section', { class: 'panel sweep-table-panel' }, el('h2', null, 'Runs'), tableWrap)));
+
+    function metricLabel() {
+      return (data && data.metric ? data.metric : 'metric') + ' (' + state.agg + ')';
+    }
+
+    function valueOf(r) {
+      const v = toNumber(r.value);
+      return v === null || Number.isNaN(v) ? null : v;
+    }
+
+    /** The runs with a value (drawn), and the axes: the parameters that differ (all of them when none does). */
+    function chartData() {
+      const runs = data.runs.filter((r) => { const v = valueOf(r); return v !== null && Number.isFinite(v); });
+      const differing = data.parameters.filter((p) => p.differs);
+      const params = differing.length ? differing : data.parameters;
+      return { runs, params };
+    }
+
+    function drawParcoords() {
+      if (!window.Plotly) { plotlyMissing(parcoordsDiv); return Promise.resolve(); }
+      const { runs, params } = chartData();
+      const dims = params.map((p) => {
+        const axis = parameterAxis(p, runs);
+        const dim = { label: escapeForPlotly(p.name + (axis.log ? ' (log)' : '')), values: axis.values, range: axis.range };
+        if (axis.tickvals) { dim.tickvals = axis.tickvals; dim.ticktext = axis.ticktext; }
+        return dim;
+      });
+      const values = runs.map(valueOf);
+      dims.push({ label: escapeForPlotly(metricLabel()), values, range: spanOf(values) });
+      parcoordsDiv.dataset.lines = String(runs.length);
+      parcoordsDiv.dataset.axes = JSON.stringify(params.map((p) => p.name));
+      const trace = {
+        type: 'parcoords',
+        line: { color: values, colorscale: SWEEP_COLORSCALE, showscale: true, colorbar: { thickness: 12, x: 1.06, xpad: 0 } },
+        dimensions: dims,
+        labelfont: { size: 12, color: '#1f2937' },
+        tickfont: { size: 10 },
+        rangefont: { size: 9, color: '#9ca3af' },
+        labelangle: 0,
+      };
+      const layout = { autosize: true, margin: { l: 70, r: 110, t: 56, b: 24 }, font: { family: FONT, size: 11, color: '#374151' },
+        paper_bgcolor: '#ffffff', plot_bgcolor: '#ffffff' };
+      if (!runs.length) {
+        layout.annotations = [{ text: 'no run has a value of this metric', showarrow: false, xref: 'paper', yref: 'paper',
+          x: 0.5, y: 0.5, font: { color: '#9ca3af', size: 13 } }];
+      }
+      return Promise.resolve(window.Plotly.react(parcoordsDiv, runs.length ? [trace] : [], layout,
+        Object.assign({}, PLOTLY_CONFIG, { displayModeBar: false })));
+    }
+
+    function drawScatter() {
+      if (!window.Plotly) { plotlyMissing(scatterDiv); return Promise.resolve(); }
+      const { runs, params } = chartData();
+      const param = data.parameters.find((p) => p.name === state.x) || params[0] || null;
+      scatterDiv.dataset.param = param ? param.name : '';
+      const layout = baseLayout('', 'step', false);
+      layout.title = { text: param ? escapeForPlotly(metricLabel() + ' against ' + param.name) : '', x: 0.01, xanchor: 'left',
+        font: { size: 13, color: '#1f2937' } };
+      layout.margin = { l: 62, r: 18, t: 38, b: 46 };
+      layout.yaxis.title = { text: escapeForPlotly(metricLabel()) };
+      if (!param) {
+        layout.xaxis.title = { text: '' };
+        layout.annotations = [{ text: 'no hyperparameters recorded', showarrow: false, xref: 'paper', yref: 'paper',
+          x: 0.5, y: 0.5, font: { color: '#9ca3af', size: 13 } }];
+        return Promise.resolve(window.Plotly.react(scatterDiv, [], layout, PLOTLY_CONFIG));
+      }
+      const axis = parameterAxis(param, runs);
+      const numeric = axis.kind === 'numeric';
+      const xs = runs.map((r, i) => (numeric ? (axis.text[i] === UNSET ? null : r.params[param.name]) : axis.text[i]));
+      const shown = runs.map((_, i) => i).filter((i) => xs[i] !== null);
+      layout.xaxis = Object.assign(layout.xaxis, {
+        title: { text: escapeForPlotly(param.name), standoff: 6 },
+        type: numeric ? (axis.log ? 'log' : 'linear') : 'category',
+        categoryorder: numeric ? undefined : 'category ascending',
+      });
+      layout.hovermode = 'closest';
+      const values = shown.map((i) => valueOf(runs[i]));
+      const trace = {
+        type: 'scatter', mode: 'markers',
+        x: shown.map((i) => (numeric ? xs[i] : escapeForPlotly(xs[i]))),
+        y: values,
+        customdata: shown.map((i) => runs[i].id),
+        text: shown.map((i) => escapeForPlotly('#' + runs[i].id + ' ' + (isBlank(runs[i].name) ? '(unnamed)' : runs[i].name))),
+        hovertemplate: '%{text}<br>' + escapeForPlotly(param.name) + ' = %{x}<br>' + escapeForPlotly(metricLabel())
+          + ' = %{y}<extra></extra>',
+        marker: { size: 10, color: values, colorscale: SWEEP_COLORSCALE, line: { color: '#ffffff', width: 1 } },
+      };
+      scatterDiv.dataset.points = String(shown.length);
+      const done = window.Plotly.react(scatterDiv, [trace], layout, PLOTLY_CONFIG);
+      return Promise.resolve(done).then(() => {
+        if (!scatterDiv.dataset.clicks) {
+          scatterDiv.dataset.clicks = 'on';
+          scatterDiv.on('plotly_click', (ev) => {
+            const id = ev && ev.points && ev.points[0] ? ev.points[0].customdata : null;
+            if (id !== null && id !== undefined) location.hash = '#/run/' + encodeURIComponent(id);
+          });
+        }
+      });
+    }
+
+    function renderTable() {
+      const params = chartData().params;
+      const sign = state.dir === 'asc' ? 1 : -1;
+      const rows = data.runs.slice().sort((a, b) => {
+        const x = valueOf(a);
+        const y = valueOf(b);
+        if (x === null || y === null) return x === null && y === null ? a.id - b.id : x === null ? 1 : -1;   // missing last
+        return sign * (x < y ? -1 : x > y ? 1 : 0) || a.id - b.id;
+      });
+      const arrow = state.dir === 'asc' ? '▲' : '▼';
+      const valueHeader = el('th', {
+        class: ['num', 'sortable', 'sorted'], tabindex: '0', scope: 'col', id: 'sweep-sort',
+        'aria-sort': state.dir === 'asc' ? 'ascending' : 'descending',
+        title: 'Sorted by the metric; runs without a value last',
+        onclick: flip,
+        onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); flip(); } },
+      }, metricLabel(), el('span', { class: 'sort-indicator', 'aria-hidden': 'true' }, arrow));
+      setChildren(tableWrap, el('table', { id: 'sweep-table', class: 'data sweep' },
+        el('thead', null, el('tr', null,
+          el('th', { class: 'num', scope: 'col' }, '#'),
+          el('th', { scope: 'col' }, 'Run'),
+          el('th', { scope: 'col' }, 'Status'),
+          params.map((p) => el('th', { scope: 'col', dataset: { param: p.name } }, p.name)),
+          valueHeader,
+          el('th', { class: 'num', scope: 'col', title: 'Rows of this metric' }, 'Points'))),
+        el('tbody', null, rows.length ? rows.map((r, i) => el('tr', { dataset: { id: r.id } },
+          numCell(String(i + 1)),
+          el('td', { class: 'name' }, el('a', { class: 'run-link', href: '#/run/' + encodeURIComponent(r.id) },
+            '#' + r.id + ' ' + (isBlank(r.name) ? '(unnamed)' : String(r.name)))),
+          el('td', null, statusBadge(r.status)),
+          params.map((p) => (Object.prototype.hasOwnProperty.call(r.params || {}, p.name)
+            ? el('td', { class: 'value' }, formatValue(r.params[p.name]))
+            : el('td', { class: 'value missing', title: 'Not set in this run' }, '—'))),
+          numCell(fmtNum(r.value), r.value),
+          numCell(fmtInt(r.count)))) : el('tr', { class: 'empty-row' },
+          el('td', { colspan: String(params.length + 5) }, 'No runs selected.')))));
+    }
+
+    function flip() {
+      state.dir = state.dir === 'asc' ? 'desc' : 'asc';
+      rememberInHash();
+      renderTable();
+      markRendered('sweep');
+    }
+
+    function renderControls() {
+      const total = data.runs.length;
+      setChildren(metricSelect, data.metrics.map((m) => el('option', { value: m.name, selected: m.name === data.metric },
+        m.name + (m.runs < total ? ' (' + m.runs + ' of ' + total + ' runs)' : ''))));
+      metricSelect.disabled = !data.metrics.length;
+      if (data.metric && !data.metrics.some((m) => m.name === data.metric)) {
+        metricSelect.appendChild(el('option', { value: data.metric, selected: true }, data.metric + ' (no run has it)'));
+      }
+      const params = chartData().params;
+      const others = data.parameters.filter((p) => !params.includes(p));
+      setChildren(xSelect, params.concat(others).map((p) => el('option', { value: p.name }, p.name)));
+      // The server suggests the hyperparameter that goes most with the metric.
+      if (!data.parameters.some((p) => p.name === state.x)) state.x = data.suggested || (params.length ? params[0].name : '');
+      xSelect.value = state.x;
+      xSelect.disabled = !data.parameters.length;
+    }
+
+    function describe() {
+      const total = data.runs.length;
+      const parts = [total === 1 ? '1 run' : total + ' runs'];
+      if (data.metric) parts.push(data.with_value + ' with ' + metricLabel());
+      if (data.truncated) parts.push('only the first ' + total + ' of ' + data.total + ' are shown');
+      summary.textContent = parts.join(' · ');
+      const notes = [];
+      const drawn = chartData().runs.length;
+      if (data.metric && drawn < total) notes.push((total - drawn) + ' of the runs have no finite ' + metricLabel() + ' and are not drawn');
+      if (Array.isArray(data.missing) && data.missing.length) notes.push('not found: ' + data.missing.map((i) => '#' + i).join(', '));
+      chartNote.textContent = notes.join(' · ');
+      chartNote.hidden = !notes.length;
+    }
+
+    async function load() {
+      const mine = ++seq;
+      const parts = [selectionPart(), 'agg=' + state.agg];
+      if (state.metric) parts.push('metric=' + encodeURIComponent(state.metric));
+      try {
+        const res = await api('/api/sweep?' + parts.filter(Boolean).join('&'), ctx.signal);
+        if (ctx.disposed || mine !== seq) return;
+        data = {
+          metric: res.metric, runs: Array.isArray(res.runs) ? res.runs : [],
+          parameters: Array.isArray(res.parameters) ? res.parameters : [],
+          metrics: Array.isArray(res.metrics) ? res.metrics : [], with_value: res.with_value || 0,
+          suggested: typeof res.suggested === 'string' ? res.suggested : null,
+          total: res.total, truncated: !!res.truncated, missing: res.missing,
+        };
+        clearError();
+        clearFilterError(filterError);
+        if (!state.metric && data.metric) state.metric = data.metric;
+        rememberInHash();
+        renderControls();
+        describe();
+        renderTable();
+        await Promise.all([drawParcoords(), drawScatter()]);
+        if (ctx.disposed || mine !== seq) return;
+        markRendered('sweep');
+      } catch (e) {
+        if (isAbort(e) || ctx.disposed || mine !== seq) return;
+        if (!showFilterError(filterError, e)) showError('Could not load the sweep: ' + e.message);
+        setChildren(tableWrap, emptyNote('No runs to show.'));
+        markRendered('sweep');
+      }
+    }
+
+    await load();
   }
 
   // ---------------------------------------------------------------- start
