@@ -1,4 +1,4 @@
-"""The filter language: find experiments by ``params.lr < 1e-3 and metrics.val_sharpe > 1.5 and (tags.ppo or status = "running")``.
+"""The filter language: ``params.lr < 1e-3 and metrics.val_sharpe > 1.5 and (tags.ppo or status = "running")``.
 
 One parser for the Python API, the CLI and the UI. ``parse``/``parse_order`` check a filter without a
 database; ``search`` runs one through a Reader (SQLite or PostgreSQL), compiled to SQL whose only

@@ -1,6 +1,6 @@
 """Turn parsed conditions and order keys into SQL over ``experiments e``: whitelisted names, bound values.
 
-Engine differences come from the Reader's dialect hooks (``_real``, ``_mean``, ``_like``,
+Engine differences come from the Reader's dialect hooks (``_real``, ``_text``, ``_mean``, ``_like``,
 ``_like_param``, ``_has_tag``, ``_in_list``, ``_list_param``). Every condition is true or false,
 never unknown: a comparison with a missing value is false, so ``not`` is a plain negation.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from ..sqlite.reads import FIGURES
-from .columns import COLUMNS
+from .columns import COLUMNS, TEXT
 from .nodes import And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey, Param, Ref
 
 _SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
@@ -74,7 +74,7 @@ class Compiler:
             return Sql("e.status")
         if name in FIGURES:
             return Sql(FIGURES[name])
-        return Sql(f"e.{name}")
+        return Sql(self.reader._text(f"e.{name}") if COLUMNS[name] == TEXT else f"e.{name}")
 
     def status(self) -> Sql:
         """The effective status: derived ones (crashed, stale) by id, else the stored one."""
@@ -107,7 +107,8 @@ class Compiler:
         return Sql(
             f"(SELECT CASE fh.param_type WHEN 'int' THEN {real('fh.param_value', 'int')} "
             f"WHEN 'float' THEN {real('fh.param_value', 'float')} "
-            f"WHEN 'bool' THEN (CASE fh.param_value WHEN 'True' THEN 1.0 WHEN 'False' THEN 0.0 END) END {_PARAM_SCOPE})",
+            "WHEN 'bool' THEN (CASE fh.param_value WHEN 'True' THEN 1.0 WHEN 'False' THEN 0.0 END) END "
+            f"{_PARAM_SCOPE})",
             (ref.name,),
         )
 
@@ -119,9 +120,11 @@ class Compiler:
         )
 
     def param_present(self, ref: Param) -> Sql:
-        """1 when the parameter's last logged value is not None, else 0."""
+        """1 when the parameter's last logged value is neither None nor NaN, else 0."""
         return Sql(
-            f"COALESCE((SELECT CASE fh.param_type WHEN 'NoneType' THEN 0 ELSE 1 END {_PARAM_SCOPE}), 0)", (ref.name,)
+            "COALESCE((SELECT CASE WHEN fh.param_type = 'NoneType' OR "
+            f"(fh.param_type = 'float' AND fh.param_value = 'nan') THEN 0 ELSE 1 END {_PARAM_SCOPE}), 0)",
+            (ref.name,),
         )
 
     def value(self, ref: Ref) -> Sql:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import msgspec
 
@@ -41,54 +41,61 @@ def name_char(ch: str) -> bool:
     return ch.isalnum() or ch in "_/-"
 
 
-def tokenize(text: str, what: str = "filter") -> list[Token]:
-    """Return the tokens of ``text``, ending with an 'end' token; raise FilterError where it cannot be read."""
-    _check_text(text, what)
-    tokens: list[Token] = []
+def scan(text: str, what: str = "filter") -> Iterator[Token]:
+    """Yield the tokens of ``text``, then 'end' tokens for ever; raise FilterError where it cannot be read.
+
+    Lazily, so that a parser reports the first mistake in the text, whether of grammar or of spelling.
+    """
+    if len(text) > MAX_LENGTH:
+        raise FilterError(f"too long (more than {MAX_LENGTH} characters)", text, MAX_LENGTH, what)
     i, n = 0, len(text)
     while True:
         while i < n and text[i].isspace():
             i += 1
         if i >= n:
-            tokens.append(Token("end", None, n, n))
-            return tokens
+            while True:
+                yield Token("end", None, n, n)
         ch = text[i]
         if ch in "(),":
-            tokens.append(Token(ch, ch, i, i + 1))
+            yield Token(ch, ch, i, i + 1)
             i += 1
         elif ch in "=!<>":
             two = text[i:i + 2]
             op = two if two in COMPARATORS else ch
             if op not in COMPARATORS:
                 raise FilterError("'!' must be followed by '=' (write 'not' to negate)", text, i, what)
-            tokens.append(Token("op", COMPARATORS[op], i, i + len(op)))
+            yield Token("op", COMPARATORS[op], i, i + len(op))
             i += len(op)
         elif ch in "'\"":
             value, end = _string(text, i, what)
-            tokens.append(Token("string", value, i, end))
+            yield _storable(text, Token("string", value, i, end), what)
             i = end
         elif ch.isdigit() or (ch in ".-+" and (_NUMBER.match(text, i) or _SIGNED_INF.match(text, i))):
             value, end = _number(text, i, what)
-            tokens.append(Token("number", value, i, end))
+            yield Token("number", value, i, end)
             i = end
         elif ch == "`" or ch.isalpha() or ch == "_":
             segments, end = _name(text, i, what)
-            tokens.append(Token("name", tuple(segments), i, end))
+            yield _storable(text, Token("name", tuple(segments), i, end), what)
             i = end
         else:
+            _storable(text, Token("?", ch, i, i + 1), what)
             raise FilterError(f"unexpected character {ch!r}", text, i, what)
 
 
-def _check_text(text: str, what: str) -> None:
-    if len(text) > MAX_LENGTH:
-        raise FilterError(f"too long (more than {MAX_LENGTH} characters)", text, MAX_LENGTH, what)
-    if "\x00" in text:
-        raise FilterError("a NUL character cannot be matched by any database", text, text.index("\x00"), what)
-    if not text.isascii():
+def _storable(text: str, token: Token, what: str) -> Token:
+    """Return ``token``, or raise at a character in it that no database can take."""
+    part = text[token.start:token.end]
+    if "\x00" in part:
+        position = token.start + part.index("\x00")
+        raise FilterError("a NUL character cannot be matched by any database", text, position, what)
+    if not part.isascii():
         try:
-            text.encode("utf-8")
+            part.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise FilterError("a lone surrogate is not text UTF-8 can hold", text, exc.start, what) from None
+            position = token.start + exc.start
+            raise FilterError("a lone surrogate is not text UTF-8 can hold", text, position, what) from None
+    return token
 
 
 def _string(text: str, start: int, what: str) -> tuple[str, int]:

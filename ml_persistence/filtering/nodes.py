@@ -87,6 +87,7 @@ class Or(msgspec.Struct, frozen=True):
 
 
 Node = Union[Compare, Like, In, IsNull, HasTag, Not, And, Or]
+NODES = (Compare, Like, In, IsNull, HasTag, Not, And, Or)
 
 
 class OrderKey(msgspec.Struct, frozen=True):

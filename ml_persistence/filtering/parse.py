@@ -22,8 +22,9 @@ from typing import Any, Iterable, Optional, Union
 from ..errors import InvalidTypeError, InvalidValueError
 from .columns import COLUMNS, NUMBER, TEXT
 from .errors import FilterError
-from .lexer import Token, keyword, shown, tokenize
-from .nodes import AGGREGATES, And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey, Param, Ref, Tag
+from .lexer import Token, keyword, scan, shown
+from .nodes import (AGGREGATES, And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey,
+                    Param, Ref, Tag)
 
 MAX_DEPTH = 50  # nested parentheses and 'not's
 MAX_CONDITIONS = 200  # conditions in one filter: each is a subquery per run
@@ -42,7 +43,8 @@ class _Parser:
     def __init__(self, text: str, what: str) -> None:
         self.text = text
         self.what = what
-        self.tokens = tokenize(text, what)
+        self.scanner = scan(text, what)
+        self.tokens: list[Token] = []
         self.i = 0
         self.depth = 0
         self.conditions = 0
@@ -50,12 +52,17 @@ class _Parser:
 
     # -- tokens --------------------------------------------------------------------------------
 
+    def peek(self, ahead: int = 0) -> Token:
+        while len(self.tokens) <= self.i + ahead:
+            self.tokens.append(next(self.scanner))
+        return self.tokens[self.i + ahead]
+
     @property
     def token(self) -> Token:
-        return self.tokens[self.i]
+        return self.peek()
 
     def advance(self) -> Token:
-        token = self.tokens[self.i]
+        token = self.peek()
         self.i += 1
         return token
 
@@ -131,7 +138,7 @@ class _Parser:
                                 "it takes no comparator (write 'not " + written + "' for runs without it)")
             return HasTag(ref)
         negated = False
-        if self.at("not") and keyword(self.tokens[self.i + 1]) in ("like", "in"):
+        if self.at("not") and keyword(self.peek(1)) in ("like", "in"):
             self.advance()
             negated = True
         if self.at("is"):
@@ -164,17 +171,20 @@ class _Parser:
         if self.token.kind != "(":
             raise self.fail(f"expected '(' after 'in', found {self.described(self.token)}")
         self.advance()
-        values = [self.value(ref, written, "in the 'in' list")]
+        values = [self.listed(ref, written, "in the 'in' list")]
         while self.token.kind == ",":
             self.advance()
-            values.append(self.value(ref, written, "after ','"))
+            values.append(self.listed(ref, written, "after ','"))
         if self.token.kind != ")":
             raise self.fail(f"expected ',' or ')' in the 'in' list, found {self.described(self.token)}")
         self.advance()
-        self.values += len(values)
+        return tuple(values)
+
+    def listed(self, ref: Ref, written: str, where: str) -> Union[str, int, float, bool]:
+        self.values += 1
         if self.values > MAX_VALUES:
             raise self.fail(f"too many values in 'in' lists (at most {MAX_VALUES})")
-        return tuple(values)
+        return self.value(ref, written, where)
 
     def value(self, ref: Ref, written: str, where: str) -> Union[str, int, float, bool]:
         token = self.token

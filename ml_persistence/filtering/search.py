@@ -7,7 +7,7 @@ from typing import Any, Iterable, Optional, Union
 from .. import liveness
 from ..validate import decode_hyperparameter
 from .compile import Compiler
-from .nodes import Column, Metric, Param, key_text, refs
+from .nodes import NODES, Column, Metric, Node, Param, key_text, refs
 from .parse import check_limit, parse, parse_order
 
 
@@ -18,7 +18,7 @@ def live_statuses(reader: Any) -> dict[int, str]:
 
 def search(
     reader: Any,
-    filter: Optional[str] = None,
+    filter: Union[str, Node, None] = None,
     order_by: Union[str, Iterable[str], None] = None,
     limit: Optional[int] = None,
 ) -> list[dict[str, Any]]:
@@ -27,8 +27,9 @@ def search(
     Each row is as liveness.list_experiments gives it (effective ``status``, ``stored_status``), plus
     ``values``: {name: value} for each params./metrics. name the filter or order_by uses, spelled
     canonically (e.g. "metrics.val_sharpe.max"); None where the run has none (or the value is NaN).
+    ``filter`` may also be a condition parse() returned.
     """
-    node = parse(filter)
+    node = filter if isinstance(filter, NODES) else parse(filter)
     keys = parse_order(order_by)
     limit = check_limit(limit)
     used = refs(node) + [k.ref for k in keys]

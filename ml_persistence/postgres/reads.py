@@ -145,6 +145,9 @@ class _Primitives(SqliteReader):
             f"THEN NULLIF(CAST({column} AS double precision), 'NaN') END"
         )
 
+    def _text(self, column: str) -> str:
+        return column
+
     def _mean(self, column: str) -> str:
         # In numeric: a float8 sum raises where it would overflow; NaN (inf + -inf) is no number.
         return f"NULLIF(AVG({column}::numeric)::double precision, 'NaN')"

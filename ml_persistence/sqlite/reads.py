@@ -189,7 +189,13 @@ class Reader(Views, Exports, Maintenance):
         if kind == "int":  # beyond a float's range: no number (PostgreSQL would raise)
             return f"CASE WHEN length(ltrim({column}, '-')) <= 308 THEN CAST({column} AS REAL) END"
         # repr() spells the special floats inf, -inf and nan, which CAST reads as 0.0.
-        return f"CASE {column} WHEN 'inf' THEN 9e999 WHEN '-inf' THEN -9e999 WHEN 'nan' THEN NULL ELSE CAST({column} AS REAL) END"
+        return (f"CASE {column} WHEN 'inf' THEN 9e999 WHEN '-inf' THEN -9e999 WHEN 'nan' THEN NULL "
+                f"ELSE CAST({column} AS REAL) END")
+
+    def _text(self, column: str) -> str:
+        """SQL for a text column compared as text (a unary + drops a TIMESTAMP column's numeric affinity,
+        which would turn a bound '2024' into a number that sorts before every text)."""
+        return f"+{column}"
 
     def _mean(self, column: str) -> str:
         """SQL for the mean of a metric's values (NULLs, i.e. NaNs, skipped)."""
@@ -252,7 +258,7 @@ class Reader(Views, Exports, Maintenance):
     def search_experiments(
         self, filter: Optional[str] = None, order_by: Any = None, limit: Optional[int] = None
     ) -> list[dict[str, Any]]:
-        """Return experiments matching a filter-language ``filter``, ordered by ``order_by`` (ml_persistence.filtering)."""
+        """Return experiments matching ``filter`` in ``order_by`` order (the filter language: ml_persistence.filtering)."""
         from ..filtering import search
 
         return search(self, filter, order_by, limit)
