@@ -14,7 +14,7 @@ import atexit
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ClosedError
 from ..events import MetricsLogged, encode
@@ -42,6 +42,7 @@ class SystemSampler:
         self._lock = threading.Lock()  # held around "still sampling? then append": after stop(), nothing is
         self._stopped = False
         self._wake = threading.Event()
+        self._opened = threading.Event()  # set once the probes are open (or failed to)
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     def __repr__(self) -> str:
@@ -58,6 +59,7 @@ class SystemSampler:
         try:
             sampler._thread.start()
         except RuntimeError:  # the interpreter is shutting down and starts no threads
+            sampler._opened.set()
             sampler.stop()
         return sampler
 
@@ -65,6 +67,10 @@ class SystemSampler:
     def alive(self) -> bool:
         """True while the sampler thread runs."""
         return self._thread.is_alive()
+
+    def wait_opened(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the thread has opened its probes (psutil, NVML); False if ``timeout`` passed first."""
+        return self._opened.wait(timeout)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop sampling: nothing is appended once this returns; wait up to ``timeout`` s for the thread to end."""
@@ -80,6 +86,7 @@ class SystemSampler:
         probes: list[Any] = []
         try:
             probes = _open_probes()
+            self._opened.set()
             due = time.monotonic() + self.interval
             while not self._wake.wait(max(0.0, due - time.monotonic())):
                 values: dict[str, float] = {}
@@ -99,6 +106,7 @@ class SystemSampler:
         except Exception as exc:
             warn_once("sampler", f"system metrics stopped: {type(exc).__name__}: {exc}")
         finally:
+            self._opened.set()
             for probe in probes:
                 close = getattr(probe, "close", None)
                 if close is not None:
