@@ -11,12 +11,13 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from ..sqlite.reads import FIGURES
 from .columns import COLUMNS, TEXT
-from .nodes import And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey, Param, Ref
+from .nodes import And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey, Param, Ref, refs
 
 _SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _METRIC_SCOPE = "FROM metrics fm WHERE fm.experiment_id = e.id AND fm.metric_name = ?"
 _PARAM_SCOPE = "FROM hyperparameters fh WHERE fh.experiment_id = e.id AND fh.param_name = ? ORDER BY fh.id DESC LIMIT 1"
 _NOT_TEXT = "('int', 'float', 'bool', 'NoneType')"  # param_type values whose text is no string
+ALIAS_PREFIX = "_filter_"  # of the extra select columns; search() takes them off the rows
 
 
 class Sql(NamedTuple):
@@ -52,6 +53,12 @@ def like_pattern(pattern: str) -> str:
     return "".join(out)
 
 
+def _cost(node: Node) -> int:
+    """Rank a condition by what it reads: 2 for a metric aggregate over every point, 1 for one row, 0 for none."""
+    return max((2 if isinstance(r, Metric) and r.aggregate not in ("last", "first") else 1 if isinstance(r, (Metric, Param))
+                else 0 for r in refs(node)), default=0)
+
+
 def _false(condition: Sql) -> Sql:
     """Read unknown (a missing value) as false."""
     return Sql(f"COALESCE(({condition.text}), FALSE)", condition.params)
@@ -63,6 +70,7 @@ class Compiler:
     def __init__(self, reader: Any, statuses: Optional[Mapping[int, str]] = None) -> None:
         self.reader = reader
         self.statuses = statuses or {}
+        self.columns: list[tuple[Sql, str]] = []  # extra select columns and their aliases
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -143,7 +151,9 @@ class Compiler:
 
     def condition(self, node: Node) -> Sql:
         if isinstance(node, (And, Or)):
-            joined = _joined(" AND " if isinstance(node, And) else " OR ", map(self.condition, node.items))
+            # Cheap conditions first: AND and OR stop early, and no condition here can fail or be unknown.
+            items = sorted(node.items, key=_cost)
+            joined = _joined(" AND " if isinstance(node, And) else " OR ", map(self.condition, items))
             return Sql(f"({joined.text})", joined.params)
         if isinstance(node, Not):
             inner = self.condition(node.item)
@@ -183,37 +193,41 @@ class Compiler:
         joined = _joined(" OR ", parts)
         return Sql(f"({joined.text})", joined.params)
 
-    # -- order ---------------------------------------------------------------------------------
+    # -- selected columns: each order key and shown value computed once per row -----------------
+
+    def alias(self, value: Sql) -> str:
+        """Return the alias of ``value`` among the extra select columns, adding it if new."""
+        for known, alias in self.columns:
+            if known == value:
+                return alias
+        self.columns.append((value, f"{ALIAS_PREFIX}{len(self.columns)}"))
+        return self.columns[-1][1]
+
+    def select_list(self) -> Sql:
+        """Return the extra select columns that alias() handed out ("" for none)."""
+        return _joined(", ", [Sql(f"{value.text} AS {alias}", value.params) for value, alias in self.columns])
 
     def order(self, keys: Sequence[OrderKey]) -> Sql:
         """Return the ORDER BY list: each key with NULLs last, then id descending; default newest first."""
         if not keys:
             return Sql("e.start_time DESC, e.id DESC")
-        parts: list[Sql] = []
+        terms: list[str] = []
         for key in keys:
             direction = "DESC" if key.descending else "ASC"
             # A parameter orders its numbers first, then its strings, then the runs without it.
             sides = [self.param_number(key.ref), self.param_text(key.ref)] if isinstance(key.ref, Param) else [
                 self.value(key.ref)]
-            for side in sides:
-                parts.append(Sql(f"{side.text} IS NULL, {side.text} {direction}", side.params * 2))
-        parts.append(Sql("e.id DESC"))
-        return _joined(", ", parts)
+            terms += [self.reader._nulls_last(self.alias(side), direction) for side in sides]
+        return Sql(", ".join([*terms, "e.id DESC"]))
 
-    # -- shown values --------------------------------------------------------------------------
-
-    def selected(self, refs: Sequence[Ref]) -> tuple[Sql, list[tuple[Ref, list[str]]]]:
-        """Return extra select columns for the parameters and metrics in ``refs`` and, per ref, its aliases."""
-        columns: list[Sql] = []
+    def shown(self, refs: Sequence[Ref]) -> list[tuple[Ref, list[str]]]:
+        """Select the parameters and metrics in ``refs``; return each with its aliases (a parameter's text and type)."""
         shown: list[tuple[Ref, list[str]]] = []
         for ref in dict.fromkeys(r for r in refs if isinstance(r, (Param, Metric))):
-            n = len(columns)
             if isinstance(ref, Param):
                 sources = [Sql(f"(SELECT fh.param_value {_PARAM_SCOPE})", (ref.name,)),
                            Sql(f"(SELECT fh.param_type {_PARAM_SCOPE})", (ref.name,))]
             else:
                 sources = [self.metric(ref)]
-            aliases = [f"_filter_value_{n + i}" for i in range(len(sources))]
-            columns += [Sql(f"{s.text} AS {alias}", s.params) for s, alias in zip(sources, aliases)]
-            shown.append((ref, aliases))
-        return _joined(", ", columns), shown
+            shown.append((ref, [self.alias(source) for source in sources]))
+        return shown

@@ -35,13 +35,15 @@ def search(
     used = refs(node) + [k.ref for k in keys]
     statuses = live_statuses(reader) if Column("status") in used else None
     compiler = Compiler(reader, statuses)
-    columns, shown = compiler.selected(used)
-    where, order = compiler.where(node), compiler.order(keys)
+    where, order, shown = compiler.where(node), compiler.order(keys), compiler.shown(used)
+    columns = compiler.select_list()
     found = reader.select_experiments(
         columns.text, where.text, order.text, [*columns.params, *where.params, *order.params], limit
     )
     for row in found:
-        row["values"] = {key_text(ref): _shown_value(ref, [row.pop(a) for a in aliases]) for ref, aliases in shown}
+        row["values"] = {key_text(ref): _shown_value(ref, [row[a] for a in aliases]) for ref, aliases in shown}
+        for _, alias in compiler.columns:
+            del row[alias]
         if statuses is None:
             liveness.with_liveness(reader, row)
         else:

@@ -148,6 +148,9 @@ class _Primitives(SqliteReader):
     def _text(self, column: str) -> str:
         return column
 
+    def _nulls_last(self, alias: str, direction: str) -> str:
+        return f"{alias} {direction} NULLS LAST"  # an output column's alias must stand alone here
+
     def _mean(self, column: str) -> str:
         # In numeric: a float8 sum raises where it would overflow; NaN (inf + -inf) is no number.
         return f"NULLIF(AVG({column}::numeric)::double precision, 'NaN')"

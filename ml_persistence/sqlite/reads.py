@@ -197,6 +197,10 @@ class Reader(Views, Exports, Maintenance):
         which would turn a bound '2024' into a number that sorts before every text)."""
         return f"+{column}"
 
+    def _nulls_last(self, alias: str, direction: str) -> str:
+        """SQL ordering by the select column ``alias`` in ``direction`` (ASC/DESC), NULLs last either way."""
+        return f"{alias} IS NULL, {alias} {direction}"  # NULLS LAST needs SQLite 3.30
+
     def _mean(self, column: str) -> str:
         """SQL for the mean of a metric's values (NULLs, i.e. NaNs, skipped)."""
         return f"AVG({column})"
