@@ -97,7 +97,7 @@ REMOTE_READS = frozenset({
     "get_best_model", "list_models", "get_dataset", "find_dataset", "list_datasets", "experiment_datasets",
     "dataset_experiments", "list_artifacts", "metric_history", "metric_stats", "metric_names",
     "compare_metrics", "metrics_summary", "get_model_by_alias", "list_aliases",
-    "search_experiments",
+    "filter_experiments", "last_activity_texts",
 })
 
 

@@ -433,13 +433,9 @@ class ExperimentTracker:
         E.g. ``search_experiments('params.lr < 1e-3 and metrics.val_sharpe > 1.5', ["metrics.val_sharpe desc"])``.
         A filter that does not parse raises FilterError here, before any read.
         """
-        from .filtering import parse, parse_order
-        from .filtering.parse import check_limit
+        from .filtering.search import BackendReads, search
 
-        parse(filter)
-        parse_order(order_by)
-        order = [order_by] if isinstance(order_by, str) else None if order_by is None else list(order_by)
-        return self._backend.read("search_experiments", filter, order, check_limit(limit))
+        return search(BackendReads(self._backend), filter, order_by, limit)
 
     # -- helpers -------------------------------------------------------------------------------
 

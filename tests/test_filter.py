@@ -267,7 +267,7 @@ def test_through_an_agent(tmp_path: Path) -> None:
         tracker.start_experiment("b")
         tracker.log_metric("loss", 0.25)
         tracker.end_experiment()
-        found = tracker.search_experiments("metrics.loss > 0.3 or tags.x", ["metrics.loss"])
+        found = tracker.search_experiments('(metrics.loss > 0.3 or tags.x) and status = "completed"', ["metrics.loss"])
         assert [r["id"] for r in found] == [first] and found[0]["values"] == {"metrics.loss": 0.5}
         with pytest.raises(FilterError):
             tracker.search_experiments("metrics.loss >")  # raised here, never sent
@@ -358,6 +358,34 @@ def test_hostile_filters_reach_sql_only_as_bound_values(runs: Runs) -> None:
     with pytest.raises(FilterError):
         search(runs.reader, None, ["name; DROP TABLE experiments"])
     assert db_rows(runs.db, "SELECT id, name, status, tags FROM experiments ORDER BY id") == before
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "HasTag", "ref": {"type": "Tag", "name": "ppo"}}
+    for _ in range(levels):
+        node = {"type": "Not", "item": node}
+    return node
+
+
+HOSTILE_DATA = [
+    # What an agent client could send instead of what parse() makes: refused before any SQL runs.
+    ({"type": "Compare", "ref": {"type": "Column", "name": "id; DROP TABLE experiments"}, "op": "=", "value": 1}, [], []),
+    ({"type": "Compare", "ref": {"type": "Column", "name": "name"}, "op": "= 1 OR 1 =", "value": 1}, [], []),
+    ({"type": "Compare", "ref": {"type": "Metric", "name": "x", "aggregate": "sum(1)); --"}, "op": "=", "value": 1},
+     [], []),
+    ({"type": "Compare", "ref": {"type": "Column", "name": "name"}, "op": "=", "value": {"$ne": 1}}, [], []),
+    ({"type": "Raw", "sql": "1=1"}, [], []),
+    ({"type": "In", "ref": {"type": "Column", "name": "id"}, "values": []}, [], []),
+    (_deep(10_000), [], []),
+    (None, [{"type": "OrderKey", "ref": {"type": "Column", "name": "(SELECT 1)"}, "descending": True}], []),
+    (None, [], [{"type": "Tag", "name": "ppo"}]),
+]
+
+
+@pytest.mark.parametrize("condition, order, shown", HOSTILE_DATA, ids=[str(i) for i in range(len(HOSTILE_DATA))])
+def test_the_reader_checks_the_plain_data_it_is_handed(runs: Runs, condition: Any, order: list, shown: list) -> None:
+    with pytest.raises(ValueError):
+        runs.reader.filter_experiments(condition, order, shown, [], None)
 
 
 def test_parse_and_parse_order_need_no_database() -> None:

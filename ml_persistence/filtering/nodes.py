@@ -1,4 +1,7 @@
-"""The parsed filter: what a name refers to, and the conditions that combine them."""
+"""The parsed filter: what a name refers to, and the conditions that combine them.
+
+Tagged structs: msgspec.to_builtins turns a tree into the plain data Reader.filter_experiments takes.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +9,30 @@ from typing import Union
 
 import msgspec
 
+from ..sqlite.filters import AGGREGATES as AGGREGATES  # the engine's whitelist, re-exported
 from .lexer import name_char
 
-AGGREGATES = ("last", "first", "min", "max", "mean", "count")
 
-
-class Param(msgspec.Struct, frozen=True):
+class Param(msgspec.Struct, frozen=True, tag=True):
     """``params.NAME``: the hyperparameter's last logged value."""
 
     name: str
 
 
-class Metric(msgspec.Struct, frozen=True):
+class Metric(msgspec.Struct, frozen=True, tag=True):
     """``metrics.NAME[.AGGREGATE]``: an aggregate of the metric's values (last by row id by default)."""
 
     name: str
     aggregate: str = "last"
 
 
-class Tag(msgspec.Struct, frozen=True):
+class Tag(msgspec.Struct, frozen=True, tag=True):
     """``tags.NAME``: true when the run has the tag."""
 
     name: str
 
 
-class Column(msgspec.Struct, frozen=True):
+class Column(msgspec.Struct, frozen=True, tag=True):
     """One of the experiment's own columns (``status`` is the effective status)."""
 
     name: str
@@ -40,7 +42,7 @@ Ref = Union[Param, Metric, Tag, Column]
 Value = Union[str, int, float, bool]
 
 
-class Compare(msgspec.Struct, frozen=True):
+class Compare(msgspec.Struct, frozen=True, tag=True):
     """``ref OP value`` with OP one of = != < <= > >=."""
 
     ref: Ref
@@ -48,41 +50,41 @@ class Compare(msgspec.Struct, frozen=True):
     value: Value
 
 
-class Like(msgspec.Struct, frozen=True):
+class Like(msgspec.Struct, frozen=True, tag=True):
     """``ref like 'pattern'`` (case-sensitive; % any run, _ one character, backslash escapes)."""
 
     ref: Ref
     pattern: str
 
 
-class In(msgspec.Struct, frozen=True):
+class In(msgspec.Struct, frozen=True, tag=True):
     """``ref in (v1, v2, ...)``."""
 
     ref: Ref
     values: tuple
 
 
-class IsNull(msgspec.Struct, frozen=True):
+class IsNull(msgspec.Struct, frozen=True, tag=True):
     """``ref is null``: no value (never logged, logged as None, or NaN)."""
 
     ref: Ref
 
 
-class HasTag(msgspec.Struct, frozen=True):
+class HasTag(msgspec.Struct, frozen=True, tag=True):
     """A bare ``tags.NAME``."""
 
     ref: Tag
 
 
-class Not(msgspec.Struct, frozen=True):
+class Not(msgspec.Struct, frozen=True, tag=True):
     item: "Node"
 
 
-class And(msgspec.Struct, frozen=True):
+class And(msgspec.Struct, frozen=True, tag=True):
     items: tuple
 
 
-class Or(msgspec.Struct, frozen=True):
+class Or(msgspec.Struct, frozen=True, tag=True):
     items: tuple
 
 
@@ -90,7 +92,7 @@ Node = Union[Compare, Like, In, IsNull, HasTag, Not, And, Or]
 NODES = (Compare, Like, In, IsNull, HasTag, Not, And, Or)
 
 
-class OrderKey(msgspec.Struct, frozen=True):
+class OrderKey(msgspec.Struct, frozen=True, tag=True):
     """One ``order_by`` item: a name and its direction (NULLs last either way)."""
 
     ref: Ref

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Union
 
 from ..errors import InvalidTypeError, InvalidValueError
-from .columns import COLUMNS, NUMBER, TEXT
+from ..sqlite.filters import COLUMNS, NUMBER, TEXT
 from .errors import FilterError
 from .lexer import Token, keyword, scan, shown
 from .nodes import (AGGREGATES, And, Column, Compare, HasTag, In, IsNull, Like, Metric, Node, Not, Or, OrderKey,

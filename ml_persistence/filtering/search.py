@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+import functools
+from typing import Any, Callable, Iterable, Optional, Union
+
+import msgspec
 
 from .. import liveness
-from ..validate import decode_hyperparameter
-from .compile import Compiler
 from .nodes import NODES, Column, Metric, Node, Param, key_text, refs
 from .parse import check_limit, parse, parse_order
 
 
+class BackendReads:
+    """A Reader-like view of a tracker's backend: each method call is ``backend.read(name, ...)``
+    (the reads search() makes, which an agent answers too)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        return functools.partial(self._backend.read, name)
+
+
 def live_statuses(reader: Any) -> dict[int, str]:
-    """Return {id: effective status} of every experiment stored as 'running' (few: they are judged one by one)."""
-    return {e["id"]: liveness.with_liveness(reader, e)["status"] for e in reader.list_experiments(status="running")}
+    """Return {id: effective status} of every experiment stored as 'running' (few: each is judged on its own)."""
+    running = reader.list_experiments(None, "running", None, None, None)
+    return {e["id"]: liveness.with_liveness(reader, e)["status"] for e in running}
 
 
 def search(
@@ -27,23 +40,23 @@ def search(
     Each row is as liveness.list_experiments gives it (effective ``status``, ``stored_status``), plus
     ``values``: {name: value} for each params./metrics. name the filter or order_by uses, spelled
     canonically (e.g. "metrics.val_sharpe.max"); None where the run has none (or the value is NaN).
-    ``filter`` may also be a condition parse() returned.
+    ``filter`` may also be a condition parse() returned. ``reader`` is a Reader (or BackendReads).
     """
     node = filter if isinstance(filter, NODES) else parse(filter)
     keys = parse_order(order_by)
     limit = check_limit(limit)
     used = refs(node) + [k.ref for k in keys]
     statuses = live_statuses(reader) if Column("status") in used else None
-    compiler = Compiler(reader, statuses)
-    where, order, shown = compiler.where(node), compiler.order(keys), compiler.shown(used)
-    columns = compiler.select_list()
-    found = reader.select_experiments(
-        columns.text, where.text, order.text, [*columns.params, *where.params, *order.params], limit
+    shown = list(dict.fromkeys(r for r in used if isinstance(r, (Param, Metric))))
+    found = reader.filter_experiments(
+        None if node is None else msgspec.to_builtins(node),
+        msgspec.to_builtins(keys),
+        msgspec.to_builtins(shown),
+        [[i, s] for i, s in sorted((statuses or {}).items()) if s != "running"],
+        limit,
     )
     for row in found:
-        row["values"] = {key_text(ref): _shown_value(ref, [row[a] for a in aliases]) for ref, aliases in shown}
-        for _, alias in compiler.columns:
-            del row[alias]
+        row["values"] = dict(zip(map(key_text, shown), row["values"]))
         if statuses is None:
             liveness.with_liveness(reader, row)
         else:
@@ -52,11 +65,3 @@ def search(
             if row["status"] == "running":
                 row["status"] = statuses.get(row["id"]) or liveness.with_liveness(reader, row)["status"]
     return found
-
-
-def _shown_value(ref: Any, raw: list[Any]) -> Any:
-    if isinstance(ref, Param):
-        text, kind = raw
-        return None if text is None else decode_hyperparameter(text, kind)
-    value = raw[0]
-    return value if isinstance(ref, Metric) and ref.aggregate == "count" else (None if value is None else float(value))

@@ -2,7 +2,7 @@
 
 SQL here uses ``?`` placeholders and only what SQLite and PostgreSQL both understand, except
 where a dialect hook (``_LIMIT_ALL``, ``_is_param``, ``_has_tag``, ``_in_list``, ``_contains``, and
-the filter language's ``_real``, ``_mean``, ``_like``) says it differently; the PostgreSQL Reader
+the filter language's ``_real``, ``_text``, ``_mean``, ``_like``, ``_nulls_last``) says it differently; the PostgreSQL Reader
 subclasses this one and overrides only those.
 """
 
@@ -19,6 +19,7 @@ from . import schema
 from ..storage import RANKABLE
 from .readonly import open_read_only
 from .export import Exports
+from .filters import Filters
 from .maintenance import Maintenance
 from .views import Views
 
@@ -81,7 +82,7 @@ _HISTORY_COLUMNS = (
 )
 
 
-class Reader(Views, Exports, Maintenance):
+class Reader(Views, Exports, Filters, Maintenance):
     """One read connection to an SQLite file; not thread-safe (callers hold a lock)."""
 
     engine = "sqlite"
@@ -259,19 +260,11 @@ class Reader(Views, Exports, Maintenance):
         )
         return self._rows(sql, [*params, self._limit(limit)])
 
-    def search_experiments(
-        self, filter: Optional[str] = None, order_by: Any = None, limit: Optional[int] = None
-    ) -> list[dict[str, Any]]:
-        """Return experiments matching ``filter`` in ``order_by`` order (the filter language: ml_persistence.filtering)."""
-        from ..filtering import search
-
-        return search(self, filter, order_by, limit)
-
     def select_experiments(
         self, columns: str, where: str, order: str, params: Sequence[Any], limit: Optional[int]
     ) -> list[dict[str, Any]]:
         """Return experiment summaries plus ``columns`` WHERE ``where`` ORDER BY ``order``: SQL that
-        ml_persistence.filtering built from whitelisted names, every value bound in ``params``."""
+        filters.py built from whitelisted names, every value bound in ``params``."""
         sql = (
             _SUMMARY_COLUMNS + (", " + columns if columns else "") + " FROM experiments e"
             + (" WHERE " + where if where else "") + " ORDER BY " + order + " LIMIT ?"
