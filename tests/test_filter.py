@@ -79,7 +79,7 @@ def _build(db: str, workdir: Path) -> Iterator[Runs]:
     ids["dqn-b"], _ = _log(db, "dqn-b", {"lr": 1e-3, "gamma": 0.95, "layers": [64, 64], "note": 'it\'s "quoted"'},
                            {"val_sharpe": [-math.inf, math.inf], "val.sharpe": [3.0, 1.0]}, ["dqn", "odd tag"])
     ids["sweep_1"], _ = _log(db, "sweep_1", {"lr": 1e-5, "scheduler": None, "eps": math.nan, "clip": math.inf},
-                             {"val_loss": [-2.0]}, [], kind="sweep")
+                             {"val_loss": [-2.0], "huge": [1e308, 1e308]}, [], kind="sweep")
     trainer = subprocess.Popen([PYTHON, "-c", CRASHING_TRAINER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True, env=child_env(), cwd=workdir)
     assert trainer.stdout is not None
@@ -170,6 +170,7 @@ TABLE = [
     ("metrics.`val.sharpe`.first = 3", ["dqn-b"]),
     ("metrics.system/cpu_percent.max >= 30", ["dqn-a"]),
     ("metrics.val_loss = -2", ["sweep_1"]),
+    ("metrics.huge.mean > 1e307", ["sweep_1"]),  # a sum past a float's range: PostgreSQL averages in numeric
     # tags
     ("tags.ppo", ["ppo-a", "ppo-b", "crashed", "live"]),
     ("tags.`odd tag`", ["dqn-b"]),

@@ -152,8 +152,10 @@ class _Primitives(SqliteReader):
         return f"{alias} {direction} NULLS LAST"  # an output column's alias must stand alone here
 
     def _mean(self, column: str) -> str:
-        # In numeric: a float8 sum raises where it would overflow; NaN (inf + -inf) is no number.
-        return f"NULLIF(AVG({column}::numeric)::double precision, 'NaN')"
+        # NaN (the mean of inf and -inf) is no number; in numeric only while a float8 sum has overflowed.
+        if self._wide:
+            return f"NULLIF(AVG({column}::numeric)::double precision, 'NaN')"
+        return f"NULLIF(AVG({column}), 'NaN')"
 
     def _like(self, column: str) -> str:
         return f"{column} LIKE ? ESCAPE '\\'"
@@ -176,6 +178,17 @@ class _Primitives(SqliteReader):
 
     def _averaged(self) -> tuple[str, str]:
         return ("value::numeric", "?::numeric") if self._wide else ("value", "?")
+
+    def filter_experiments(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """As on SQLite; a metric's mean whose float8 sum overflows (PostgreSQL raises) is taken in numeric."""
+        try:
+            return super().filter_experiments(*args, **kwargs)
+        except psycopg.errors.NumericValueOutOfRange:
+            self._wide = True
+            try:
+                return super().filter_experiments(*args, **kwargs)
+            finally:
+                self._wide = False
 
     def metric_stats(self, experiment_id: int, metric_name: str, split: Optional[str] = None) -> dict[str, Any]:
         """As on SQLite; a sum past float8's range (where PostgreSQL raises, not overflows) is taken in numeric."""
