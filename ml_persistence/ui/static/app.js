@@ -1223,10 +1223,11 @@
       const s = state.series.get(name);
       if (!div || !s || ctx.disposed) return Promise.resolve();
       if (!window.Plotly) { plotlyMissing(div); return Promise.resolve(); }
-      const layout = baseLayout(name, s.axis, state.log);
+      const system = isSystemMetric({ name });
+      const layout = baseLayout(system ? name.slice('system/'.length) : name, s.axis, state.log);
       const notes = [];
       if (s.error) notes.push('Could not load: ' + s.error);
-      if (s.axis !== state.x && !isSystemMetric({ name })) notes.push('no ' + state.x + ' values; plotted against ' + s.axis);
+      if (s.axis !== state.x && !system) notes.push('no ' + state.x + ' values; plotted against ' + s.axis);
       if (s.downsampled) notes.push('downsampled from ' + s.total + ' points');
       if (!s.xs.length && !s.error) {
         layout.annotations = [{ text: 'no data', showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5,
@@ -1564,6 +1565,7 @@
    * One hyperparameter as a chart axis over `runs`: numbers as they are (on log10 when all positive and spread over
    * 1.5 decades or more), anything else a category. A run that never set it sits on an "(unset)" tick.
    * Returns {name, kind, log, values (per run, plot units), tickvals, ticktext, text (per run, shown)}.
+   * The tick texts are plain text (a parcoords axis writes them with textContent): not escaped for Plotly.
    */
   function parameterAxis(param, runs) {
     const has = (r) => Object.prototype.hasOwnProperty.call(r.params || {}, param.name);
@@ -1587,7 +1589,7 @@
         const ticks = distinct.length <= 12 ? distinct
           : Array.from({ length: Math.floor(Math.log10(hi)) - Math.ceil(Math.log10(lo)) + 1 }, (_, i) => Math.pow(10, Math.ceil(Math.log10(lo)) + i));
         axis.tickvals = ticks.map(plot);
-        axis.ticktext = ticks.map((v) => escapeForPlotly(fmtNum(v)));
+        axis.ticktext = ticks.map(fmtNum);
       }
       if (unsetAt !== null) {
         axis.tickvals = (axis.tickvals || []).concat([unsetAt]);
@@ -1601,7 +1603,7 @@
       const index = new Map(categories.map((c, i) => [c, i]));
       axis.values = text.map((t) => index.get(t));
       axis.tickvals = categories.map((_, i) => i);
-      axis.ticktext = categories.map((c) => escapeForPlotly(c.length > 24 ? c.slice(0, 23) + '…' : c));
+      axis.ticktext = categories.map((c) => (c.length > 24 ? c.slice(0, 23) + '…' : c));
       axis.range = [0, Math.max(categories.length - 1, 1)];
     }
     return axis;
