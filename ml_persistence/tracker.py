@@ -182,6 +182,8 @@ class ExperimentTracker:
         ``system_metrics`` is as for start_experiment; a run joined with ``claim=False`` is not sampled.
         """
         self._check_open()
+        if not claim and system_metrics not in (None, False):
+            raise InvalidValueError("system_metrics: a run joined with claim=False is its owner's to sample")
         sampling = interval_for(system_metrics) if claim else None
         experiment_id = v.optional_int("experiment_id", experiment_id)  # type: ignore[assignment]
         found = None if experiment_id is None else self._backend.read("get_experiment", experiment_id)

@@ -223,6 +223,8 @@ def test_resume_samples_a_claimed_run_only(db_path: str, monkeypatch: pytest.Mon
     joined = ExperimentTracker(db_path, capture_environment=False)
     joined.resume_experiment(eid, claim=False)  # another process's run: not this one's to sample
     assert joined._sampler is None and sampler_threads() == []
+    with pytest.raises(InvalidValueError, match="claim=False"):
+        joined.resume_experiment(eid, claim=False, system_metrics=True)
 
 
 def test_sigterm_ends_the_run_promptly_with_every_sample_so_far(tmp_path: Path) -> None:
