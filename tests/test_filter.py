@@ -346,6 +346,18 @@ def test_caret_sits_under_the_position() -> None:
         "filter: expected a comparator after 'params.lr', found '3' at position 10:\n  params.lr 3\n            ^")
 
 
+def test_caret_of_a_multi_line_or_long_filter() -> None:
+    with pytest.raises(FilterError) as caught:
+        parse('tags.ppo\n  and name = 3\n  and tags.x')
+    assert caught.value.position == 22
+    assert str(caught.value).split("\n")[1:] == ["    and name = 3", "               ^"]
+    long = "tags.a and " * 50 + "name = 3"
+    with pytest.raises(FilterError) as caught:
+        parse(long)
+    snippet, caret = str(caught.value).split("\n")[1:]
+    assert snippet.startswith("  ...") and snippet[len(caret) - 1] == "3" and len(snippet) < 100
+
+
 def test_hostile_filters_reach_sql_only_as_bound_values(runs: Runs) -> None:
     before = db_rows(runs.db, "SELECT id, name, status, tags FROM experiments ORDER BY id")
     for text, _, _ in MALFORMED:
