@@ -150,7 +150,9 @@ class ExperimentTracker:
             tags=v.tags(tags),
             random_seed=v.optional_int("random_seed", random_seed),
             metadata=v.json_object_text("metadata", metadata),
-            environment=_storable(environment.capture()) if self.capture_environment else Environment(),
+            # Without the capture, the process is still named: liveness and sync_to's selection need it.
+            environment=_storable(environment.capture()) if self.capture_environment
+            else Environment(hostname=socket.gethostname(), pid=os.getpid()),
             ts=time.time(),
         )
         with self._lifecycle_lock:

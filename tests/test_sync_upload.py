@@ -40,6 +40,8 @@ from ml_persistence import DatasetManager, ModelRegistry
 
 N = int(os.environ["STEPS"])
 kwargs = {"sync_to": os.environ["SYNC_TO_ARG"]} if "SYNC_TO_ARG" in os.environ else {}
+if os.environ.get("NO_CAPTURE"):
+    kwargs["capture_environment"] = False
 tracker = ExperimentTracker(**kwargs)
 eid = tracker.start_experiment("upload", "ppo", tags=["sync"], metadata={"n": N})
 tracker.log_hyperparameters_batch({"lr": 3e-4, "gamma": 0.99, "arch": "mlp"})
@@ -238,6 +240,15 @@ def test_the_environment_variable_turns_upload_on(tmp_path: Path) -> None:
     target = str(tmp_path / "from-env.db")
     ok(train(tmp_path, ML_PERSISTENCE_SYNC_TO=target))
     assert_uploaded_once(str(db_path(tmp_path)), target)
+
+
+def test_a_trainer_that_captures_no_environment_still_uploads_its_runs(tmp_path: Path) -> None:
+    # The uploader picks this process's runs by their recorded pid and host, which are kept without the capture.
+    target = str(tmp_path / "team.db")
+    ok(train(tmp_path, SYNC_TO_ARG=target, NO_CAPTURE="1"))
+    source = str(db_path(tmp_path))
+    assert query(source, "SELECT git_commit, packages FROM experiments") == [(None, None)]
+    assert_uploaded_once(source, target)
 
 
 def test_an_empty_argument_turns_the_environment_off(tmp_path: Path) -> None:
