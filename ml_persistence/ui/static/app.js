@@ -1467,7 +1467,9 @@
           })))))) : null;
 
     setChildren(appEl(),
-      el('div', { class: 'page-head' }, el('h1', null, 'Compare ' + runs.length + ' runs')),
+      el('div', { class: 'page-head' }, el('h1', null, 'Compare ' + runs.length + ' runs'),
+        el('a', { id: 'compare-sweep', href: '#/sweep?ids=' + ids.map((i) => encodeURIComponent(i)).join(',') },
+          'sweep view of these runs')),
       el('div', { class: 'charts-head' }, el('h2', null, 'Chart'), controls),
       metrics.length ? null : emptyNote('None of these runs logged metrics.'),
       chartDiv,
