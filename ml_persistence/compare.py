@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 
 def _kind(value: Any) -> Any:
@@ -39,6 +39,23 @@ SYSTEM_PREFIX = "system/"  # system metrics (CPU, memory, GPU samples), shown ap
 def is_system_metric(name: str) -> bool:
     """Return True for a system metric's name (``system/...``)."""
     return name.startswith(SYSTEM_PREFIX)
+
+
+def metric_candidates(names: Mapping[Any, Iterable[str]]) -> list[str]:
+    """Return the metrics default_metric chooses among, from each run's metric names alone (then count only these).
+
+    The ones every run logged, else the ones the most runs logged; ``system/`` ones only when there
+    is no other. Sorted.
+    """
+    runs: dict[str, int] = {}
+    for per_run in names.values():
+        for name in set(per_run):
+            runs[name] = runs.get(name, 0) + 1
+    if not runs:
+        return []
+    rank = {n: (is_system_metric(n), -count) for n, count in runs.items()}
+    best = min(rank.values())
+    return sorted(n for n, r in rank.items() if r == best)
 
 
 def default_metric(counts: Mapping[Any, Mapping[str, int]]) -> Optional[str]:

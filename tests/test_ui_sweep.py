@@ -21,7 +21,7 @@ pytest.importorskip("starlette")
 
 import ml_persistence  # noqa: E402
 from ml_persistence import ExperimentTracker, ModelRegistry  # noqa: E402
-from ml_persistence.compare import default_metric  # noqa: E402
+from ml_persistence.compare import default_metric, metric_candidates  # noqa: E402
 from ml_persistence.ui import params  # noqa: E402
 from ml_persistence.ui.server import create_app  # noqa: E402
 from ml_persistence.ui.sweep import association  # noqa: E402
@@ -122,6 +122,22 @@ def test_default_metric_is_the_one_with_most_points_all_runs_share() -> None:
     assert default_metric({1: {"system/gpu0/utilization_percent": 12, "system/cpu_percent": 12}}) == "system/cpu_percent"
     assert default_metric({1: {}, 2: {}}) is None
     assert default_metric({}) is None
+
+
+@pytest.mark.parametrize("counts", [
+    {1: {"accuracy": 1, "loss": 500, "reward": 40}, 2: {"accuracy": 1, "loss": 30, "reward": 40}},
+    {1: {"x": 3, "y": 100}, 2: {"y": 2}, 3: {"z": 50}},
+    {1: {"x": 3}, 2: {"z": 50}, 3: {}},
+    {1: {"system/cpu_percent": 9000, "loss": 3}, 2: {"system/cpu_percent": 9000}},
+    {1: {"system/gpu0/utilization_percent": 12, "system/cpu_percent": 12}},
+    {1: {}, 2: {}},
+])
+def test_counting_only_the_candidates_gives_the_same_default(counts: dict[int, dict[str, int]]) -> None:
+    # The UI counts rows only of the metrics the default can be among (metric_candidates, from the names).
+    candidates = metric_candidates({run: list(per) for run, per in counts.items()})
+    counted = {run: {n: c for n, c in per.items() if n in candidates} for run, per in counts.items()}
+    assert default_metric(counted) == default_metric(counts)
+    assert candidates == sorted(candidates)
 
 
 def test_association_finds_the_parameter_that_goes_with_the_metric() -> None:
@@ -342,11 +358,7 @@ def test_sweep_parameters_metrics_and_default(client: Any, logged: dict[str, int
         "lr": {"name": "lr", "kind": "numeric", "differs": True, "set": 3},
         "optimizer": {"name": "optimizer", "kind": "categorical", "differs": True, "set": 2},
     }
-    assert got["metrics"] == [
-        {"name": "a_final", "runs": 2, "min_count": 1},
-        {"name": "loss", "runs": 3, "min_count": 5},
-        {"name": "val_sharpe", "runs": 2, "min_count": 3},
-    ]
+    assert got["metrics"] == [{"name": "a_final", "runs": 2}, {"name": "loss", "runs": 3}, {"name": "val_sharpe", "runs": 2}]
     assert got["suggested"] in parameters
 
 
@@ -403,8 +415,9 @@ def test_run_page_marks_system_metrics_and_shows_aliases(client: Any, logged: di
     assert all(not m["system"] for m in a["metrics"])
 
 
-def test_the_sweep_needs_few_queries(db_path: str) -> None:
-    # Hundreds of runs: the sweep reads them in a fixed number of statements, not a few per run.
+def test_the_sweep_reads_values_for_all_runs_at_once(db_path: str) -> None:
+    # Hundreds of runs: hyperparameters, counts and the aggregate are one statement each for all the runs;
+    # only the metric names are probed per run (an index skip-scan: a statement per name, plus one).
     tracker = ExperimentTracker(db_path)
     for n in range(300):
         tracker.start_experiment(f"run{n}")
@@ -427,4 +440,8 @@ def test_the_sweep_needs_few_queries(db_path: str) -> None:
         reader.close()
     assert len(got["runs"]) == 300 and got["with_value"] == 300
     assert got["runs"][0]["value"] == 299 / 50
-    assert len(statements) <= 5, statements
+    probes = [s for s in statements if "MIN(metric_name)" in s]
+    assert len(probes) == 300 * 3  # two metrics a run
+    reads = [s for s in statements if s not in probes and not s.startswith("PRAGMA")]  # PRAGMA: column lists
+    assert sum("FROM hyperparameters" in s for s in reads) == 1
+    assert len(reads) == 2, reads  # the hyperparameters, and one search for the aggregate and its count

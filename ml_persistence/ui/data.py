@@ -8,7 +8,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from .. import filtering, liveness
-from ..compare import default_metric, hyperparameter_grid, is_system_metric
+from ..compare import default_metric, hyperparameter_grid, is_system_metric, metric_candidates
 from ..liveness import with_liveness
 from . import queries
 from .artifacts import ArtifactRoots
@@ -188,8 +188,9 @@ def compare(reader: Any, ids: Sequence[int]) -> Optional[dict[str, Any]]:
         exp.pop("packages", None)
         runs.append(exp)
     rows = hyperparameter_grid(runs)  # a run that never set a parameter has no key for it
-    counts = queries.metric_counts(reader, ids)
-    metrics = sorted({n for per_run in counts.values() for n in per_run})
+    names = queries.metric_names(reader, ids)
+    counts = queries.metric_counts(reader, ids, metric_candidates(names))  # only what the default is chosen among
+    metrics = sorted({n for per_run in names.values() for n in per_run})
     return {"experiments": runs, "hyperparameters": rows, "metrics": metrics, "default_metric": default_metric(counts)}
 
 

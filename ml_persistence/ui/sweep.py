@@ -1,11 +1,11 @@
-"""The sweep view's data: many runs' hyperparameters against one aggregate of a metric, in a few queries."""
+"""The sweep view's data: many runs' hyperparameters against one aggregate of a metric."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Optional, Sequence
 
-from ..compare import default_metric, hyperparameter_grid
+from ..compare import default_metric, hyperparameter_grid, metric_candidates
 from . import queries
 
 MAX_SWEPT = 1000  # runs in one sweep view; a parallel-coordinates chart of more is a solid block of lines
@@ -22,11 +22,11 @@ def sweep(reader: Any, runs: Sequence[dict[str, Any]], metric: Optional[str], ag
     """
     runs = list(runs)[:MAX_SWEPT]
     ids = [e["id"] for e in runs]
-    counts = queries.metric_counts(reader, ids) if ids else {}
+    names = queries.metric_names(reader, ids)
     if metric is None:
-        metric = default_metric(counts)
+        metric = default_metric(queries.metric_counts(reader, ids, metric_candidates(names)))
     values = queries.metric_aggregates(reader, ids, metric, aggregate) if ids and metric is not None else {}
-    params = queries.hyperparameters(reader, ids) if ids else {}
+    params = queries.hyperparameters(reader, ids)
     rows = []
     for e in runs:
         value, count = values.get(e["id"], (None, 0))
@@ -38,17 +38,17 @@ def sweep(reader: Any, runs: Sequence[dict[str, Any]], metric: Optional[str], ag
     parameters = [{"name": g["param_name"], "kind": _kind(g["values"].values()), "differs": g["differs"],
                    "set": len(g["values"])} for g in grid]
     scored = [(association(rows, p["name"], p["kind"]), p["name"]) for p in parameters if p["differs"]]
-    having: dict[str, list[int]] = {}
-    for per_run in counts.values():
-        for name, count in per_run.items():
-            having.setdefault(name, []).append(count)
+    having: dict[str, int] = {}
+    for per_run in names.values():
+        for name in per_run:
+            having[name] = having.get(name, 0) + 1
     return {
         "metric": metric,
         "aggregate": aggregate,
         "runs": rows,
         "parameters": parameters,
         "suggested": min(scored, key=lambda s: (-s[0], s[1]))[1] if scored else None,
-        "metrics": [{"name": n, "runs": len(c), "min_count": min(c)} for n, c in sorted(having.items())],
+        "metrics": [{"name": n, "runs": count} for n, count in sorted(having.items())],
         "with_value": sum(1 for r in rows if _has_value(r["value"])),
     }
 
