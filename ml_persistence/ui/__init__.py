@@ -19,7 +19,7 @@ TOKEN_BYTES = 32  # a made token: 256 random bits, URL-safe
 def missing_extra() -> Optional[str]:
     """Return a message naming what is missing when the `ui` extra is not installed, else None."""
     missing = []
-    for module in ("starlette", "uvicorn", "plotly"):
+    for module in ("starlette", "uvicorn"):
         try:
             __import__(module)
         except ImportError:
