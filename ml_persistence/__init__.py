@@ -11,12 +11,14 @@ from .errors import (
     FlushTimeoutError,
     InvalidTypeError,
     InvalidValueError,
+    MissingDependencyError,
     MLPersistenceError,
     ModelNotFoundError,
     NoActiveExperimentError,
     SchemaError,
     WriterError,
 )
+from .filtering import FilterError
 from .metrics import MetricsLogger
 from .registry import ModelRegistry
 from .tracker import ExperimentTracker
@@ -34,11 +36,13 @@ __all__ = [
     "DatasetManager",
     "EventsDroppedError",
     "ExperimentTracker",
+    "FilterError",
     "FlushTimeoutError",
     "InvalidTypeError",
     "InvalidValueError",
     "MLPersistenceError",
     "MetricsLogger",
+    "MissingDependencyError",
     "ModelNotFoundError",
     "ModelRegistry",
     "NoActiveExperimentError",
