@@ -74,6 +74,13 @@ def _value(value: Any) -> Any:
     raise ValueError(f"filter: a value must be text or a number, got {type(value).__name__}")
 
 
+def _real(value: Any) -> Any:
+    """A number compared with a float (a metric, a parameter's number) bound as a float, so that both engines
+    compare 64-bit floats: SQLite compares an integer with a real exactly, PostgreSQL casts it to float8."""
+    value = _value(value)
+    return float(value) if isinstance(value, int) else value
+
+
 class _Ref(NamedTuple):
     kind: str  # Param, Metric, Tag or Column
     name: str
@@ -250,8 +257,10 @@ class _Compiler:
     def sides(self, ref: _Ref, values: list[Any], build: Any) -> Sql:
         """Compare ``ref`` with ``values``: a parameter's numbers with the numbers, its text with the strings."""
         if ref.kind != "Param":
+            if ref.kind == "Metric" and ref.aggregate != "count":
+                values = [_real(v) for v in values]
             return build(self.value(ref), values)
-        numbers = [v for v in values if not isinstance(v, str)]
+        numbers = [_real(v) for v in values if not isinstance(v, str)]
         texts = [v for v in values if isinstance(v, str)]
         parts = ([build(self.param_number(ref), numbers)] if numbers else []) + (
             [build(self.param_text(ref), texts)] if texts else [])
