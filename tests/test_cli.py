@@ -658,7 +658,8 @@ def test_compare_marks_differing_hyperparameters(sample: str, tmp_path: Path) ->
     }
     assert "Metrics" in parts
     after = text[text.index("\nMetrics\n"):]
-    assert re.search(r"^train_return +#1 +#2$", after, re.M)
+    # The metric with the most points both runs share comes first, then the rest by name.
+    assert re.findall(r"^(\w+) +#1 +#2$", after, re.M) == ["train_return", "loss", "odd", "val_sharpe"]
     assert re.search(r"^count +3 +2$", after, re.M) and re.search(r"^last +0\.35 +0\.7$", after, re.M)
     assert re.search(r"^odd +#1 +#2$", after, re.M) and re.search(r"^count +4 +0$", after, re.M)
 
@@ -675,7 +676,10 @@ def test_compare_metric_and_split(sample: str, tmp_path: Path) -> None:
 
 def test_compare_three_json(sample: str, tmp_path: Path) -> None:
     data = strict_json(ok(cli("compare", "1", "2", "3", "--json", "--db", sample, cwd=tmp_path)).stdout)
-    assert sorted(data) == ["experiments", "hyperparameters", "metrics"]
+    assert sorted(data) == ["default_metric", "experiments", "hyperparameters", "metrics"]
+    # Run 3 logged none; runs 1 and 2 share train_return (3 and 2 points) and val_sharpe (3 and 1): not `loss`,
+    # the alphabetically first, which only run 1 has.
+    assert data["default_metric"] == "train_return"
     assert [e["id"] for e in data["experiments"]] == [1, 2, 3]
     assert all("git_diff" not in e for e in data["experiments"])
     hp = {r["param_name"]: r for r in data["hyperparameters"]}

@@ -10,7 +10,7 @@ from contextlib import closing
 from typing import Any, Iterator
 
 from .. import liveness, storage
-from ..compare import hyperparameter_grid
+from ..compare import default_metric, hyperparameter_grid
 from . import arguments, selection
 from . import output as out
 from .database import CLIError, USAGE, experiment, open_read
@@ -181,6 +181,9 @@ def compare(args: argparse.Namespace) -> int:
                            f"(they have: {', '.join(known) or 'none'})")
         names = args.metric or known
         stats = {n: reader.compare_metrics(ids, n, args.split) for n in names}
+    default = default_metric({i: {n: stats[n][i]["count"] for n in names if stats[n][i]["count"]} for i in ids})
+    if default is not None and not args.metric:
+        names = [default, *(n for n in names if n != default)]  # the metric most worth reading comes first
     grid = hyperparameter_grid(exps)
     hp_rows = [{**r, "values": {str(i): r["values"].get(i) for i in ids}} for r in grid]
     metric_rows = [
@@ -189,7 +192,8 @@ def compare(args: argparse.Namespace) -> int:
     if args.json:
         for e in exps:
             e.pop("git_diff", None)
-        out.print_json({"experiments": exps, "hyperparameters": hp_rows, "metrics": metric_rows})
+        out.print_json({"experiments": exps, "hyperparameters": hp_rows, "metrics": metric_rows,
+                        "default_metric": default})
         return 0
     heads = [f"#{e['id']} {out.text(e['name'])}" for e in exps]
     print(out.table(["", *heads], [
