@@ -16,6 +16,7 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -170,6 +171,19 @@ def test_an_uploader_starts_with_the_first_experiment_and_reports_in_status(db_p
     wait_for_exit(first["pid"])
     ml_persistence.shutdown()
     assert_uploaded_once(db_path, target)
+
+
+def test_the_uploader_runs_at_a_lower_cpu_priority_than_its_trainer(db_path: str, tmp_path: Path) -> None:
+    tracker = ExperimentTracker(db_path, sync_to=str(tmp_path / "team.db"))
+    tracker.start_experiment("a")
+    deadline = time.monotonic() + GUARD
+    while (upload := tracker.status()["upload"])["state"] == "starting":  # its state file comes after the priority
+        assert time.monotonic() < deadline, upload
+        time.sleep(0.01)
+    assert os.getpriority(os.PRIO_PROCESS, upload["pid"]) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
+    tracker.end_experiment()
+    tracker.close()
+    ml_persistence.shutdown()
 
 
 def test_passwords_reach_the_uploader_through_its_environment_only(

@@ -395,6 +395,14 @@ class Syncer:
         return self.exit_code()
 
 
+def _yield_to_training() -> None:
+    """Lower a background uploader's CPU priority: where cores are short, the trainer it serves goes first."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     """Copy SRC's selected experiments into DST once, or pass after pass with --follow."""
     follow = args.follow or args.exit_with_fd is not None
@@ -411,6 +419,7 @@ def run(args: argparse.Namespace) -> int:
     syncer.catch_signals()
     if args.exit_with_fd is not None:
         syncer.watch_owner(args.exit_with_fd)
+        _yield_to_training()
     try:
         return syncer.follow() if follow else syncer.once()
     finally:
